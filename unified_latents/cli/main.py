@@ -1,0 +1,136 @@
+"""`ul` command line: parse, validate, call the library. No logic a library user would need."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import dist
+from ..errors import UserError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="fmnist", help="named preset: tiny, fmnist, imagenet512 (default fmnist)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ul", description="Unified Latents: train, reconstruct, inspect.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a stage (rerun the same command to resume)")
+    t.add_argument("--stage", default="latents", help="latents (stage 1: encoder + prior + decoder)")
+    _config_args(t)
+    t.add_argument("--outdir", required=True, type=Path, help="run folder (checkpoints, stats, previews, artifact)")
+    t.add_argument("--data", help="training data: a folder of images or an .npz file (default: the preset's)")
+    t.add_argument("--eval-data", help="held-out data for previews and `ul reconstruct`")
+    t.add_argument("--target-bits", type=float, help="latent bits per image the loss-factor controller aims for")
+    t.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    t.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    _common(t)
+
+    r = sub.add_parser("reconstruct", help="reconstruct held-out images; print PSNR, SSIM and bitrate")
+    r.add_argument("--artifact", required=True, type=Path, help="stage-1 artifact (.safetensors)")
+    r.add_argument("--data", help="held-out data (default: the artifact's, e.g. the Fashion-MNIST test split)")
+    r.add_argument("--count", type=int, default=500, help="number of images (default 500)")
+    r.add_argument("--steps", type=int, help="decoder sampling steps (default: the artifact's)")
+    r.add_argument("--sampler", choices=["ancestral", "ddim"], help="decoder sampler")
+    r.add_argument("--out", type=Path, help="PNG grid of originals above reconstructions (default: next to the artifact)")
+    r.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _common(r)
+
+    i = sub.add_parser("info", help="parameter counts and FLOPs of a preset (no memory allocated)")
+    _config_args(i)
+    i.add_argument("--json", action="store_true")
+    _common(i)
+    return ap
+
+
+def _resolve_config(args):
+    from ..config import apply_overrides, get_preset
+
+    cfg = get_preset(args.preset)
+    overrides = list(args.overrides)
+    if getattr(args, "stage", None):
+        overrides.insert(0, f"stage={args.stage}")
+    if getattr(args, "data", None):
+        overrides.append(f"data.source={json.dumps(args.data)}")
+    if getattr(args, "eval_data", None):
+        overrides.append(f"data.eval_source={json.dumps(args.eval_data)}")
+    if getattr(args, "target_bits", None) is not None:
+        overrides.append(f"diffusion.target_bits={args.target_bits}")
+    if getattr(args, "skip_bad", False):
+        overrides.append("data.skip_bad=true")
+    return apply_overrides(cfg, overrides)
+
+
+def cmd_train(args) -> None:
+    from ..pipeline import train_stage
+
+    cfg = _resolve_config(args)
+    device = dist.init()
+    try:
+        res = train_stage(cfg, args.outdir, device, progress=False if args.no_progress else None)
+        dist.print0(f"done: {res.samples:,} samples; artifact {res.artifact}")
+    finally:
+        dist.shutdown()
+
+
+def cmd_reconstruct(args) -> None:
+    from ..pipeline import reconstruct
+
+    out = args.out or args.artifact.with_name("reconstructions.png")
+    m = reconstruct(args.artifact, args.data, out, args.count, args.steps, args.sampler, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(m))
+        return
+    print(f"images           {m['images']}")
+    print(f"PSNR             {m['psnr']:.2f} dB (0..255 pixels)")
+    print(f"SSIM             {m['ssim']:.4f}")
+    print(f"latent bitrate   {m['bits_per_image']:.1f} bits/image (+- {m['bits_per_image_stderr']:.1f}), {m['bpp']:.4f} bits/pixel")
+    print(f"grid             {out}")
+
+
+def cmd_info(args) -> None:
+    import torch
+
+    from ..eval import stage1_report
+    from ..pipeline import build_model
+
+    cfg = _resolve_config(args)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    rep = stage1_report(model)
+    if args.json:
+        print(json.dumps(rep))
+        return
+    print(f"preset {args.preset}: input {list(model.x_shape)}, latent {list(model.z_shape)}")
+    print(f"{'network':<10} {'params':>14} {'GFLOP/sample (fwd)':>20}")
+    for k, r in rep.items():
+        print(f"{k:<10} {r['params']:>14,} {r['forward_flops'] / 1e9:>20.3f}")
+    print(f"training cost: {rep['total']['train_flops'] / 1e9:.3f} GFLOP per sample (3x forward)")
+
+
+COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.cmd](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        sys.exit(130)

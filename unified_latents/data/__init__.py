@@ -1,0 +1,4 @@
+"""Datasets: uint8 tensors at the boundary, [-1, 1] floats inside."""
+
+from .images import ImageData, crop_pad, eval_source, load_images, to_float, to_uint8
+from .sampler import DataOrder

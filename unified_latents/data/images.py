@@ -1,0 +1,208 @@
+"""Image datasets: uint8 [N, C, H, W] at the boundary, labels int64 [N] (or None).
+
+Sources: the embedded Fashion-MNIST (Debian package `dataset-fashion-mnist`), a folder of
+PNG/JPEG images (any mode converted, resized and center-cropped), or an .npz array file.
+Everything is decoded once into memory, so every bad file is found, and named, up front.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from ..config import DataConfig
+from ..errors import DataError
+
+FMNIST_DIRS = [os.environ.get("UL_FMNIST_DIR", ""), "/usr/share/datasets/fashion-mnist"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class ImageData:
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor | None  # int64 [N]
+    skipped: list[str]  # files skipped as unreadable (with --skip-bad)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return x.float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
+    return ((x.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise DataError(f"{path} is not a uint8 IDX file; reinstall `dataset-fashion-mnist`")
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def fmnist_dir() -> Path:
+    for d in FMNIST_DIRS:
+        if d and (Path(d) / "train-images-idx3-ubyte.gz").exists():
+            return Path(d)
+    raise DataError(
+        "Fashion-MNIST not found in /usr/share/datasets/fashion-mnist; install it with "
+        "`sudo apt-get install dataset-fashion-mnist` (or set UL_FMNIST_DIR to a folder of its IDX files)"
+    )
+
+
+def load_fmnist(split: str) -> ImageData:
+    prefix = {"train": "train", "test": "t10k"}[split]
+    d = fmnist_dir()
+    images = _read_idx(d / f"{prefix}-images-idx3-ubyte.gz")  # [N, 28, 28]
+    labels = _read_idx(d / f"{prefix}-labels-idx1-ubyte.gz")  # [N]
+    return ImageData(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64)), [])
+
+
+# ----------------------------------------------------------------------------- folders and arrays
+
+
+def _load_image(path: Path, channels: int, size: int) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()  # decode fully now so truncated files fail here
+        im = im.convert("L" if channels == 1 else "RGB")
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def load_folder(root: Path, channels: int, size: int, skip_bad: bool) -> ImageData:
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no images (PNG/JPEG/...) found under {root}; point --data at a folder of images or an .npz file")
+    # Labels from the first-level sub-folder names when every image sits in one.
+    class_names = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    labelled = class_names and all(len(p.relative_to(root).parts) > 1 for p in files)
+    images, labels, skipped = [], [], []
+    for p in tqdm(files, desc=f"reading {root}", unit="img", disable=len(files) < 2000, leave=False):
+        try:
+            images.append(_load_image(p, channels, size))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            if not skip_bad:
+                raise DataError(f"cannot read image {p}: {e}; fix or remove it, or pass --skip-bad to skip unreadable files") from None
+            skipped.append(str(p))
+            continue
+        if labelled:
+            labels.append(class_names.index(p.relative_to(root).parts[0]))
+    if not images:
+        raise DataError(f"every image under {root} was unreadable ({len(skipped)} skipped)")
+    lab = torch.tensor(labels, dtype=torch.int64) if labelled else None
+    return ImageData(torch.from_numpy(np.stack(images)), lab, skipped)
+
+
+def load_npz(path: Path, channels: int, size: int) -> ImageData:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            key = "images" if "images" in keys else ("x" if "x" in keys else keys[0] if keys else None)
+            if key is None:
+                raise DataError(f"{path} holds no arrays; save images as np.savez(path, images=uint8 [N, H, W(, C)])")
+            arr = f[key]
+            labels = f["labels"] if "labels" in keys else (f["y"] if "y" in keys else None)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"cannot read {path} as .npz: {e}; save it with np.savez(path, images=..., labels=...)") from None
+    if arr.dtype != np.uint8:
+        raise DataError(f"{path}: images must be uint8 in [0, 255], got {arr.dtype}; convert with .astype(np.uint8)")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+        arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if arr.ndim != 4:
+        raise DataError(f"{path}: expected images of shape [N, H, W] or [N, H, W, C], got {list(arr.shape)}")
+    x = torch.from_numpy(np.ascontiguousarray(arr))
+    x = _convert_channels(x[:, :3], channels)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = _resize_crop(x, size)
+    lab = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
+    return ImageData(x, lab, [])
+
+
+def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:
+        return x[:, :1].expand(-1, 3, -1, -1).contiguous()
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luma, as Pillow's "L"
+    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def _resize_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    y = torch.nn.functional.interpolate(x.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return y[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load_images(cfg: DataConfig, source: str | None = None, split: str = "train") -> ImageData:
+    """Load `source` (default cfg.source) as uint8 [N, C, res, res], padding by cfg.pad."""
+    source = cfg.source if source is None else source
+    inner = cfg.resolution - 2 * cfg.pad
+    if source == "fmnist":
+        data = load_fmnist(split)
+        data.images = _convert_channels(data.images, cfg.channels)
+        if inner != 28:
+            data.images = _resize_crop(data.images, inner)
+    else:
+        if not source:
+            raise DataError("no data given; pass --data PATH (a folder of images or an .npz file)")
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data path {path} does not exist; pass --data with a folder of images or an .npz file")
+        if path.is_dir():
+            data = load_folder(path, cfg.channels, inner, cfg.skip_bad)
+        elif path.suffix == ".npz":
+            data = load_npz(path, cfg.channels, inner)
+        else:
+            raise DataError(f"{path} is neither a folder of images nor an .npz file")
+        if len(data) == 0:
+            raise DataError(f"{path} holds no images")
+    if cfg.pad:
+        data.images = torch.nn.functional.pad(data.images, (cfg.pad,) * 4)
+    return data
+
+
+def eval_source(cfg: DataConfig) -> tuple[str, str]:
+    """(source, split) of the held-out data: eval_source if set, else fmnist's test split."""
+    if cfg.eval_source:
+        return cfg.eval_source, "test"
+    if cfg.source == "fmnist":
+        return "fmnist", "test"
+    raise DataError("no held-out data configured; pass --eval-data PATH (or set data.eval_source)")
+
+
+def crop_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Remove the border added by `pad` (metrics are measured on the original pixels)."""
+    return x[..., pad : x.shape[-2] - pad, pad : x.shape[-1] - pad] if pad else x

@@ -1,0 +1,37 @@
+"""Parameter and FLOP counts via torch.utils.flop_counter, on the meta device (no memory).
+
+Convention (the paper's): FLOPs count multiply-adds as 2 in linear layers, convolutions and
+attention matmuls; a training step costs 3x the forward pass (forward + backward)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def forward_flops(fn, *args, **kwargs) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def stage1_report(model: nn.Module, device: str | torch.device = "meta") -> dict[str, dict[str, int]]:
+    """Per-network parameters and forward FLOPs for ONE sample, plus the training cost."""
+    x = torch.zeros(1, *model.x_shape, device=device)
+    z = torch.zeros(1, *model.z_shape, device=device)
+    lam = torch.zeros(1, device=device)
+    with torch.no_grad():
+        rows = {
+            "encoder": (model.encoder, forward_flops(model.encoder, x)),
+            "prior": (model.prior, forward_flops(model.prior, z, lam)),
+            "decoder": (model.decoder, forward_flops(model.decoder, x, lam, cond=z)),
+        }
+    out = {k: {"params": count_params(m), "forward_flops": f} for k, (m, f) in rows.items()}
+    fwd = sum(r["forward_flops"] for r in out.values())
+    out["total"] = {"params": sum(r["params"] for r in out.values()), "forward_flops": fwd, "train_flops": 3 * fwd}
+    return out

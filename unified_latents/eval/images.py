@@ -1,0 +1,45 @@
+"""Image grids and files (Pillow)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import to_uint8
+from ..training.checkpoint import atomic_write
+
+
+def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """[N, C, H, W] (float in [-1, 1] or uint8) -> HxWxC uint8 array, nrow images per row."""
+    x = images if images.dtype == torch.uint8 else to_uint8(images)
+    n, c, h, w = x.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / nrow))
+    out = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = (
+            x[i].permute(1, 2, 0).cpu().numpy()
+        )
+    return out
+
+
+def save_png(array: np.ndarray, path: Path, scale: int = 1) -> None:
+    im = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    atomic_write(Path(path), lambda tmp: im.save(tmp, format="PNG"))
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1) -> None:
+    save_png(grid(images, nrow), path, scale)
+
+
+def save_previews(previews: dict[str, torch.Tensor], prefix: Path) -> None:
+    """One PNG per preview, `<prefix>-<name>.png`; originals/reconstructions as row pairs."""
+    for name, imgs in previews.items():
+        save_grid(imgs, Path(f"{prefix}-{name}.png"), nrow=imgs.shape[0] // 2, scale=2)

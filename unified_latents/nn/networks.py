@@ -1,0 +1,159 @@
+"""Encoder and denoiser networks, and the registry that builds them from a NetConfig.
+
+Denoisers share one signature: `forward(x_t, lam, cond=None, labels=None) -> v_hat` with
+`x_t` [N, C, *S], `lam` [N], `cond` an optional feature map (the decoder's z0) resized to
+the network's grid, `labels` optional class indices (index `num_classes` means "no label").
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import NetConfig
+from ..errors import ConfigError
+from .layers import NoiseEmbedding, ResBlock, Transformer, conv_nd, conv_transpose_nd, norm, zero_init
+
+
+class ResNetEncoder(nn.Module):
+    """Deterministic encoder x [N, C, *S] -> z_clean [N, latent, *S / (patch * 2^(levels-1))]."""
+
+    def __init__(self, cfg: NetConfig, dims: int, in_ch: int, out_ch: int):
+        super().__init__()
+        ch = cfg.channels
+        self.patch = conv_nd(dims, in_ch, ch[0], cfg.patch, stride=cfg.patch)
+        layers: list[nn.Module] = []
+        for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
+            cin = ch[max(i - 1, 0)]
+            for j in range(nb):
+                layers.append(ResBlock(dims, cin if j == 0 else c, c, dropout=cfg.dropout))
+            if i < len(ch) - 1:
+                layers.append(conv_nd(dims, c, c, 3, stride=2, padding=1))
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Sequential(norm(ch[-1]), nn.SiLU(), conv_nd(dims, ch[-1], out_ch, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(self.patch(x)))
+
+
+class _Denoiser(nn.Module):
+    """Shared conditioning: log-SNR embedding plus an optional class embedding."""
+
+    def __init__(self, cfg: NetConfig, num_classes: int):
+        super().__init__()
+        self.emb = NoiseEmbedding(cfg.emb_dim)
+        self.num_classes = num_classes
+        self.label_emb = nn.Embedding(num_classes + 1, cfg.emb_dim) if num_classes else None
+
+    def embed(self, lam: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        e = self.emb(lam)  # [N, emb]
+        if self.label_emb is not None:
+            if labels is None:
+                labels = torch.full((lam.shape[0],), self.num_classes, device=lam.device, dtype=torch.long)
+            e = e + self.label_emb(labels)
+        return F.silu(e)
+
+
+class UNet(_Denoiser):
+    """Convolutional U-Net with FiLM log-SNR conditioning; transformer blocks at the coarsest
+    level make it a U-ViT (UL_SPEC 6). One level and no transformer = a plain ResNet denoiser."""
+
+    def __init__(self, cfg: NetConfig, dims: int, in_ch: int, out_ch: int, cond_ch: int = 0, num_classes: int = 0):
+        super().__init__(cfg, num_classes)
+        ch, e = cfg.channels, cfg.emb_dim
+        self.patch_in = conv_nd(dims, in_ch, ch[0], cfg.patch, stride=cfg.patch)
+        self.cond_in = conv_nd(dims, cond_ch, ch[0], 3, padding=1) if cond_ch else None
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
+            cin = ch[max(i - 1, 0)]
+            self.down.append(nn.ModuleList([ResBlock(dims, cin if j == 0 else c, c, e, cfg.dropout) for j in range(nb)]))
+            last = i == len(ch) - 1
+            self.downsample.append(nn.Identity() if last else conv_nd(dims, c, c, 3, stride=2, padding=1))
+        self.mid = (
+            Transformer(ch[-1], cfg.width, cfg.transformer_blocks, cfg.heads, e, cfg.dropout)
+            if cfg.transformer_blocks
+            else None
+        )
+        self.up, self.upconv = nn.ModuleList(), nn.ModuleList()
+        for i in reversed(range(len(ch))):
+            c, nb = ch[i], cfg.blocks[i]
+            cin = ch[min(i + 1, len(ch) - 1)]
+            self.upconv.append(nn.Identity() if i == len(ch) - 1 else conv_nd(dims, cin, c, 3, padding=1))
+            self.up.append(nn.ModuleList([ResBlock(dims, 2 * c if j == 0 else c, c, e, cfg.dropout) for j in range(nb)]))
+        self.out_norm = norm(ch[0])
+        self.patch_out = zero_init(conv_transpose_nd(dims, ch[0], out_ch, cfg.patch, stride=cfg.patch))
+
+    def forward(self, x, lam, cond=None, labels=None):
+        emb = self.embed(lam, labels)  # [N, emb]
+        h = self.patch_in(x)  # [N, c0, *S/p]
+        if self.cond_in is not None:
+            cond = F.interpolate(cond, size=h.shape[2:], mode="nearest")  # z0 upsampled to the grid
+            h = h + self.cond_in(cond)
+        skips = []
+        for blocks, down in zip(self.down, self.downsample):
+            for blk in blocks:
+                h = blk(h, emb)
+            skips.append(h)
+            h = down(h)
+        if self.mid is not None:
+            h = h + self.mid(h, emb)
+        for blocks, upconv in zip(self.up, self.upconv):
+            skip = skips.pop()
+            if h.shape[2:] != skip.shape[2:]:
+                h = F.interpolate(h, size=skip.shape[2:], mode="nearest")
+            h = torch.cat([upconv(h), skip], dim=1)  # [N, 2c, *S_level]
+            for blk in blocks:
+                h = blk(h, emb)
+        return self.patch_out(F.silu(self.out_norm(h)))  # [N, out_ch, *S]
+
+
+class ViT(_Denoiser):
+    """Patch-embedding transformer denoiser (the paper's prior; UL_SPEC 6)."""
+
+    def __init__(self, cfg: NetConfig, dims: int, in_ch: int, out_ch: int, cond_ch: int = 0, num_classes: int = 0):
+        super().__init__(cfg, num_classes)
+        w = cfg.width
+        self.patch_in = conv_nd(dims, in_ch, w, cfg.patch, stride=cfg.patch)
+        self.cond_in = conv_nd(dims, cond_ch, w, 3, padding=1) if cond_ch else None
+        self.body = Transformer(w, w, cfg.transformer_blocks, cfg.heads, cfg.emb_dim, cfg.dropout)
+        self.out_norm = nn.LayerNorm(w)
+        self.patch_out = zero_init(conv_transpose_nd(dims, w, out_ch, cfg.patch, stride=cfg.patch))
+
+    def forward(self, x, lam, cond=None, labels=None):
+        emb = self.embed(lam, labels)
+        h = self.patch_in(x)  # [N, W, *S/p]
+        if self.cond_in is not None:
+            h = h + self.cond_in(F.interpolate(cond, size=h.shape[2:], mode="nearest"))
+        h = self.body(h, emb)
+        h = self.out_norm(h.movedim(1, -1)).movedim(-1, 1)
+        return self.patch_out(h)  # [N, out_ch, *S]
+
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {"resnet_encoder": ResNetEncoder}
+DENOISERS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "vit": ViT}
+
+
+def build_encoder(cfg: NetConfig, dims: int, in_ch: int, out_ch: int) -> nn.Module:
+    _check(cfg, ENCODERS, "encoder")
+    return ENCODERS[cfg.arch](cfg, dims, in_ch, out_ch)
+
+
+def build_denoiser(
+    cfg: NetConfig, dims: int, in_ch: int, out_ch: int, cond_ch: int = 0, num_classes: int = 0
+) -> nn.Module:
+    _check(cfg, DENOISERS, "denoiser")
+    return DENOISERS[cfg.arch](cfg, dims, in_ch, out_ch, cond_ch, num_classes)
+
+
+def _check(cfg: NetConfig, registry: dict, role: str) -> None:
+    if cfg.arch not in registry:
+        raise ConfigError(f"unknown {role} arch {cfg.arch!r}; choose one of: {', '.join(sorted(registry))}")
+    if cfg.arch != "vit" and len(cfg.channels) != len(cfg.blocks):
+        raise ConfigError(
+            f"{role}: channels {cfg.channels} and blocks {cfg.blocks} must have the same length (one entry per level)"
+        )
+    if (cfg.arch == "vit" or cfg.transformer_blocks) and cfg.width % cfg.heads:
+        raise ConfigError(f"{role}: width {cfg.width} is not divisible by heads {cfg.heads}")

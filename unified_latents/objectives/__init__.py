@@ -1,0 +1,6 @@
+"""Objectives compose networks and diffusion maths, and return named loss terms."""
+
+from .base import Losses, seeded_noise
+from .stage1 import UnifiedLatents, latent_shape
+
+OBJECTIVES = {"latents": UnifiedLatents}

@@ -1,0 +1,189 @@
+"""Stage 1 of Unified Latents (UL_SPEC 2-3): encoder, diffusion prior and diffusion decoder
+trained jointly on L = L_z + c_lf * L_x, both in nats per example.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..diffusion import (
+    CosineSchedule,
+    alpha_sigma,
+    elbo_integrand,
+    prior_terminal_kl,
+    run_sampler,
+    sample_lams,
+    sigmoid_weight,
+    stratified_uniform,
+    x_from_v,
+)
+from ..nn import build_denoiser, build_encoder
+from .base import Losses, bcast, seeded_noise
+
+
+def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
+    """[latent_channels, *grid] that the encoder produces for the configured input size."""
+    e = cfg.model.encoder
+    side = cfg.data.resolution // e.patch
+    for _ in range(len(e.channels) - 1):
+        side = (side + 1) // 2  # stride-2 conv, kernel 3, padding 1
+    return (cfg.model.latent_channels, side, side)
+
+
+class UnifiedLatents(nn.Module):
+    """Holds E, P, D. `forward(x, labels, noise)` returns the stage-1 loss terms per example."""
+
+    dims = 2
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        self.cfg = cfg
+        m, d, c = cfg.model, cfg.diffusion, cfg.data.channels
+        self.encoder = build_encoder(m.encoder, self.dims, c, m.latent_channels)
+        self.prior = build_denoiser(m.prior, self.dims, m.latent_channels, m.latent_channels)
+        self.decoder = build_denoiser(m.decoder, self.dims, c, c, cond_ch=m.latent_channels)
+        self.sched_z = CosineSchedule(d.lam_z_min, d.lam0)
+        self.sched_x = CosineSchedule(d.lam_x_min, d.lam_x_max, cfg.pixel_shift())
+        self.x_shape = (c, cfg.data.resolution, cfg.data.resolution)
+        self.z_shape = latent_shape(cfg)
+        # The loss factor is state (the bitrate controller moves it), so it is saved and restored.
+        self.register_buffer("log_loss_factor", torch.tensor(math.log(d.loss_factor), dtype=torch.float64))
+
+    @property
+    def loss_factor(self) -> float:
+        return float(self.log_loss_factor.exp())
+
+    def pixels_per_image(self) -> int:
+        return self.x_shape[1] * self.x_shape[2]
+
+    # ------------------------------------------------------------------ noise
+
+    def draw_noise(self, n: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
+        """Every random number one global batch of n examples needs, drawn from `generator`."""
+        strat = self.cfg.diffusion.stratified
+        return {
+            "t_z": stratified_uniform(n, generator, device, strat),
+            "t_x": stratified_uniform(n, generator, device, strat),
+            "eps_z0": torch.randn((n, *self.z_shape), generator=generator, device=device),
+            "eps_z": torch.randn((n, *self.z_shape), generator=generator, device=device),
+            "eps_x": torch.randn((n, *self.x_shape), generator=generator, device=device),
+        }
+
+    # ------------------------------------------------------------------ pieces
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).float()  # z_clean [N, *z_shape]
+
+    def noisy_latent(self, z_clean: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z0 = alpha(lam0) z_clean + sigma(lam0) eps: the latent the decoder sees (UL_SPEC 2)."""
+        a, s = alpha_sigma(torch.tensor(self.cfg.diffusion.lam0, dtype=torch.float64))
+        return float(a) * z_clean + float(s) * eps
+
+    def prior_loss(self, z_clean: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Unweighted ELBO of z0 under the prior + terminal KL, nats per example [N] (eq. 3).
+
+        Gradients reach the encoder through z_t AND through the target z_clean."""
+        lam = self.sched_z.lam(t)
+        a, s = (bcast(v, z_clean) for v in alpha_sigma(lam))
+        z_t = a * z_clean + s * eps
+        z_hat = x_from_v(z_t, self.prior(z_t, lam).float(), a, s)
+        diff = elbo_integrand(z_clean, z_hat, lam, self.sched_z.neg_dlam_dt(t))
+        return diff + prior_terminal_kl(z_clean, self.cfg.diffusion.lam_z_min)
+
+    def decoder_loss(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Sigmoid-weighted ELBO of x given z0, nats per example [N], before the loss factor (eq. 4)."""
+        lam = self.sched_x.lam(t)
+        a, s = (bcast(v, x) for v in alpha_sigma(lam))
+        x_t = a * x + s * eps
+        x_hat = x_from_v(x_t, self.decoder(x_t, lam, cond=z0).float(), a, s)
+        w = sigmoid_weight(lam, self.cfg.diffusion.bias)
+        return elbo_integrand(x, x_hat, lam, self.sched_x.neg_dlam_dt(t), w)
+
+    # ------------------------------------------------------------------ objective
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
+        z_clean = self.encode(x)
+        z0 = self.noisy_latent(z_clean, noise["eps_z0"])
+        l_z = self.prior_loss(z_clean, noise["t_z"], noise["eps_z"])
+        l_x = self.decoder_loss(x, z0, noise["t_x"], noise["eps_x"])
+        c_lf = self.log_loss_factor.exp().float()
+        ln2_pixels = math.log(2) * self.pixels_per_image()
+        return Losses(
+            total=l_z + c_lf * l_x,
+            terms={
+                "prior_nats": l_z.detach(),
+                "decoder_nats": l_x.detach(),
+                "bits_per_image": l_z.detach() / math.log(2),
+                "bpp": l_z.detach() / ln2_pixels,
+                "decoder_bpp": l_x.detach() / ln2_pixels,
+            },
+        )
+
+    @torch.no_grad()
+    def after_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Bitrate controller: dual ascent on log c_lf toward `target_bits` (bits per image).
+
+        Too many bits -> lower c_lf (decoder loss cheaper, latent less useful) and vice versa."""
+        d = self.cfg.diffusion
+        if d.target_bits > 0:
+            err = (metrics["bits_per_image"] - d.target_bits) / d.target_bits
+            err = max(-1.0, min(1.0, err))
+            new = float(self.log_loss_factor) - d.controller_rate * err
+            new = min(max(new, math.log(d.controller_min)), math.log(d.controller_max))
+            self.log_loss_factor.fill_(new)
+        return {"loss_factor": self.loss_factor}
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def decode(self, z0: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
+        """Decoder sample x [N, *x_shape] in [-1, 1] given z0 (UL_SPEC 5 step 2)."""
+        sc = self.cfg.sample
+        steps, sampler = steps or sc.decoder_steps, sampler or sc.sampler
+        noise = seeded_noise(seeds, z0.device)
+        x = noise.normal(self.x_shape)
+        lams = sample_lams(self.sched_x, steps, z0.device)
+
+        def model_fn(x_t, lam):
+            a, s = (bcast(v, x_t) for v in alpha_sigma(lam))
+            with _autocast(x_t.device):
+                v = self.decoder(x_t, lam, cond=z0)
+            return x_from_v(x_t, v.float(), a, s)
+
+        x = run_sampler(model_fn, x, lams, sampler, noise.like)
+        lam_end = lams[-1].expand(x.shape[0])
+        return model_fn(x, lam_end).clamp(-1, 1)  # final prediction at lam_x_max
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
+        """x -> z_clean -> z0 (fresh noise per seed) -> decoder sample."""
+        noise = seeded_noise([s + 1_000_003 for s in seeds], x.device)
+        z0 = self.noisy_latent(self.encode(x), noise.normal(self.z_shape))
+        return self.decode(z0, seeds, steps, sampler)
+
+    @torch.no_grad()
+    def bits(self, x: torch.Tensor, seeds: list[int], n_t: int = 8) -> torch.Tensor:
+        """Prior bitrate estimate per example in bits [N]: L_z averaged over n_t stratified t."""
+        noise = seeded_noise(seeds, x.device)
+        z_clean = self.encode(x)
+        total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        for k in range(n_t):
+            t = torch.remainder(noise.uniform(()) + k / n_t, 1.0)
+            total += self.prior_loss(z_clean, t, noise.normal(self.z_shape)).double()
+        return total / n_t / math.log(2)
+
+    def previews(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images worth a look during training: originals above reconstructions."""
+        seeds = list(range(x.shape[0]))
+        return {"reconstructions": torch.cat([x, self.reconstruct(x, seeds)], dim=0)}
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()

@@ -1,0 +1,98 @@
+"""Atomic files: training state (torch.save, loaded with weights_only=True) and inference
+artifacts (safetensors of EMA weights with the resolved config in their metadata)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from ..errors import ArtifactError, ResumeError
+
+ARTIFACT_FORMAT = "unified-latents/1"
+STATE_RE = re.compile(r"training-state-(\d{12})\.pt$")
+
+
+def atomic_write(path: Path, write_fn) -> None:
+    """Write via `write_fn(tmp_path)` to a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# ----------------------------------------------------------------------------- training state
+
+
+def save_state(outdir: Path, samples: int, state: dict, keep: int) -> Path:
+    path = Path(outdir) / f"training-state-{samples:012d}.pt"
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    for old in list_states(outdir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_states(outdir: Path) -> list[Path]:
+    return sorted(p for p in Path(outdir).glob("training-state-*.pt") if STATE_RE.search(p.name))
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or holds objects that need code to load
+        raise ResumeError(f"cannot read training state {path}: {e}; delete it to resume from an earlier one") from None
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def save_artifact(path: Path, tensors: dict[str, torch.Tensor], config: dict, kind: str, extra: dict | None = None):
+    meta = {"format": ARTIFACT_FORMAT, "kind": kind, "config": json.dumps(config)}
+    for k, v in (extra or {}).items():
+        meta[k] = json.dumps(v)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_artifact(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """-> (tensors, config dict, metadata). Refuses files that are not ours or are damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist; pass the .safetensors file written by `ul train`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{path} is not a readable safetensors file ({e}); it may be truncated: re-copy it or re-export it") from None
+    if meta.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{path} is not a unified-latents artifact (no '{ARTIFACT_FORMAT}' metadata); use a file written by `ul train`")
+    try:
+        config = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError):
+        raise ArtifactError(f"{path}: its config metadata is missing or damaged; re-export the artifact") from None
+    return tensors, config, meta

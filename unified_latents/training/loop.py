@@ -1,0 +1,279 @@
+"""The one training loop. It never asks which stage it runs: an objective is any module with
+`draw_noise(n, generator, device)`, `forward(x, labels, noise) -> Losses`,
+`after_step(metrics) -> dict` and `previews(x) -> {name: images}`.
+
+Progress is counted in samples seen (global). Resume = rerun the same command: the state
+file holds weights, EMA, optimizer, the objective's buffers and the sample count; data order
+and every random number are functions of (seed, samples seen), so a resumed run replays
+exactly what a straight run would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from .. import dist
+from ..config import RunConfig, incompatible_changes, to_dict
+from ..data import DataOrder, ImageData, to_float
+from ..errors import ConfigError, ResumeError, TrainingError
+from .checkpoint import atomic_write_text, list_states, load_state, save_artifact, save_state
+from .ema import EMA
+
+
+@dataclass
+class TrainResult:
+    artifact: Path
+    samples: int
+    metrics: dict[str, float]
+
+
+def lr_at(cfg, samples: int) -> float:
+    t = cfg.train
+    if samples < t.warmup_samples:
+        return t.lr * (samples + t.batch) / (t.warmup_samples + t.batch)
+    if t.lr_decay == "constant":
+        return t.lr
+    if t.lr_decay != "cosine":
+        raise ConfigError(f"train.lr_decay must be 'constant' or 'cosine', got {t.lr_decay!r}")
+    frac = (samples - t.warmup_samples) / max(1, t.total_samples - t.warmup_samples)
+    lo = t.lr * t.lr_final_frac
+    return lo + (t.lr - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _check_batch(cfg: RunConfig, world: int) -> tuple[int, int]:
+    t = cfg.train
+    if t.batch % world:
+        raise ConfigError(f"train.batch={t.batch} is not divisible by the {world} processes; choose a multiple of {world}")
+    per_rank = t.batch // world
+    micro = t.micro_batch or per_rank
+    if per_rank % micro:
+        raise ConfigError(f"per-device batch {per_rank} is not divisible by train.micro_batch={micro}")
+    if t.total_samples % t.batch:
+        raise ConfigError(f"train.total_samples={t.total_samples} is not a multiple of train.batch={t.batch}")
+    return per_rank, micro
+
+
+def _prepare_outdir(cfg: RunConfig, outdir: Path) -> None:
+    """Write config.json on a new run; refuse an incompatible config on a resumed one."""
+    path = outdir / "config.json"
+    new = to_dict(cfg)
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ResumeError(f"{path} is damaged; restore it or start a new --outdir") from None
+        diffs = incompatible_changes(old, new)
+        if diffs:
+            raise ResumeError(
+                f"{outdir} holds a run with an incompatible config ({'; '.join(diffs)}); "
+                "rerun with the original settings to resume, or pass a new --outdir"
+            )
+    if dist.is_main():
+        outdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(new, indent=2))
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to checkpoint at the next step boundary and exit."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(
+    cfg: RunConfig,
+    outdir: Path,
+    build_model: Callable[[], nn.Module],
+    data: ImageData,
+    preview_x: torch.Tensor | None = None,
+    save_previews: Callable[[dict, Path], None] | None = None,
+    artifact_kind: str = "ul-stage1",
+    device: torch.device | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    t = cfg.train
+    device = device or torch.device("cpu")
+    world, rank = dist.world(), dist.rank()
+    per_rank, micro = _check_batch(cfg, world)
+    outdir = Path(outdir)
+    _prepare_outdir(cfg, outdir)
+    dist.barrier()
+
+    torch.manual_seed(t.seed)  # identical initial weights on every process
+    model = build_model().to(device)
+    ema = EMA(model, t.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    samples, bad_total, metrics = 0, 0, {}
+    states = list_states(outdir)
+    if states:
+        st = load_state(states[-1])
+        try:
+            model.load_state_dict(st["model"])
+            ema.load_state_dict(st["ema"])
+            opt.load_state_dict(st["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ResumeError(f"{states[-1]} does not fit this model ({e}); pass a new --outdir") from None
+        samples, bad_total = int(st["samples"]), int(st.get("bad_steps", 0))
+        dist.print0(f"resuming {outdir} at {samples:,} samples seen")
+        _truncate_stats(outdir / "stats.jsonl", samples)
+    ddp = DDP(model) if world > 1 else None
+    fwd = ddp or model
+    order = DataOrder(len(data), t.seed)
+    use_amp = t.amp and device.type == "cuda"
+
+    def state_dict() -> dict:
+        return {
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(),
+            "samples": samples,
+            "bad_steps": bad_total,
+            "config": json.dumps(to_dict(cfg)),
+        }
+
+    def checkpoint(final: bool = False) -> Path:
+        art = outdir / "artifact.safetensors"
+        if dist.is_main():
+            save_state(outdir, samples, state_dict(), t.keep)
+            extra = {"samples": samples, "metrics": metrics}
+            save_artifact(art, ema.model.state_dict(), to_dict(cfg), artifact_kind, extra)
+        dist.barrier()
+        return art
+
+    def preview() -> None:
+        if dist.is_main() and preview_x is not None and save_previews is not None:
+            save_previews(ema.model.previews(preview_x.to(device)), outdir / f"preview-{samples:012d}")
+
+    show = dist.is_main() and (sys.stderr.isatty() if progress is None else progress)
+    bar = tqdm(total=t.total_samples, initial=samples, unit="img", disable=not show, dynamic_ncols=True)
+    stats_f = open(outdir / "stats.jsonl", "a") if dist.is_main() else None
+    consecutive_bad, t_last = 0, time.time()
+    try:
+        with _StopFlag() as flag:
+            while samples < t.total_samples:
+                step = samples // t.batch
+                lr = lr_at(cfg, samples)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                idx = order.indices(samples, t.batch)[rank * per_rank : (rank + 1) * per_rank]
+                gen = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + step)
+                noise = model.draw_noise(t.batch, gen, device)
+                noise = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in noise.items()}
+                torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + rank)  # dropout
+                model.train()
+                sums: dict[str, torch.Tensor] = {}
+                for m0 in range(0, per_rank, micro):
+                    sl = slice(m0, m0 + micro)
+                    x = to_float(data.images[idx[sl]]).to(device)
+                    labels = data.labels[idx[sl]].to(device) if data.labels is not None else None
+                    last = m0 + micro >= per_rank
+                    ctx = ddp.no_sync() if (ddp is not None and not last) else nullcontext()
+                    with ctx:
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                            losses = fwd(x, labels, {k: v[sl] for k, v in noise.items()})
+                        # DDP averages gradients over processes: scale so the result is the mean over the global batch.
+                        (losses.total.sum() * (world / t.batch)).backward()
+                    for k, v in [("loss", losses.total.detach()), *losses.terms.items()]:
+                        sums[k] = sums.get(k, 0) + v.double().sum()
+                keys = sorted(sums)
+                red = dist.all_sum(torch.stack([sums[k] for k in keys]).to(device)) / t.batch
+                metrics = {k: float(v) for k, v in zip(keys, red)}
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+                finite = math.isfinite(metrics["loss"]) and bool(torch.isfinite(gnorm))
+                if finite:
+                    opt.step()
+                    ema.update(model, step)
+                    metrics.update(model.after_step(metrics))
+                    consecutive_bad = 0
+                else:
+                    bad_total += 1
+                    consecutive_bad += 1
+                    if consecutive_bad >= t.max_bad_steps:
+                        raise TrainingError(
+                            f"{consecutive_bad} consecutive training steps gave a non-finite loss or gradient "
+                            f"at {samples:,} samples; the last good checkpoint in {outdir} is kept. "
+                            "Lower train.lr or raise train.warmup_samples, then rerun to resume"
+                        )
+                opt.zero_grad(set_to_none=True)
+                samples += t.batch
+                bar.update(t.batch)
+                if step % t.log_every == 0 or samples >= t.total_samples:
+                    now = time.time()
+                    rec = {"samples": samples, "step": step + 1, "lr": lr, "grad_norm": float(gnorm),
+                           "bad_steps": bad_total, "sec": now - t_last, **metrics}
+                    t_last = now
+                    if stats_f:
+                        stats_f.write(json.dumps(rec) + "\n")
+                        stats_f.flush()
+                    bar.set_postfix({k: f"{metrics[k]:.4g}" for k in _shown(metrics)}, refresh=False)
+                    if not show and dist.is_main():
+                        print(_plain_line(rec, t.total_samples), flush=True)
+                crossed = lambda every: every > 0 and samples // every != (samples - t.batch) // every
+                if crossed(t.image_every):
+                    preview()
+                stop = torch.tensor([float(flag.stop)], device=device)
+                if crossed(t.ckpt_every) or dist.all_sum(stop).item() > 0:
+                    checkpoint()
+                if flag.stop:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        bar.close()
+        dist.print0(f"\ninterrupted at {samples:,} samples; state saved in {outdir}. Rerun the same command to resume.")
+        raise
+    finally:
+        bar.close()
+        if stats_f:
+            stats_f.close()
+    art = checkpoint(final=True)
+    if not (t.image_every > 0 and samples % t.image_every == 0):
+        preview()
+    return TrainResult(art, samples, metrics)
+
+
+def _shown(metrics: dict) -> list[str]:
+    return [k for k in ("loss", "prior_nats", "decoder_nats", "bits_per_image", "bpp", "loss_factor") if k in metrics]
+
+
+def _plain_line(rec: dict, total: int) -> str:
+    body = " ".join(f"{k}={rec[k]:.4g}" for k in _shown(rec))
+    return f"[{rec['samples']:>10,}/{total:,}] {body}"
+
+
+def _truncate_stats(path: Path, samples: int) -> None:
+    """Drop stats lines past the resumed position (written after the last checkpoint)."""
+    if not path.exists() or not dist.is_main():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("samples", 0) <= samples]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
