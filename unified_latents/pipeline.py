@@ -40,7 +40,9 @@ def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None
     return model.to(device).eval(), cfg
 
 
-def train_stage(cfg: RunConfig, outdir: Path, device: torch.device, progress: bool | None = None) -> TrainResult:
+def train_stage(
+    cfg: RunConfig, outdir: Path, device: torch.device, progress: bool | None = None, until: int | None = None
+) -> TrainResult:
     data = load_images(cfg.data)
     if data.skipped:
         dist.print0(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")
@@ -50,7 +52,7 @@ def train_stage(cfg: RunConfig, outdir: Path, device: torch.device, progress: bo
     except UserError:
         held = data  # no held-out set configured: preview training images
     preview_x = to_float(held.images[:PREVIEW_COUNT])
-    return train(cfg, outdir, lambda: build_model(cfg), data, preview_x, save_previews, f"ul-{cfg.stage}", device, progress)
+    return train(cfg, outdir, lambda: build_model(cfg), data, preview_x, save_previews, f"ul-{cfg.stage}", device, progress, until)
 
 
 def reconstruct(

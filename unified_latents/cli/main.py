@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-data", help="held-out data for previews and `ul reconstruct`")
     t.add_argument("--target-bits", type=float, help="latent bits per image the loss-factor controller aims for")
     t.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    t.add_argument("--until", type=int, metavar="SAMPLES",
+                   help="stop with a checkpoint once this many samples are seen; rerun to continue")
     t.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     _common(t)
 
@@ -77,8 +79,9 @@ def cmd_train(args) -> None:
     cfg = _resolve_config(args)
     device = dist.init()
     try:
-        res = train_stage(cfg, args.outdir, device, progress=False if args.no_progress else None)
-        dist.print0(f"done: {res.samples:,} samples; artifact {res.artifact}")
+        res = train_stage(cfg, args.outdir, device, progress=False if args.no_progress else None, until=args.until)
+        state = "done" if res.samples >= cfg.train.total_samples else "paused"
+        dist.print0(f"{state}: {res.samples:,} samples; artifact {res.artifact}")
     finally:
         dist.shutdown()
 

@@ -121,7 +121,9 @@ def train(
     artifact_kind: str = "ul-stage1",
     device: torch.device | None = None,
     progress: bool | None = None,
+    until: int | None = None,
 ) -> TrainResult:
+    """Train to cfg.train.total_samples (or stop early, with a checkpoint, at `until` samples)."""
     t = cfg.train
     device = device or torch.device("cpu")
     world, rank = dist.world(), dist.rank()
@@ -162,7 +164,7 @@ def train(
             "config": json.dumps(to_dict(cfg)),
         }
 
-    def checkpoint(final: bool = False) -> Path:
+    def checkpoint() -> Path:
         art = outdir / "artifact.safetensors"
         if dist.is_main():
             save_state(outdir, samples, state_dict(), t.keep)
@@ -181,7 +183,8 @@ def train(
     consecutive_bad, t_last = 0, time.time()
     try:
         with _StopFlag() as flag:
-            while samples < t.total_samples:
+            end = t.total_samples if until is None else min(until, t.total_samples)
+            while samples < end:
                 step = samples // t.batch
                 lr = lr_at(cfg, samples)
                 for g in opt.param_groups:
@@ -255,8 +258,8 @@ def train(
         bar.close()
         if stats_f:
             stats_f.close()
-    art = checkpoint(final=True)
-    if not (t.image_every > 0 and samples % t.image_every == 0):
+    art = checkpoint()
+    if samples >= t.total_samples and not (t.image_every > 0 and samples % t.image_every == 0):
         preview()
     return TrainResult(art, samples, metrics)
 

@@ -1,0 +1,17 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_cfg():
+    from unified_latents.config import get_preset
+
+    return get_preset("tiny")
+
+
+def has_fmnist() -> bool:
+    return os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
