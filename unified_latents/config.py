@@ -205,6 +205,11 @@ def _coerce(value, tp, where: str):
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool)):

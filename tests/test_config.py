@@ -1,0 +1,34 @@
+import pytest
+
+from unified_latents.config import apply_overrides, from_dict, get_preset, incompatible_changes, to_dict
+from unified_latents.errors import ConfigError
+
+
+def test_round_trip_all_presets():
+    for name in ("tiny", "fmnist", "imagenet512"):
+        cfg = get_preset(name)
+        assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+
+
+def test_overrides_typed():
+    cfg = apply_overrides(get_preset("tiny"), ["train.lr=3e-4", "model.encoder.channels=[4, 8]", "diffusion.pixel_shift=null",
+                                               "diffusion.bias=1"])
+    assert cfg.train.lr == 3e-4 and cfg.model.encoder.channels == [4, 8] and cfg.diffusion.bias == 1.0
+    with pytest.raises(ConfigError, match="expected int"):
+        apply_overrides(cfg, ["train.batch=true"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        apply_overrides(cfg, ["model.encoder=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(cfg, ["train.lr"])
+
+
+def test_config_file_cannot_run_code():
+    with pytest.raises(ConfigError):
+        apply_overrides(get_preset("tiny"), ["data.source=!!python/object/apply:os.system ['echo hi']"])
+
+
+def test_incompatible_changes():
+    a = to_dict(get_preset("tiny"))
+    b = to_dict(apply_overrides(get_preset("tiny"), ["train.total_samples=128", "model.prior.blocks=[2]"]))
+    diffs = incompatible_changes(a, b)
+    assert len(diffs) == 1 and diffs[0].startswith("model.prior.blocks")
