@@ -78,3 +78,49 @@ def reconstruct(
         k = min(16, images.shape[0])
         save_grid(torch.cat([images[:k], recs[:k]]), out, nrow=k, scale=2)
     return metrics
+
+
+def run_pipeline(cfg: RunConfig, outdir: Path, device: torch.device, count: int = 500, progress: bool | None = None) -> Path:
+    """The main job: train stage 1, evaluate reconstructions, write a report. Every step
+    resumes or is skipped when its output already exists, so rerunning continues the job."""
+    from .eval.report import plot_curves, read_stats, table, write_report
+    from .training.checkpoint import atomic_write_text
+    import json
+    import time
+
+    outdir = Path(outdir)
+    t0 = time.time()
+    run1 = outdir / "latents"
+    res = train_stage(cfg, run1, device, progress)
+    minutes = (time.time() - t0) / 60
+    metrics_path = outdir / "reconstruction.json"
+    cached = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    if cached.get("samples") != res.samples or cached.get("images") != count:
+        dist.print0(f"evaluating reconstructions of {count} held-out images ...")
+        m = reconstruct(res.artifact, None, outdir / "reconstructions.png", count, device=device, progress=progress is not False)
+        cached = {**m, "samples": res.samples}
+        atomic_write_text(metrics_path, json.dumps(cached, indent=2))
+    plot_curves(read_stats(run1 / "stats.jsonl"), outdir / "curves-latents.png", "stage 1 (latents)")
+    m = cached
+    rows = [
+        ("held-out images", f"{m['images']}"),
+        ("reconstruction PSNR (0..255, original pixels)", f"{m['psnr']:.2f} dB"),
+        ("reconstruction SSIM", f"{m['ssim']:.4f}"),
+        ("latent bitrate", f"{m['bits_per_image']:.1f} bits/image ({m['bpp']:.4f} bits/pixel)"),
+        ("final loss factor c_lf", f"{res.metrics.get('loss_factor', float('nan')):.3g}"),
+        ("stage-1 samples seen", f"{res.samples:,}"),
+    ]
+    if minutes > 0.2:
+        rows.append(("stage-1 wall time (this invocation)", f"{minutes:.1f} min"))
+    write_report(
+        outdir / "report.md",
+        "Unified Latents run report",
+        [
+            ("Metrics", table(rows)),
+            ("Training curves", "![stage-1 curves](curves-latents.png)"),
+            ("Reconstructions", "Top: held-out originals. Bottom: decoder samples given z0 (fresh noise).\n\n"
+             "![reconstructions](reconstructions.png)"),
+            ("Config", "```json\n" + json.dumps(json.loads((run1 / "config.json").read_text()), indent=1) + "\n```"),
+        ],
+    )
+    return outdir / "report.md"

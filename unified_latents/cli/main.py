@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _common(r)
 
+    p = sub.add_parser("pipeline", help="the main job: train, evaluate and write a report (rerun to resume)")
+    _config_args(p)
+    p.add_argument("--outdir", type=Path, default=Path("runs/fmnist"), help="run folder (default runs/fmnist)")
+    p.add_argument("--data", help="training data (default: the preset's)")
+    p.add_argument("--eval-data", help="held-out data")
+    p.add_argument("--count", type=int, default=500, help="held-out images to reconstruct (default 500)")
+    p.add_argument("--no-progress", action="store_true")
+    _common(p)
+
     i = sub.add_parser("info", help="parameter counts and FLOPs of a preset (no memory allocated)")
     _config_args(i)
     i.add_argument("--json", action="store_true")
@@ -121,7 +130,18 @@ def cmd_info(args) -> None:
     print(f"training cost: {rep['total']['train_flops'] / 1e9:.3f} GFLOP per sample (3x forward)")
 
 
-COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "info": cmd_info}
+def cmd_pipeline(args) -> None:
+    from ..pipeline import run_pipeline
+
+    cfg = _resolve_config(args)
+    device = dist.init()
+    if dist.world() > 1:
+        raise UserError("`ul pipeline` runs in one process; use `torchrun ... -m unified_latents train` for data-parallel training")
+    report = run_pipeline(cfg, args.outdir, device, args.count, progress=False if args.no_progress else None)
+    print(f"report: {report}")
+
+
+COMMANDS = {"pipeline": cmd_pipeline, "train": cmd_train, "reconstruct": cmd_reconstruct, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what unified-latents needs on a fresh Debian machine: the Fashion-MNIST Debian
+# package (the embedded default data), the CPU build of PyTorch, and this package (editable).
+# Idempotent: anything already installed is left alone. Extra pip extras: scripts/setup.sh test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo_cmd="sudo"
+  echo "installing the Debian package dataset-fashion-mnist ..."
+  $sudo_cmd apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+fi
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "installing PyTorch (CPU build) ..."
+  "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+fi
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+"$PY" -m pip install -q -e "$spec"

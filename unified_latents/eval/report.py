@@ -1,0 +1,52 @@
+"""Run report: a Markdown page with the metrics table, training curves and image grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..training.checkpoint import atomic_write, atomic_write_text  # noqa: E402
+
+CURVES = [("bits_per_image", "latent bits / image"), ("decoder_nats", "decoder loss (nats, before c_lf)"),
+          ("loss_factor", "loss factor c_lf"), ("loss", "total loss (nats)")]
+
+
+def read_stats(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def plot_curves(stats: list[dict], path: Path, title: str = "") -> None:
+    keys = [(k, label) for k, label in CURVES if stats and k in stats[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    x = [r["samples"] for r in stats]
+    for ax, (k, label) in zip(axes[0], keys):
+        ax.plot(x, [r[k] for r in stats], lw=1)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("samples seen")
+        if k in ("loss", "decoder_nats"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
+    """sections: (heading, Markdown body)."""
+    body = [f"# {title}", ""]
+    for head, text in sections:
+        body += [f"## {head}", "", text.rstrip(), ""]
+    atomic_write_text(Path(path), "\n".join(body))
+
+
+def table(rows: list[tuple[str, str]], header: tuple[str, str] = ("metric", "value")) -> str:
+    out = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(out)
