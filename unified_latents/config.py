@@ -52,6 +52,9 @@ class ModelConfig:
     decoder: NetConfig = field(
         default_factory=lambda: NetConfig(arch="unet", channels=[32, 64], blocks=[1, 1], patch=2)
     )
+    base: NetConfig = field(  # stage-2 base model on the latents (larger than the prior)
+        default_factory=lambda: NetConfig(arch="unet", channels=[128, 256], blocks=[2, 2], emb_dim=256)
+    )
 
 
 @dataclass
@@ -68,6 +71,17 @@ class DiffusionConfig:
     controller_min: float = 0.1  # loss-factor bounds for the controller
     controller_max: float = 100.0
     stratified: bool = True  # low-discrepancy t per batch
+
+
+@dataclass
+class BaseConfig:
+    """Stage 2 (UL_SPEC 4): a base model on the frozen encoder's latents."""
+
+    stage1_artifact: str = ""  # the frozen stage-1 artifact (EMA encoder + decoder)
+    latents: str = ""  # latents cached by `ul encode`; "" = encode the data at start
+    bias: float = 0.0  # b_base in sigmoid(b_base - lam)
+    shift: float = 0.0  # log-SNR schedule shift of the base model
+    label_dropout: float = 0.1  # classifier-free guidance training
 
 
 @dataclass
@@ -96,6 +110,9 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = "ancestral"  # "ancestral" or "ddim"
     decoder_steps: int = 32
+    base_steps: int = 64
+    guidance: float = 1.0  # classifier-free guidance scale; 1 = no guidance
+    guidance_interval: list[float] = field(default_factory=list)  # [lam_lo, lam_hi]; [] = everywhere
 
 
 @dataclass
@@ -104,6 +121,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -122,12 +140,13 @@ def _tiny() -> RunConfig:
         encoder=NetConfig(arch="resnet_encoder", channels=[8, 16], blocks=[1, 1], patch=2),
         prior=NetConfig(arch="unet", channels=[16], blocks=[1], emb_dim=16),
         decoder=NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], patch=2, emb_dim=16),
+        base=NetConfig(arch="unet", channels=[16, 32], blocks=[1, 1], emb_dim=16),
     )
     cfg.data = DataConfig(resolution=16, pad=0)
     cfg.train = TrainConfig(
         total_samples=64, batch=8, lr=1e-3, warmup_samples=16, log_every=2, image_every=32, ckpt_every=32
     )
-    cfg.sample = SampleConfig(decoder_steps=4)
+    cfg.sample = SampleConfig(decoder_steps=4, base_steps=4)
     return cfg
 
 
@@ -166,6 +185,10 @@ def _imagenet512() -> RunConfig:
             dropout=0.1,
             emb_dim=256,
         ),
+        # 2-level ViT, widths [512, 1024], blocks [6, 16] in the paper; approximated here by a
+        # U-ViT with one conv level of 512 and 16 transformer blocks of width 1024.
+        base=NetConfig(arch="unet", channels=[512], blocks=[3], transformer_blocks=16, width=1024, heads=16,
+                       dropout=0.1, emb_dim=256),
     )
     cfg.train = TrainConfig(total_samples=256 * 1_000_000, batch=256, lr=1e-4, warmup_samples=256 * 10_000)
     cfg.sample = SampleConfig(decoder_steps=128)
@@ -174,11 +197,23 @@ def _imagenet512() -> RunConfig:
 
 PRESETS = {"tiny": _tiny, "fmnist": _fmnist, "imagenet512": _imagenet512}
 
+# Stage-2 training settings per preset (the base model trains on cheap latents: bigger batches).
+BASE_TRAIN = {
+    "tiny": dict(total_samples=64, batch=8, lr=1e-3, warmup_samples=16, log_every=2, image_every=32, ckpt_every=32),
+    "fmnist": dict(total_samples=192_000, batch=128, lr=1e-3, warmup_samples=6_400, image_every=64_000,
+                   ckpt_every=64_000, ema_decay=0.998),
+    "imagenet512": dict(total_samples=1024 * 500_000, batch=1024, lr=1e-4, warmup_samples=1024 * 10_000),
+}
 
-def get_preset(name: str) -> RunConfig:
+
+def get_preset(name: str, stage: str = "latents") -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]()
+    cfg = PRESETS[name]()
+    cfg.stage = stage
+    if stage == "base":
+        cfg.train = TrainConfig(**BASE_TRAIN[name])
+    return cfg
 
 
 # ----------------------------------------------------------------------------- dict round trip
@@ -263,7 +298,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 # Sections whose change makes a saved run or artifact unusable (weights no longer fit, or the
 # objective means something else). Others (training length, logging, sampling) may change.
-INCOMPATIBLE = ("stage", "model", "data.resolution", "data.channels", "diffusion.lam0", "diffusion.lam_z_min")
+INCOMPATIBLE = ("stage", "model", "base.stage1_artifact", "data.resolution", "data.channels", "diffusion.lam0", "diffusion.lam_z_min")
 
 
 def incompatible_changes(old: dict, new: dict) -> list[str]:

@@ -7,32 +7,52 @@ from pathlib import Path
 import torch
 
 from . import dist
-from .config import RunConfig, from_dict
-from .data import eval_source, load_images, to_float
+from .config import RunConfig, from_dict, to_dict
+from .data import LatentData, encode_images, eval_source, load_images, load_latents, save_latents, to_float
 from .errors import ArtifactError, ConfigError, UserError
 from .eval import evaluate_reconstruction, save_grid, save_previews
-from .objectives import OBJECTIVES
+from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
 from .training import TrainResult, load_artifact, train
 
 PREVIEW_COUNT = 8
+STAGES = ("latents", "base")
 
 
-def build_model(cfg: RunConfig):
-    if cfg.stage not in OBJECTIVES:
-        raise ConfigError(f"unknown stage {cfg.stage!r}; choose one of: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[cfg.stage](cfg)
+def build_model(cfg: RunConfig, stage1: UnifiedLatents | None = None):
+    if cfg.stage == "latents":
+        return UnifiedLatents(cfg)
+    if cfg.stage == "base":
+        if stage1 is None:
+            raise ConfigError("stage 'base' needs a stage-1 artifact; pass --artifact runs/.../artifact.safetensors")
+        return BaseModel(cfg, stage1)
+    raise ConfigError(f"unknown stage {cfg.stage!r}; choose one of: {', '.join(STAGES)}")
+
+
+def _config(d: dict, path: Path) -> RunConfig:
+    try:
+        return from_dict(d)
+    except UserError as e:
+        raise ArtifactError(f"{path}: its config does not match this version of unified-latents ({e})") from None
+
+
+def artifact_config(path: Path) -> RunConfig:
+    return _config(load_artifact(path)[1], path)
 
 
 def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None = None):
     """Artifact -> (EMA model in eval mode, its resolved config)."""
-    tensors, cfg_dict, _ = load_artifact(path)
-    try:
-        cfg = from_dict(cfg_dict)
-    except UserError as e:
-        raise ArtifactError(f"{path}: its config does not match this version of unified-latents ({e})") from None
+    import json
+
+    tensors, cfg_dict, meta = load_artifact(path)
+    cfg = _config(cfg_dict, path)
     if stage is not None and cfg.stage != stage:
         raise ArtifactError(f"{path} is a '{cfg.stage}' artifact; this command needs a '{stage}' one")
-    model = build_model(cfg)
+    stage1 = None
+    if cfg.stage == "base":
+        if "stage1_config" not in meta:
+            raise ArtifactError(f"{path}: base artifact without its stage-1 config; re-export it with `ul train --stage base`")
+        stage1 = UnifiedLatents(_config(json.loads(meta["stage1_config"]), path))
+    model = build_model(cfg, stage1)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
@@ -43,6 +63,8 @@ def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None
 def train_stage(
     cfg: RunConfig, outdir: Path, device: torch.device, progress: bool | None = None, until: int | None = None
 ) -> TrainResult:
+    if cfg.stage == "base":
+        return _train_base(cfg, Path(outdir), device, progress, until)
     data = load_images(cfg.data)
     if data.skipped:
         dist.print0(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")
@@ -53,6 +75,58 @@ def train_stage(
         held = data  # no held-out set configured: preview training images
     preview_x = to_float(held.images[:PREVIEW_COUNT])
     return train(cfg, outdir, lambda: build_model(cfg), data, preview_x, save_previews, f"ul-{cfg.stage}", device, progress, until)
+
+
+def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, progress: bool | None = None) -> LatentData:
+    """The training data's z_clean: from cfg.base.latents, or encoded once and cached at `cache`."""
+    fp = encoder_fingerprint(stage1)
+    if cfg.base.latents:
+        return load_latents(Path(cfg.base.latents), fp)
+    if cache.exists():
+        try:
+            return load_latents(cache, fp)
+        except UserError:
+            pass  # made by another encoder: encode again
+    data = load_images(cfg.data)
+    dist.print0(f"encoding {len(data):,} images with the frozen encoder ...")
+    lat = LatentData(encode_images(stage1, data.images, device=device, progress=progress is not False), data.labels)
+    if dist.is_main():
+        save_latents(cache, lat, fp, cfg.data.source)
+    dist.barrier()
+    return lat
+
+
+def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress: bool = True) -> Path:
+    """`ul encode`: cache z_clean (and labels) of a dataset with the frozen EMA encoder."""
+    stage1, cfg = load_model(artifact, device, stage="latents")
+    images = load_images(cfg.data, data) if data else load_images(cfg.data)
+    lat = LatentData(encode_images(stage1, images.images, device=device, progress=progress), images.labels)
+    dest = Path(dest)
+    if dest.suffix != ".safetensors":
+        dest = dest / "latents.safetensors"
+    save_latents(dest, lat, encoder_fingerprint(stage1), data or cfg.data.source)
+    return dest
+
+
+def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainResult:
+    if not cfg.base.stage1_artifact:
+        raise ConfigError("stage 'base' needs the stage-1 artifact: pass --artifact runs/.../artifact.safetensors")
+    stage1, _ = load_model(Path(cfg.base.stage1_artifact), device, stage="latents")
+    if dist.is_main():
+        outdir.mkdir(parents=True, exist_ok=True)
+    lat = latents_for(stage1, cfg, outdir / "latents.safetensors", device, progress)
+    if cfg.data.num_classes and lat.labels is None:
+        dist.print0("the data has no labels: training an unconditional base model")
+    return train(cfg, outdir, lambda: build_model(cfg, stage1.cpu()), lat, lat.latents[:PREVIEW_COUNT],
+                 save_previews, "ul-base", device, progress, until)
+
+
+def base_config(preset: RunConfig, stage1_artifact: Path) -> RunConfig:
+    """A stage-2 config: the preset's base model and training, the stage-1 run's data."""
+    s1 = artifact_config(stage1_artifact)
+    cfg = from_dict({**to_dict(preset), "stage": "base", "data": to_dict(s1.data)})
+    cfg.base.stage1_artifact = str(stage1_artifact)
+    return cfg
 
 
 def reconstruct(
@@ -124,3 +198,145 @@ def run_pipeline(cfg: RunConfig, outdir: Path, device: torch.device, count: int 
         ],
     )
     return outdir / "report.md"
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'0-63' or '0,5,9' or '0-9,100-109' -> list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.strip().split("-", 1)
+                seeds += list(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                seeds.append(int(part))
+    except ValueError:
+        raise UserError(f"cannot read seeds {spec!r}; write them like 0-63 or 0,5,9") from None
+    if not seeds:
+        raise UserError(f"no seeds in {spec!r}; write them like 0-63")
+    return seeds
+
+
+def class_labels(seeds: list[int], classes: str | None, num_classes: int) -> torch.Tensor | None:
+    """Labels per seed: None/'' -> seed % classes; 'random' -> drawn from the seed; '3,5' -> cycled;
+    'none' -> unconditional."""
+    if not num_classes or classes == "none":
+        return None
+    if not classes:
+        return torch.tensor([s % num_classes for s in seeds])
+    if classes == "random":
+        return torch.tensor([int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s))) for s in seeds])
+    try:
+        chosen = [int(c) for c in classes.split(",")]
+    except ValueError:
+        raise UserError(f"cannot read classes {classes!r}; give indices like 3 or 0,1,2, or 'random'") from None
+    bad = [c for c in chosen if not 0 <= c < num_classes]
+    if bad:
+        raise UserError(f"class {bad[0]} is out of range; this model has classes 0..{num_classes - 1}")
+    return torch.tensor([chosen[i % len(chosen)] for i in range(len(seeds))])
+
+
+@torch.no_grad()
+def generate_images(model: BaseModel, seeds: list[int], labels: torch.Tensor | None, batch: int = 250,
+                    progress: bool = False, **kw) -> torch.Tensor:
+    """uint8 [N, C, H, W]; sample k depends only on seeds[k] and labels[k], never on the batch."""
+    from tqdm import tqdm
+
+    from .data import to_uint8
+
+    device = next(model.net.parameters()).device
+    out = []
+    for i in tqdm(range(0, len(seeds), batch), desc="sampling", unit="batch", disable=not progress, leave=False):
+        lab = labels[i : i + batch].to(device) if labels is not None else None
+        out.append(to_uint8(model.generate(seeds[i : i + batch], lab, **kw)).cpu())
+    return torch.cat(out)
+
+
+def sample(artifact: Path, seeds: list[int], outdir: Path, classes: str | None = None, batch: int = 250,
+           npz: bool = False, device="cpu", progress: bool = True, **kw) -> dict[str, Path]:
+    """`ul sample`: a PNG grid plus individual PNGs (or one .npz) of the given seeds."""
+    import numpy as np
+
+    from .data import crop_pad
+    from .eval import save_png
+    from .training.checkpoint import atomic_write
+
+    model, cfg = load_model(artifact, device, stage="base")
+    labels = class_labels(seeds, classes, model.num_classes)
+    imgs = crop_pad(generate_images(model, seeds, labels, batch, progress, **kw), cfg.data.pad)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {"grid": outdir / "grid.png"}
+    nrow = model.num_classes if (labels is not None and not classes and len(seeds) >= model.num_classes) else None
+    save_grid(imgs, paths["grid"], nrow=nrow, scale=2)
+    if npz:
+        paths["npz"] = outdir / "samples.npz"
+        arrays = {"images": imgs.permute(0, 2, 3, 1).numpy(), "seeds": np.array(seeds)}
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
+        atomic_write(paths["npz"], lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    else:
+        for s, im in zip(seeds, imgs):
+            save_png(im.permute(1, 2, 0).numpy(), outdir / f"{s:06d}.png")
+    return paths
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(artifact: Path, samples: int = 2000, recon: int = 500, ref_count: int = 2000, inception: str | None = None,
+             device="cpu", progress: bool = True, out: Path | None = None) -> dict:
+    """gFID/KID of generated samples and rFID/PSNR/SSIM of reconstructions against held-out
+    images (Inception pool3, float64 statistics), latent bitrates of the stage-1 prior and the
+    base model (unweighted ELBO), and FLOPs. Every figure carries its sample count."""
+    import json
+
+    from .data import crop_pad
+    from .eval.fid import InceptionFeatures, fid_from_features, kid, reference_features
+    from .eval.flops import generation_report, stage1_report
+    from .training.checkpoint import atomic_write_text
+
+    model, cfg = load_model(artifact, device, stage="base")
+    s1, s1cfg = model.stage1, model.stage1.cfg
+    net = InceptionFeatures(inception, device)  # fails early, with the fix, if the weights are missing
+    src, split = eval_source(s1cfg.data)
+    held = load_images(s1cfg.data, src, split)
+    pad = s1cfg.data.pad
+    ref_count = min(ref_count, len(held))
+    key = json.dumps([src, split, ref_count, s1cfg.data.resolution, s1cfg.data.channels, pad, str(inception)])
+    ref = reference_features(key, lambda: crop_pad(held.images[:ref_count], pad), net, progress)
+    res: dict = {"reference_images": ref_count, "reference": f"{src}:{split}"}
+
+    seeds = list(range(samples))
+    labels = class_labels(seeds, None, model.num_classes)
+    gen = crop_pad(generate_images(model, seeds, labels, progress=progress), pad)
+    gfeat = net(gen, progress=progress, desc="sample features")
+    res.update(gfid=fid_from_features(gfeat, ref), gfid_samples=samples)
+    res["kid"], res["kid_std"] = kid(gfeat, ref, subset_size=min(1000, samples, ref_count))
+    if out is not None:
+        save_grid(gen[: 10 * min(10, max(1, samples // 10))], Path(out) / "samples.png", nrow=10 if labels is not None else None, scale=2)
+
+    rm, recs = evaluate_reconstruction(s1, held.images[:recon], pad, device=device, progress=progress)
+    rfeat = net(crop_pad(recs, pad), progress=progress, desc="reconstruction features")
+    res.update(rfid=fid_from_features(rfeat, ref), rfid_samples=recon, psnr=rm["psnr"], ssim=rm["ssim"],
+               prior_bits_per_image=rm["bits_per_image"], prior_bpp=rm["bpp"])
+    z = encode_images(s1, held.images[:recon], device=device)
+    lab = held.labels[:recon].to(device) if (held.labels is not None and model.num_classes) else None
+    base_bits = model.bits(z.to(device), lab, list(range(recon))).cpu()
+    res.update(base_bits_per_image=float(base_bits.mean()), base_bpp=float(base_bits.mean()) / s1.pixels_per_image())
+    with torch.device("meta"):
+        meta_s1 = UnifiedLatents(s1cfg)
+        meta_base = BaseModel(cfg, meta_s1)
+    sc = cfg.sample
+    res["flops"] = {"stage1_train_per_sample": stage1_report(meta_s1)["total"]["train_flops"],
+                    **generation_report(meta_base, sc.guidance, sc.base_steps, sc.decoder_steps)}
+    res["sampling"] = {"sampler": sc.sampler, "base_steps": sc.base_steps, "decoder_steps": sc.decoder_steps,
+                       "guidance": sc.guidance, "guidance_interval": sc.guidance_interval}
+    if out is not None:
+        save_grid(torch.cat([crop_pad(held.images[:10], pad), crop_pad(recs[:10], pad)]), Path(out) / "reconstructions.png",
+                  nrow=10, scale=2)
+        atomic_write_text(Path(out) / "eval.json", json.dumps(res, indent=2))
+    return res

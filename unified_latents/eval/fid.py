@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +78,13 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance(mu1, s1, mu2, s2) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))."""
     diff = mu1 - mu2
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():
-        off = np.eye(s1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = covmean.real
+    with warnings.catch_warnings():  # singular products are expected with few samples
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            off = np.eye(s1.shape[0]) * 1e-6
+            covmean = scipy.linalg.sqrtm((s1 + off) @ (s2 + off))
+    covmean = np.real(covmean)
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 

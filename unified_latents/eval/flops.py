@@ -35,3 +35,22 @@ def stage1_report(model: nn.Module, device: str | torch.device = "meta") -> dict
     fwd = sum(r["forward_flops"] for r in out.values())
     out["total"] = {"params": sum(r["params"] for r in out.values()), "forward_flops": fwd, "train_flops": 3 * fwd}
     return out
+
+
+def generation_report(base, guidance: float, base_steps: int, decoder_steps: int, device="meta") -> dict[str, float]:
+    """FLOPs per training sample of the base model and per generated sample (base steps, with
+    a second, unconditional pass where guidance is on, plus decoder steps and its final call)."""
+    z = torch.zeros(1, *base.z_shape, device=device)
+    x = torch.zeros(1, *base.x_shape, device=device)
+    lam = torch.zeros(1, device=device)
+    labels = torch.zeros(1, dtype=torch.long, device=device) if base.num_classes else None
+    with torch.no_grad():
+        f_base = forward_flops(base.net, z, lam, labels=labels)
+        f_dec = forward_flops(base.stage1.decoder, x, lam, cond=z)
+    per_base_step = f_base * (2 if guidance != 1.0 else 1)
+    return {
+        "base_params": count_params(base.net),
+        "base_forward_flops": f_base,
+        "base_train_flops": 3 * f_base,
+        "generate_flops": base_steps * per_base_step + (decoder_steps + 1) * f_dec,
+    }

@@ -2,5 +2,4 @@
 
 from .base import Losses, seeded_noise
 from .stage1 import UnifiedLatents, latent_shape
-
-OBJECTIVES = {"latents": UnifiedLatents}
+from .stage2 import BaseModel, encoder_fingerprint

@@ -168,7 +168,7 @@ def train(
         art = outdir / "artifact.safetensors"
         if dist.is_main():
             save_state(outdir, samples, state_dict(), t.keep)
-            extra = {"samples": samples, "metrics": metrics}
+            extra = {"samples": samples, "metrics": metrics, **getattr(model, "artifact_metadata", dict)()}
             save_artifact(art, ema.model.state_dict(), to_dict(cfg), artifact_kind, extra)
         dist.barrier()
         return art
@@ -265,7 +265,7 @@ def train(
 
 
 def _shown(metrics: dict) -> list[str]:
-    return [k for k in ("loss", "prior_nats", "decoder_nats", "bits_per_image", "bpp", "loss_factor") if k in metrics]
+    return [k for k in ("loss", "prior_nats", "decoder_nats", "bits_per_image", "bpp", "loss_factor", "base_nats", "elbo_bits_per_image") if k in metrics]
 
 
 def _plain_line(rec: dict, total: int) -> str:

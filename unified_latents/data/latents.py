@@ -1,0 +1,70 @@
+"""Latent datasets for stage 2: z_clean of the frozen encoder, with labels, cached on disk
+as safetensors tagged with the encoder's fingerprint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..errors import DataError
+from .images import to_float
+
+LATENTS_FORMAT = "unified-latents/latents-1"
+
+
+@dataclass
+class LatentData:
+    latents: torch.Tensor  # float32 [N, *z_shape]
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def get(self, idx: torch.Tensor):
+        return self.latents[idx], (self.labels[idx] if self.labels is not None else None)
+
+
+@torch.no_grad()
+def encode_images(stage1, images: torch.Tensor, batch: int = 500, device="cpu", progress: bool = False) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> z_clean [N, *z_shape] with the (frozen, EMA) encoder."""
+    out = []
+    for i in tqdm(range(0, images.shape[0], batch), desc="encoding", unit="batch", disable=not progress, leave=False):
+        out.append(stage1.encode(to_float(images[i : i + batch]).to(device)).cpu())
+    return torch.cat(out)
+
+
+def save_latents(path: Path, data: LatentData, fingerprint: str, source: str) -> None:
+    from ..training.checkpoint import atomic_write
+
+    tensors = {"latents": data.latents.contiguous()}
+    if data.labels is not None:
+        tensors["labels"] = data.labels.contiguous()
+    meta = {"format": LATENTS_FORMAT, "encoder_fingerprint": fingerprint, "source": json.dumps(source)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_latents(path: Path, fingerprint: str) -> LatentData:
+    """Load a latent cache; refuse one made by another encoder."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"latent cache {path} does not exist; make one with `ul encode --artifact A --dest {path}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DataError(f"{path} is not a readable latent cache ({e}); re-create it with `ul encode`") from None
+    if meta.get("format") != LATENTS_FORMAT or "latents" not in t:
+        raise DataError(f"{path} is not a unified-latents latent cache; make one with `ul encode`")
+    if meta.get("encoder_fingerprint") != fingerprint:
+        raise DataError(
+            f"{path} was made by a different encoder than the stage-1 artifact's; "
+            "re-encode with `ul encode --artifact <this artifact>` or pass the matching artifact"
+        )
+    return LatentData(t["latents"], t.get("labels"))
