@@ -154,47 +154,68 @@ def reconstruct(
     return metrics
 
 
-def run_pipeline(cfg: RunConfig, outdir: Path, device: torch.device, count: int = 500, progress: bool | None = None) -> Path:
-    """The main job: train stage 1, evaluate reconstructions, write a report. Every step
-    resumes or is skipped when its output already exists, so rerunning continues the job."""
-    from .eval.report import plot_curves, read_stats, table, write_report
-    from .training.checkpoint import atomic_write_text
+def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.device, samples: int = 2000,
+                 recon: int = 500, ref_count: int = 2000, inception: str | None = None,
+                 progress: bool | None = None) -> Path:
+    """The main job: stage 1, stage 2, sampling and evaluation, then a Markdown report. Each
+    step resumes, or is skipped when its output is already there: rerunning continues the job."""
     import json
     import time
 
+    from .cli.main import format_eval
+    from .config import apply_overrides, get_preset
+    from .eval.fid import find_inception
+    from .eval.report import plot_curves, read_stats, table, write_report
+    from .training.checkpoint import atomic_write_text
+
     outdir = Path(outdir)
+    find_inception(inception)  # fail now, not after half an hour of training
+    times = {}
     t0 = time.time()
-    run1 = outdir / "latents"
-    res = train_stage(cfg, run1, device, progress)
-    minutes = (time.time() - t0) / 60
-    metrics_path = outdir / "reconstruction.json"
-    cached = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    if cached.get("samples") != res.samples or cached.get("images") != count:
-        dist.print0(f"evaluating reconstructions of {count} held-out images ...")
-        m = reconstruct(res.artifact, None, outdir / "reconstructions.png", count, device=device, progress=progress is not False)
-        cached = {**m, "samples": res.samples}
-        atomic_write_text(metrics_path, json.dumps(cached, indent=2))
-    plot_curves(read_stats(run1 / "stats.jsonl"), outdir / "curves-latents.png", "stage 1 (latents)")
-    m = cached
+    cfg1 = apply_overrides(get_preset(preset, "latents"), overrides)
+    res1 = train_stage(cfg1, outdir / "latents", device, progress)
+    times["stage 1"] = time.time() - t0
+    t0 = time.time()
+    cfg2 = apply_overrides(base_config(get_preset(preset, "base"), res1.artifact), overrides)
+    res2 = train_stage(cfg2, outdir / "base", device, progress)
+    times["stage 2"] = time.time() - t0
+    t0 = time.time()
+    eval_path = outdir / "eval.json"
+    want = {"samples": samples, "recon": recon, "ref_count": ref_count, "stage1": res1.samples, "base": res2.samples}
+    ev = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    if ev.get("request") != want:
+        dist.print0(f"evaluating: {samples} samples, {recon} reconstructions, {ref_count} reference images ...")
+        ev = evaluate(res2.artifact, samples, recon, ref_count, inception, device, progress is not False, outdir)
+        ev["request"] = want
+        atomic_write_text(eval_path, json.dumps(ev, indent=2))
+    times["evaluation"] = time.time() - t0
+    plot_curves(read_stats(outdir / "latents" / "stats.jsonl"), outdir / "curves-latents.png", "stage 1 (latents)")
+    plot_curves(read_stats(outdir / "base" / "stats.jsonl"), outdir / "curves-base.png", "stage 2 (base model)")
+    f = ev["flops"]
     rows = [
-        ("held-out images", f"{m['images']}"),
-        ("reconstruction PSNR (0..255, original pixels)", f"{m['psnr']:.2f} dB"),
-        ("reconstruction SSIM", f"{m['ssim']:.4f}"),
-        ("latent bitrate", f"{m['bits_per_image']:.1f} bits/image ({m['bpp']:.4f} bits/pixel)"),
-        ("final loss factor c_lf", f"{res.metrics.get('loss_factor', float('nan')):.3g}"),
-        ("stage-1 samples seen", f"{res.samples:,}"),
+        ("gFID (Inception pool3)", f"{ev['gfid']:.2f} ({ev['gfid_samples']} samples vs {ev['reference_images']} {ev['reference']})"),
+        ("KID x 1e3", f"{ev['kid'] * 1e3:.2f} +- {ev['kid_std'] * 1e3:.2f}"),
+        ("rFID", f"{ev['rfid']:.2f} ({ev['rfid_samples']} reconstructions)"),
+        ("reconstruction PSNR / SSIM", f"{ev['psnr']:.2f} dB / {ev['ssim']:.4f} (original 28x28 pixels)"),
+        ("latent bitrate, stage-1 prior", f"{ev['prior_bits_per_image']:.1f} bits/image ({ev['prior_bpp']:.4f} bits/pixel)"),
+        ("latent bitrate, base model (unweighted ELBO)", f"{ev['base_bits_per_image']:.1f} bits/image ({ev['base_bpp']:.4f} bits/pixel)"),
+        ("final loss factor c_lf", f"{res1.metrics.get('loss_factor', float('nan')):.3g}"),
+        ("FLOPs / training sample: stage 1, base", f"{f['stage1_train_per_sample'] / 1e6:.1f} M, {f['base_train_flops'] / 1e6:.1f} M"),
+        ("FLOPs / generated sample", f"{f['generate_flops'] / 1e6:.1f} M ({ev['sampling']['base_steps']} base + {ev['sampling']['decoder_steps']} decoder {ev['sampling']['sampler']} steps)"),
+        ("samples seen: stage 1, stage 2", f"{res1.samples:,}, {res2.samples:,}"),
     ]
-    if minutes > 0.2:
-        rows.append(("stage-1 wall time (this invocation)", f"{minutes:.1f} min"))
+    rows += [(f"wall time this invocation: {k}", f"{v / 60:.1f} min") for k, v in times.items() if v > 5]
     write_report(
         outdir / "report.md",
         "Unified Latents run report",
         [
             ("Metrics", table(rows)),
-            ("Training curves", "![stage-1 curves](curves-latents.png)"),
+            ("Samples", "Class-conditional samples, one column per class (Fashion-MNIST: T-shirt, trouser, pullover, "
+             "dress, coat, sandal, shirt, sneaker, bag, ankle boot).\n\n![samples](samples.png)"),
             ("Reconstructions", "Top: held-out originals. Bottom: decoder samples given z0 (fresh noise).\n\n"
              "![reconstructions](reconstructions.png)"),
-            ("Config", "```json\n" + json.dumps(json.loads((run1 / "config.json").read_text()), indent=1) + "\n```"),
+            ("Training curves", "![stage 1](curves-latents.png)\n\n![stage 2](curves-base.png)"),
+            ("Command-line summary", "```\n" + "\n".join(format_eval(ev)) + "\n```"),
         ],
     )
     return outdir / "report.md"

