@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..errors import DataError
@@ -54,12 +53,9 @@ def load_latents(path: Path, fingerprint: str) -> LatentData:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"latent cache {path} does not exist; make one with `ul encode --artifact A --dest {path}`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        t = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise DataError(f"{path} is not a readable latent cache ({e}); re-create it with `ul encode`") from None
+    from ..training.checkpoint import read_safetensors
+
+    t, meta = read_safetensors(path, DataError, "re-create it with `ul encode`")
     if meta.get("format") != LATENTS_FORMAT or "latents" not in t:
         raise DataError(f"{path} is not a unified-latents latent cache; make one with `ul encode`")
     if meta.get("encoder_fingerprint") != fingerprint:

@@ -78,17 +78,22 @@ def save_artifact(path: Path, tensors: dict[str, torch.Tensor], config: dict, ki
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+def read_safetensors(path: Path, error: type[Exception], fix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a safetensors file; `error` naming the file and `fix` otherwise."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise error(f"{path} is not a readable safetensors file ({e}); it may be truncated: {fix}") from None
+
+
 def load_artifact(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     """-> (tensors, config dict, metadata). Refuses files that are not ours or are damaged."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist; pass the .safetensors file written by `ul train`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ArtifactError(f"{path} is not a readable safetensors file ({e}); it may be truncated: re-copy it or re-export it") from None
+    tensors, meta = read_safetensors(path, ArtifactError, "re-copy it or re-export it")
     if meta.get("format") != ARTIFACT_FORMAT:
         raise ArtifactError(f"{path} is not a unified-latents artifact (no '{ARTIFACT_FORMAT}' metadata); use a file written by `ul train`")
     try:
