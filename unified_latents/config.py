@@ -53,7 +53,7 @@ class ModelConfig:
         default_factory=lambda: NetConfig(arch="unet", channels=[32, 64], blocks=[1, 1], patch=2)
     )
     base: NetConfig = field(  # stage-2 base model on the latents (larger than the prior)
-        default_factory=lambda: NetConfig(arch="unet", channels=[128, 256], blocks=[2, 2], emb_dim=256)
+        default_factory=lambda: NetConfig(arch="unet", channels=[64, 128], blocks=[2, 2], emb_dim=256)
     )
 
 
@@ -201,7 +201,7 @@ PRESETS = {"tiny": _tiny, "fmnist": _fmnist, "imagenet512": _imagenet512}
 BASE_TRAIN = {
     "tiny": dict(total_samples=64, batch=8, lr=1e-3, warmup_samples=16, log_every=2, image_every=32, ckpt_every=32),
     "fmnist": dict(total_samples=192_000, batch=128, lr=1e-3, warmup_samples=6_400, image_every=64_000,
-                   ckpt_every=64_000, ema_decay=0.998),
+                   ckpt_every=64_000, ema_decay=0.998),  # 2.2M-parameter U-Net, ~5 min on 2 CPU cores
     "imagenet512": dict(total_samples=1024 * 500_000, batch=1024, lr=1e-4, warmup_samples=1024 * 10_000),
 }
 
