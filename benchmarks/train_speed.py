@@ -10,6 +10,8 @@ backward) by the machine's dense matmul FLOP/s, measured in the same run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -71,7 +73,8 @@ def main() -> None:
                                 f"train.ckpt_every={total}", *args.overrides])
     data = load_images(cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
-        train(cfg, Path(tmp), lambda: build_model(cfg), data, device=device, progress=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # the loop's per-step lines
+            train(cfg, Path(tmp), lambda: build_model(cfg), data, device=device, progress=False)
         recs = [json.loads(ln) for ln in (Path(tmp) / "stats.jsonl").read_text().splitlines()]
     secs = sum(r["sec"] for r in recs[args.warmup + 1 :])
     steps = len(recs) - args.warmup - 1
