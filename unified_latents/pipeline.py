@@ -162,10 +162,9 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
     import json
     import time
 
-    from .cli.main import format_eval
     from .config import apply_overrides, get_preset
     from .eval.fid import find_inception
-    from .eval.report import plot_curves, read_stats, table, write_report
+    from .eval.report import format_metrics, plot_curves, read_stats, table, write_report
     from .training.checkpoint import atomic_write_text
 
     outdir = Path(outdir)
@@ -215,7 +214,7 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
             ("Reconstructions", "Top: held-out originals. Bottom: decoder samples given z0 (fresh noise).\n\n"
              "![reconstructions](reconstructions.png)"),
             ("Training curves", "![stage 1](curves-latents.png)\n\n![stage 2](curves-base.png)"),
-            ("Command-line summary", "```\n" + "\n".join(format_eval(ev)) + "\n```"),
+            ("Command-line summary", "```\n" + "\n".join(format_metrics(ev)) + "\n```"),
         ],
     )
     return outdir / "report.md"

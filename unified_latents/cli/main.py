@@ -183,7 +183,7 @@ def cmd_sample(args) -> None:
         print(f"{k}: {p}")
 
 
-def cmd_eval(args) -> None:
+def cmd_evaluate(args) -> None:
     from ..pipeline import evaluate
 
     res = evaluate(args.artifact, args.samples, args.recon, args.ref_count, args.inception,
@@ -191,22 +191,10 @@ def cmd_eval(args) -> None:
     if args.json:
         print(json.dumps(res))
         return
-    for line in format_eval(res):
+    from ..eval.report import format_metrics
+
+    for line in format_metrics(res):
         print(line)
-
-
-def format_eval(r: dict) -> list[str]:
-    f = r["flops"]
-    return [
-        f"gFID  {r['gfid']:.2f}  ({r['gfid_samples']} samples vs {r['reference_images']} {r['reference']} images)",
-        f"KID   {r['kid'] * 1e3:.2f} x 1e-3 (+- {r['kid_std'] * 1e3:.2f})",
-        f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)",
-        f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)",
-        f"bits  stage-1 prior {r['prior_bits_per_image']:.1f} bits/image ({r['prior_bpp']:.4f} bpp); "
-        f"base model {r['base_bits_per_image']:.1f} bits/image ({r['base_bpp']:.4f} bpp)",
-        f"FLOPs stage-1 training {f['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
-        f"{f['base_train_flops'] / 1e9:.3f} G/sample; generation {f['generate_flops'] / 1e9:.3f} G/sample",
-    ]
 
 
 def cmd_info(args) -> None:
@@ -241,7 +229,7 @@ def cmd_pipeline(args) -> None:
     print(f"report: {report}")
 
 
-COMMANDS = {"pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_eval, "reconstruct": cmd_reconstruct, "info": cmd_info}
+COMMANDS = {"pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,3 +50,17 @@ def table(rows: list[tuple[str, str]], header: tuple[str, str] = ("metric", "val
     out = [f"| {header[0]} | {header[1]} |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(out)
+
+
+def format_metrics(r: dict) -> list[str]:
+    f = r["flops"]
+    return [
+        f"gFID  {r['gfid']:.2f}  ({r['gfid_samples']} samples vs {r['reference_images']} {r['reference']} images)",
+        f"KID   {r['kid'] * 1e3:.2f} x 1e-3 (+- {r['kid_std'] * 1e3:.2f})",
+        f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)",
+        f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)",
+        f"bits  stage-1 prior {r['prior_bits_per_image']:.1f} bits/image ({r['prior_bpp']:.4f} bpp); "
+        f"base model {r['base_bits_per_image']:.1f} bits/image ({r['base_bpp']:.4f} bpp)",
+        f"FLOPs stage-1 training {f['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
+        f"{f['base_train_flops'] / 1e9:.3f} G/sample; generation {f['generate_flops'] / 1e9:.3f} G/sample",
+    ]

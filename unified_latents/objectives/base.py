@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -39,3 +41,15 @@ class seeded_noise:
 
     def like(self, x: torch.Tensor) -> torch.Tensor:
         return self.normal(tuple(x.shape[1:])).to(x.dtype)
+
+
+def elbo_bits(nats_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int, z_shape: tuple[int, ...],
+              seeds: list[int], device, n_t: int = 8) -> torch.Tensor:
+    """Bits per example [N] of an ELBO: `nats_fn(t [N], eps [N, *z_shape]) -> nats [N]` averaged
+    over n_t stratified t per example (the held-out bitrate estimator; UL_SPEC 7)."""
+    noise = seeded_noise(seeds, device)
+    total = torch.zeros(n, dtype=torch.float64, device=device)
+    for k in range(n_t):
+        t = torch.remainder(noise.uniform(()) + k / n_t, 1.0)
+        total += nats_fn(t, noise.normal(z_shape)).double()
+    return total / n_t / math.log(2)

@@ -23,7 +23,7 @@ from ..diffusion import (
     x_from_v,
 )
 from ..nn import build_denoiser, build_encoder
-from .base import Losses, bcast, seeded_noise
+from .base import Losses, bcast, elbo_bits, seeded_noise
 
 
 def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
@@ -169,13 +169,8 @@ class UnifiedLatents(nn.Module):
     @torch.no_grad()
     def bits(self, x: torch.Tensor, seeds: list[int], n_t: int = 8) -> torch.Tensor:
         """Prior bitrate estimate per example in bits [N]: L_z averaged over n_t stratified t."""
-        noise = seeded_noise(seeds, x.device)
         z_clean = self.encode(x)
-        total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        for k in range(n_t):
-            t = torch.remainder(noise.uniform(()) + k / n_t, 1.0)
-            total += self.prior_loss(z_clean, t, noise.normal(self.z_shape)).double()
-        return total / n_t / math.log(2)
+        return elbo_bits(lambda t, eps: self.prior_loss(z_clean, t, eps), x.shape[0], self.z_shape, seeds, x.device, n_t)
 
     def previews(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images worth a look during training: originals above reconstructions."""

@@ -26,7 +26,7 @@ from ..diffusion import (
 )
 from ..diffusion.guidance import guided
 from ..nn import build_denoiser
-from .base import Losses, bcast, seeded_noise
+from .base import Losses, bcast, elbo_bits, seeded_noise
 from .stage1 import UnifiedLatents, _autocast
 
 DECODER_SEED_OFFSET = 7_919  # decoder noise of sample k uses seed k + offset (base uses k)
@@ -91,15 +91,19 @@ class BaseModel(nn.Module):
             labels = torch.where(noise["drop"] < self.cfg.base.label_dropout, null, labels)
         elif self.num_classes:
             labels = None  # unconditional data: always the null label
-        t = noise["t"]
+        weighted, elbo = self.losses(z, labels, noise["t"], noise["eps"])
+        return Losses(total=weighted, terms={"base_nats": weighted.detach(), "elbo_bits_per_image": elbo.detach() / math.log(2)})
+
+    def losses(self, z, labels, t, eps) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmoid(b_base - lam)-weighted loss, unweighted ELBO incl. terminal KL), nats [N],
+        from one draw of (t, eps): the training loss and a bitrate estimate of the same draw."""
         lam = self.sched.lam(t)
         a, s = (bcast(v, z) for v in alpha_sigma(lam))
-        z_hat = self.denoise(a * z + s * noise["eps"], lam, labels)
+        z_hat = self.denoise(a * z + s * eps, lam, labels)
         ndl = self.sched.neg_dlam_dt(t)
         weighted = elbo_integrand(z, z_hat, lam, ndl, sigmoid_weight(lam, self.cfg.base.bias))
-        with torch.no_grad():  # the unweighted ELBO of the same draw: a bitrate estimate, for the log
-            elbo = elbo_integrand(z, z_hat, lam, ndl) + prior_terminal_kl(z, self.sched.lam_min)
-        return Losses(total=weighted, terms={"base_nats": weighted.detach(), "elbo_bits_per_image": elbo / math.log(2)})
+        elbo = elbo_integrand(z.detach(), z_hat.detach(), lam, ndl) + prior_terminal_kl(z, self.sched.lam_min)
+        return weighted, elbo
 
     def after_step(self, metrics: dict[str, float]) -> dict[str, float]:
         return {}
@@ -145,15 +149,7 @@ class BaseModel(nn.Module):
     def bits(self, z: torch.Tensor, labels: torch.Tensor | None, seeds: list[int], n_t: int = 8) -> torch.Tensor:
         """Unweighted-ELBO bitrate of z0 under the base model, bits per example [N] (Table 5's
         second column): the same estimator as the stage-1 prior's, with this network."""
-        noise = seeded_noise(seeds, z.device)
-        total = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
-        for k in range(n_t):
-            t = torch.remainder(noise.uniform(()) + k / n_t, 1.0)
-            lam = self.sched.lam(t)
-            a, s = (bcast(v, z) for v in alpha_sigma(lam))
-            z_hat = self.denoise(a * z + s * noise.normal(self.z_shape), lam, labels)
-            total += (elbo_integrand(z, z_hat, lam, self.sched.neg_dlam_dt(t)) + prior_terminal_kl(z, self.sched.lam_min)).double()
-        return total / n_t / math.log(2)
+        return elbo_bits(lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, seeds, z.device, n_t)
 
     def previews(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         n = 16
