@@ -71,6 +71,13 @@ class DiffusionConfig:
     controller_min: float = 0.1  # loss-factor bounds for the controller
     controller_max: float = 100.0
     stratified: bool = True  # low-discrepancy t per batch
+    # Ablation switches (paper Tables 5-6; UL_SPEC 8). Defaults are UL itself.
+    prior_kind: str = "diffusion"  # "diffusion" (UL) or "gaussian": KL to N(0, I), VAE-style (Table 5)
+    kl_weight: float = 1.0  # weight of the gaussian prior's KL
+    decoder_kind: str = "diffusion"  # "diffusion" (UL) or "mse": L2 regression from z0 (Table 5)
+    mse_sigma: float = 0.1  # the mse decoder's fixed Gaussian likelihood scale (nats = ||x - x_hat||^2 / 2 sigma^2)
+    learned_variance: bool = False  # encoder also predicts log sigma_z^2 (Table 6)
+    prior_stop_grad: bool = False  # no prior gradient into the encoder (Table 5's worst row)
 
 
 @dataclass

@@ -63,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _common(p)
 
+    w = sub.add_parser("sweep", help="one full pipeline per loss factor; Table 2 and a rate-distortion plot")
+    _config_args(w)
+    w.add_argument("--loss-factors", required=True, help="comma-separated, e.g. 1.3,1.5,1.7,1.9,2.1")
+    w.add_argument("--outdir", type=Path, required=True)
+    w.add_argument("--data", help="training data (default: the preset's)")
+    w.add_argument("--eval-data", help="held-out data")
+    w.add_argument("--samples", type=int, default=2000)
+    w.add_argument("--recon", type=int, default=500)
+    w.add_argument("--ref-count", type=int, default=2000)
+    w.add_argument("--inception", help="FID Inception TorchScript file")
+    w.add_argument("--no-progress", action="store_true")
+    _common(w)
+
     e = sub.add_parser("encode", help="cache the frozen encoder's latents (with labels) of a dataset")
     e.add_argument("--artifact", required=True, type=Path, help="stage-1 artifact")
     e.add_argument("--data", help="images to encode (default: the artifact's training data)")
@@ -159,6 +172,21 @@ def cmd_reconstruct(args) -> None:
     print(f"grid             {out}")
 
 
+def cmd_sweep(args) -> None:
+    from ..pipeline import run_sweep
+
+    try:
+        factors = [float(v) for v in args.loss_factors.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--loss-factors {args.loss_factors!r} must be numbers like 1.3,1.5,1.7") from None
+    if not factors or min(factors) <= 0:
+        raise UserError("--loss-factors needs at least one positive number, e.g. 1.3,1.5,1.7")
+    device = dist.init()
+    path = run_sweep(args.preset, _resolve_overrides(args), factors, args.outdir, device, args.samples, args.recon,
+                     args.ref_count, args.inception, progress=False if args.no_progress else None)
+    print(f"sweep: {path}")
+
+
 def cmd_encode(args) -> None:
     from ..pipeline import encode
 
@@ -229,7 +257,7 @@ def cmd_pipeline(args) -> None:
     print(f"report: {report}")
 
 
-COMMANDS = {"pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
+COMMANDS = {"sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..diffusion import (
     CosineSchedule,
     alpha_sigma,
@@ -44,7 +45,12 @@ class UnifiedLatents(nn.Module):
         super().__init__()
         self.cfg = cfg
         m, d, c = cfg.model, cfg.diffusion, cfg.data.channels
-        self.encoder = build_encoder(m.encoder, self.dims, c, m.latent_channels)
+        if d.prior_kind not in ("diffusion", "gaussian"):
+            raise ConfigError(f"diffusion.prior_kind must be 'diffusion' or 'gaussian', got {d.prior_kind!r}")
+        if d.decoder_kind not in ("diffusion", "mse"):
+            raise ConfigError(f"diffusion.decoder_kind must be 'diffusion' or 'mse', got {d.decoder_kind!r}")
+        out_ch = m.latent_channels * (2 if d.learned_variance else 1)  # mean (and log-variance)
+        self.encoder = build_encoder(m.encoder, self.dims, c, out_ch)
         self.prior = build_denoiser(m.prior, self.dims, m.latent_channels, m.latent_channels)
         self.decoder = build_denoiser(m.decoder, self.dims, c, c, cond_ch=m.latent_channels)
         self.sched_z = CosineSchedule(d.lam_z_min, d.lam0)
@@ -52,6 +58,8 @@ class UnifiedLatents(nn.Module):
         self.x_shape = (c, cfg.data.resolution, cfg.data.resolution)
         self.z_shape = latent_shape(cfg)
         # The loss factor is state (the bitrate controller moves it), so it is saved and restored.
+        # DDP must not wait for gradients of a network an ablation leaves unused.
+        self.has_unused_parameters = d.prior_kind != "diffusion"
         self.register_buffer("log_loss_factor", torch.tensor(math.log(d.loss_factor), dtype=torch.float64))
 
     @property
@@ -66,18 +74,40 @@ class UnifiedLatents(nn.Module):
     def draw_noise(self, n: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
         """Every random number one global batch of n examples needs, drawn from `generator`."""
         strat = self.cfg.diffusion.stratified
-        return {
+        out = {
             "t_z": stratified_uniform(n, generator, device, strat),
             "t_x": stratified_uniform(n, generator, device, strat),
             "eps_z0": torch.randn((n, *self.z_shape), generator=generator, device=device),
             "eps_z": torch.randn((n, *self.z_shape), generator=generator, device=device),
             "eps_x": torch.randn((n, *self.x_shape), generator=generator, device=device),
         }
+        if self.cfg.diffusion.learned_variance:  # drawn last: UL's own stream is unchanged
+            out["eps_var"] = torch.randn((n, *self.z_shape), generator=generator, device=device)
+        return out
 
     # ------------------------------------------------------------------ pieces
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x).float()  # z_clean [N, *z_shape]
+        """z_clean [N, *z_shape] (the mean, when the encoder also predicts a variance)."""
+        return self.encode_stats(x)[0]
+
+    def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, log sigma_z^2 or None): the encoder's output, split when it learns a variance."""
+        h = self.encoder(x).float()
+        if not self.cfg.diffusion.learned_variance:
+            return h, None
+        mean, logvar = h.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def sample_latent(self, x: torch.Tensor, eps_var: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_clean, extra nats [N]). With a learned variance z_clean = mean + sigma_z eps and the
+        extra term -0.5 sum log(sigma_z^2 e^lam0 + 1) credits its entropy (UL_SPEC 8); else (mean, 0)."""
+        mean, logvar = self.encode_stats(x)
+        if logvar is None:
+            return mean, torch.zeros(mean.shape[0], device=mean.device)
+        lam0 = self.cfg.diffusion.lam0
+        extra = -0.5 * torch.log1p(torch.exp(logvar + lam0)).flatten(1).sum(1)
+        return mean + torch.exp(0.5 * logvar) * eps_var, extra
 
     def noisy_latent(self, z_clean: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """z0 = alpha(lam0) z_clean + sigma(lam0) eps: the latent the decoder sees (UL_SPEC 2)."""
@@ -87,7 +117,10 @@ class UnifiedLatents(nn.Module):
     def prior_loss(self, z_clean: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Unweighted ELBO of z0 under the prior + terminal KL, nats per example [N] (eq. 3).
 
-        Gradients reach the encoder through z_t AND through the target z_clean."""
+        Gradients reach the encoder through z_t AND through the target z_clean. With the
+        'gaussian' ablation: kl_weight * KL(N(alpha0 z, sigma0^2) || N(0, I)) instead."""
+        if self.cfg.diffusion.prior_kind == "gaussian":
+            return self.cfg.diffusion.kl_weight * prior_terminal_kl(z_clean, self.cfg.diffusion.lam0)
         lam = self.sched_z.lam(t)
         a, s = (bcast(v, z_clean) for v in alpha_sigma(lam))
         z_t = a * z_clean + s * eps
@@ -95,8 +128,16 @@ class UnifiedLatents(nn.Module):
         diff = elbo_integrand(z_clean, z_hat, lam, self.sched_z.neg_dlam_dt(t))
         return diff + prior_terminal_kl(z_clean, self.cfg.diffusion.lam_z_min)
 
+    def regress(self, z0: torch.Tensor) -> torch.Tensor:
+        """The 'mse' ablation's deterministic decoder: x_hat from z0 alone (no noisy input)."""
+        zeros = torch.zeros(z0.shape[0], *self.x_shape, device=z0.device)
+        return self.decoder(zeros, torch.zeros(z0.shape[0], device=z0.device), cond=z0).float()
+
     def decoder_loss(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Sigmoid-weighted ELBO of x given z0, nats per example [N], before the loss factor (eq. 4)."""
+        """Sigmoid-weighted ELBO of x given z0, nats per example [N], before the loss factor (eq. 4).
+        With the 'mse' ablation: ||x - x_hat||^2 / (2 mse_sigma^2) (Gaussian likelihood, no constant)."""
+        if self.cfg.diffusion.decoder_kind == "mse":
+            return ((x.float() - self.regress(z0)) ** 2).flatten(1).sum(1) / (2 * self.cfg.diffusion.mse_sigma**2)
         lam = self.sched_x.lam(t)
         a, s = (bcast(v, x) for v in alpha_sigma(lam))
         x_t = a * x + s * eps
@@ -107,9 +148,10 @@ class UnifiedLatents(nn.Module):
     # ------------------------------------------------------------------ objective
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
-        z_clean = self.encode(x)
+        z_clean, extra = self.sample_latent(x, noise.get("eps_var"))
         z0 = self.noisy_latent(z_clean, noise["eps_z0"])
-        l_z = self.prior_loss(z_clean, noise["t_z"], noise["eps_z"])
+        z_prior = z_clean.detach() if self.cfg.diffusion.prior_stop_grad else z_clean
+        l_z = self.prior_loss(z_prior, noise["t_z"], noise["eps_z"]) + extra
         l_x = self.decoder_loss(x, z0, noise["t_x"], noise["eps_x"])
         c_lf = self.log_loss_factor.exp().float()
         ln2_pixels = math.log(2) * self.pixels_per_image()
@@ -143,6 +185,9 @@ class UnifiedLatents(nn.Module):
     @torch.no_grad()
     def decode(self, z0: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
         """Decoder sample x [N, *x_shape] in [-1, 1] given z0 (UL_SPEC 5 step 2)."""
+        if self.cfg.diffusion.decoder_kind == "mse":
+            with _autocast(z0.device):
+                return self.regress(z0).clamp(-1, 1)
         sc = self.cfg.sample
         steps, sampler = steps or sc.decoder_steps, sampler or sc.sampler
         noise = seeded_noise(seeds, z0.device)
@@ -163,14 +208,17 @@ class UnifiedLatents(nn.Module):
     def reconstruct(self, x: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
         """x -> z_clean -> z0 (fresh noise per seed) -> decoder sample."""
         noise = seeded_noise([s + 1_000_003 for s in seeds], x.device)
-        z0 = self.noisy_latent(self.encode(x), noise.normal(self.z_shape))
-        return self.decode(z0, seeds, steps, sampler)
+        eps = noise.normal(self.z_shape)
+        z_clean, _ = self.sample_latent(x, noise.normal(self.z_shape) if self.cfg.diffusion.learned_variance else None)
+        return self.decode(self.noisy_latent(z_clean, eps), seeds, steps, sampler)
 
     @torch.no_grad()
     def bits(self, x: torch.Tensor, seeds: list[int], n_t: int = 8) -> torch.Tensor:
         """Prior bitrate estimate per example in bits [N]: L_z averaged over n_t stratified t."""
-        z_clean = self.encode(x)
-        return elbo_bits(lambda t, eps: self.prior_loss(z_clean, t, eps), x.shape[0], self.z_shape, seeds, x.device, n_t)
+        var_noise = seeded_noise([s + 2_000_003 for s in seeds], x.device) if self.cfg.diffusion.learned_variance else None
+        z_clean, extra = self.sample_latent(x, var_noise.normal(self.z_shape) if var_noise else None)
+        bits = elbo_bits(lambda t, eps: self.prior_loss(z_clean, t, eps), x.shape[0], self.z_shape, seeds, x.device, n_t)
+        return bits + extra.double() / math.log(2)
 
     def previews(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images worth a look during training: originals above reconstructions."""

@@ -147,9 +147,11 @@ def train(
         except (RuntimeError, KeyError, ValueError) as e:
             raise ResumeError(f"{states[-1]} does not fit this model ({e}); pass a new --outdir") from None
         samples, bad_total = int(st["samples"]), int(st.get("bad_steps", 0))
+        metrics = json.loads(st.get("metrics", "{}"))  # the last step's, for a run that is already done
         dist.print0(f"resuming {outdir} at {samples:,} samples seen")
         _truncate_stats(outdir / "stats.jsonl", samples)
-    ddp = DDP(model) if world > 1 else None
+    start = samples
+    ddp = DDP(model, find_unused_parameters=getattr(model, "has_unused_parameters", False)) if world > 1 else None
     fwd = ddp or model
     order = DataOrder(len(data), t.seed)
     use_amp = t.amp and device.type == "cuda"
@@ -161,6 +163,7 @@ def train(
             "optimizer": opt.state_dict(),
             "samples": samples,
             "bad_steps": bad_total,
+            "metrics": json.dumps(metrics),
             "config": json.dumps(to_dict(cfg)),
         }
 
@@ -258,6 +261,9 @@ def train(
         bar.close()
         if stats_f:
             stats_f.close()
+    art = outdir / "artifact.safetensors"
+    if samples == start and art.exists():
+        return TrainResult(art, samples, metrics)  # already finished: rewrite nothing
     art = checkpoint()
     if samples >= t.total_samples and not (t.image_every > 0 and samples % t.image_every == 0):
         preview()

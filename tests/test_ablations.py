@@ -1,0 +1,115 @@
+"""Ablation switches (paper Tables 5-6, UL_SPEC 8): each changes the loss as its equation says."""
+
+import math
+
+import pytest
+import torch
+
+from unified_latents.config import apply_overrides, get_preset
+from unified_latents.errors import ConfigError
+from unified_latents.objectives import UnifiedLatents
+from test_diffusion import GaussianOracle
+
+
+def _model(*over):
+    torch.manual_seed(0)
+    return UnifiedLatents(apply_overrides(get_preset("tiny"), list(over)))
+
+
+def _batch(model, n=4):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, *model.x_shape, generator=g) * 2 - 1, model.draw_noise(n, g, "cpu")
+
+
+def _encoder_grad(model, loss):
+    model.zero_grad()
+    loss.sum().backward()
+    return sum(float(p.grad.abs().sum()) for p in model.encoder.parameters() if p.grad is not None)
+
+
+def test_stop_grad_removes_prior_gradient_on_encoder():
+    for stop, expect_zero in ((False, False), (True, True)):
+        m = _model(f"diffusion.prior_stop_grad={str(stop).lower()}")
+        torch.nn.init.normal_(m.decoder.patch_out.weight, std=0.1)  # the decoder path is live...
+        m.log_loss_factor.fill_(-float("inf"))  # ...but weighted 0, so only the prior term remains
+        x, noise = _batch(m)
+        g = _encoder_grad(m, m(x, None, noise).total)
+        assert (g == 0) == expect_zero
+
+
+def test_higher_encoder_log_snr_raises_prior_term_for_same_latents():
+    """Same latents, less encoder noise: more information in z0, a larger rate
+    (0.5 ln(1 + s^2 e^lam0) per dimension). Training then shrinks the latents to collapse."""
+    z = torch.randn(50_000, 1, 1, 1, dtype=torch.float64)
+    t = torch.remainder(0.37 + torch.arange(50_000) / 50_000, 1.0).double()
+    eps = torch.randn(50_000, 1, 1, 1, dtype=torch.float64)
+    rates = {}
+    for lam0 in (5.0, 10.0):
+        m = _model(f"diffusion.lam0={lam0}")
+        m.prior = GaussianOracle(1.0)
+        with torch.no_grad():
+            rates[lam0] = m.prior_loss(z, t, eps).mean().item()
+        assert abs(rates[lam0] - 0.5 * math.log(1 + math.exp(lam0))) < 0.03 * rates[lam0]
+    assert rates[10.0] > rates[5.0]
+
+
+def test_gaussian_prior_is_weighted_kl():
+    m = _model("diffusion.prior_kind=gaussian", "diffusion.kl_weight=0.25")
+    z = torch.randn(3, *m.z_shape)
+    a2 = 1 / (1 + math.exp(-5.0))
+    s2 = 1 - a2
+    kl = 0.5 * (a2 * z**2 + s2 - 1 - math.log(s2)).flatten(1).sum(1)
+    torch.testing.assert_close(m.prior_loss(z, torch.rand(3), torch.randn_like(z)), 0.25 * kl, rtol=1e-5, atol=1e-5)
+    assert m.has_unused_parameters
+
+
+def test_learned_variance_term_matches_formula():
+    m = _model("diffusion.learned_variance=true")
+    x, noise = _batch(m)
+    mean, logvar = m.encode_stats(x)
+    assert mean.shape == logvar.shape == (4, *m.z_shape)
+    z, extra = m.sample_latent(x, noise["eps_var"])
+    torch.testing.assert_close(z, mean + torch.exp(0.5 * logvar) * noise["eps_var"])
+    expected = -0.5 * torch.log(torch.exp(logvar) * math.exp(5.0) + 1).flatten(1).sum(1)
+    torch.testing.assert_close(extra, expected, rtol=1e-5, atol=1e-5)
+    out = m(x, None, noise)
+    assert torch.isfinite(out.total).all()
+
+
+def test_mse_decoder_is_scaled_l2():
+    m = _model("diffusion.decoder_kind=mse", "diffusion.mse_sigma=0.5")
+    torch.nn.init.normal_(m.decoder.patch_out.weight, std=0.1)
+    x, noise = _batch(m)
+    z0 = torch.randn(4, *m.z_shape)
+    expected = ((x - m.regress(z0)) ** 2).flatten(1).sum(1) / (2 * 0.25)
+    torch.testing.assert_close(m.decoder_loss(x, z0, noise["t_x"], noise["eps_x"]), expected)
+    rec = m.reconstruct(x, [0, 1, 2, 3])
+    assert rec.shape == x.shape and torch.equal(rec, m.reconstruct(x, [0, 1, 2, 3]))
+
+
+def test_unknown_kind_is_a_clear_error():
+    with pytest.raises(ConfigError, match="prior_kind"):
+        _model("diffusion.prior_kind=flow")
+
+
+def test_sweep_writes_table_and_resumes_without_retraining(tmp_path):
+    from helpers import make_npz, run_ul
+    from test_stage2 import _stand_in_inception
+
+    inc = _stand_in_inception(tmp_path / "inc.pt")
+    args = ["sweep", "--preset", "tiny", "--loss-factors", "1.3,2.1", "--outdir", str(tmp_path / "sw"),
+            "--data", str(make_npz(tmp_path / "d.npz", n=24)), "--eval-data", str(make_npz(tmp_path / "h.npz", n=8, seed=1)),
+            "--samples", "8", "--recon", "8", "--ref-count", "8", "--inception", str(inc), "--no-progress",
+            "--set", "train.total_samples=16"]
+    r = run_ul(*args)
+    assert r.returncode == 0, r.stderr
+    table = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "| 1.3 |" in table and "| 2.1 |" in table and (tmp_path / "sw" / "rate-distortion.png").exists()
+    import json
+
+    cfg = json.loads((tmp_path / "sw" / "lf-2.1" / "latents" / "config.json").read_text())
+    assert cfg["diffusion"]["loss_factor"] == 2.1 and cfg["diffusion"]["target_bits"] == 0
+    state = sorted((tmp_path / "sw" / "lf-1.3" / "latents").glob("training-state-*.pt"))[-1]
+    before = state.stat().st_mtime_ns
+    r = run_ul(*args)  # rerun: finished values are skipped, nothing retrained or re-evaluated
+    assert r.returncode == 0 and "evaluating" not in r.stdout and state.stat().st_mtime_ns == before, r.stdout
