@@ -182,12 +182,12 @@ def test_stage2_end_to_end_cli(tmp_path):
     assert r.returncode == 2 and "different encoder" in r.stderr and "Traceback" not in r.stderr
     # eval with a stand-in feature network
     inc = _stand_in_inception(tmp_path / "inc.pt")
-    r = run_ul("eval", "--artifact", str(art2), "--samples", "12", "--recon", "12", "--ref-count", "12",
+    r = run_ul("eval", "--artifact", str(art2), "--samples", "12", "--recon", "12", "--ref-count", "12", "--guidance", "2",
                "--inception", str(inc), "--json", "--outdir", str(tmp_path / "ev"))
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["gfid_samples"] == 12 and ev["gfid"] > 0 and ev["rfid"] > 0 and ev["base_bits_per_image"] > 0
-    assert ev["flops"]["generate_flops"] > ev["flops"]["base_forward_flops"]
+    assert ev["flops"]["generate_flops"] > ev["flops"]["base_forward_flops"] and ev["sampling"]["guidance"] == 2.0
 
 
 def test_pipeline_writes_report(tmp_path):

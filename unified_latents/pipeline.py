@@ -308,7 +308,7 @@ def sample(artifact: Path, seeds: list[int], outdir: Path, classes: str | None =
 
 
 def evaluate(artifact: Path, samples: int = 2000, recon: int = 500, ref_count: int = 2000, inception: str | None = None,
-             device="cpu", progress: bool = True, out: Path | None = None) -> dict:
+             device="cpu", progress: bool = True, out: Path | None = None, guidance: float | None = None) -> dict:
     """gFID/KID of generated samples and rFID/PSNR/SSIM of reconstructions against held-out
     images (Inception pool3, float64 statistics), latent bitrates of the stage-1 prior and the
     base model (unweighted ELBO), and FLOPs. Every figure carries its sample count."""
@@ -320,6 +320,8 @@ def evaluate(artifact: Path, samples: int = 2000, recon: int = 500, ref_count: i
     from .training.checkpoint import atomic_write_text
 
     model, cfg = load_model(artifact, device, stage="base")
+    if guidance is not None:
+        cfg.sample.guidance = guidance  # model.cfg is this object: sampling and FLOPs both see it
     s1, s1cfg = model.stage1, model.stage1.cfg
     net = InceptionFeatures(inception, device)  # fails early, with the fix, if the weights are missing
     src, split = eval_source(s1cfg.data)

