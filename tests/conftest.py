@@ -6,6 +6,12 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Feature caches of the tests (and the CLI processes they start) stay out of ~/.cache."""
+    monkeypatch.setenv("UL_CACHE", str(tmp_path_factory.mktemp("ul-cache")))
+
+
 @pytest.fixture
 def tiny_cfg():
     from unified_latents.config import get_preset
