@@ -164,9 +164,13 @@ def _fmnist() -> RunConfig:
     # right c_lf depends on data, resolution and network, so the preset asks the controller
     # for a bitrate instead: about 170 bits per image sits under a 64-component PCA codec's
     # ~200 bits and carries enough of the garment's shape for faithful reconstructions
-    # (measured: 22.0 dB PSNR at 182 bits per image on 500 test images; the controller settles
-    # near c_lf = 22 with these networks). 160k samples take about 8 minutes on 2 CPU cores.
+    # (measured: 22.6 dB PSNR at 183 bits per image on 500 test images; the controller settles
+    # near c_lf = 23 with these networks). 160k samples take 8.5-10 minutes on 2 CPU cores.
+    # The decoder works at full resolution (patch 1, three levels) rather than on 2x2 patches:
+    # at the same cost per conv it removes the patch-grid texture that dominated FID
+    # (rFID of 500 reconstructions 57 -> 41, measured).
     cfg = RunConfig()
+    cfg.model.decoder = NetConfig(arch="unet", channels=[16, 32, 64], blocks=[1, 1, 1], patch=1)
     cfg.diffusion.target_bits = 180.0
     cfg.diffusion.loss_factor = 3.0
     cfg.train.total_samples = 160_000
