@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import dist
@@ -41,7 +44,6 @@ def artifact_config(path: Path) -> RunConfig:
 
 def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None = None):
     """Artifact -> (EMA model in eval mode, its resolved config)."""
-    import json
 
     tensors, cfg_dict, meta = load_artifact(path)
     cfg = _config(cfg_dict, path)
@@ -159,8 +161,6 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
                  progress: bool | None = None) -> Path:
     """The main job: stage 1, stage 2, sampling and evaluation, then a Markdown report. Each
     step resumes, or is skipped when its output is already there: rerunning continues the job."""
-    import json
-    import time
 
     from .config import apply_overrides, get_preset
     from .eval.fid import find_inception
@@ -278,7 +278,6 @@ def generate_images(model: BaseModel, seeds: list[int], labels: torch.Tensor | N
 def sample(artifact: Path, seeds: list[int], outdir: Path, classes: str | None = None, batch: int = 250,
            npz: bool = False, device="cpu", progress: bool = True, **kw) -> dict[str, Path]:
     """`ul sample`: a PNG grid plus individual PNGs (or one .npz) of the given seeds."""
-    import numpy as np
 
     from .data import crop_pad
     from .eval import save_png
@@ -297,11 +296,16 @@ def sample(artifact: Path, seeds: list[int], outdir: Path, classes: str | None =
         arrays = {"images": imgs.permute(0, 2, 3, 1).numpy(), "seeds": np.array(seeds)}
         if labels is not None:
             arrays["labels"] = labels.numpy()
-        atomic_write(paths["npz"], lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        atomic_write(paths["npz"], lambda tmp: _savez(tmp, arrays))
     else:
         for s, im in zip(seeds, imgs):
             save_png(im.permute(1, 2, 0).numpy(), outdir / f"{s:06d}.png")
     return paths
+
+
+def _savez(path: str, arrays: dict) -> None:
+    with open(path, "wb") as f:  # np.savez would append ".npz" to a temp name without one
+        np.savez(f, **arrays)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -312,7 +316,6 @@ def evaluate(artifact: Path, samples: int = 2000, recon: int = 500, ref_count: i
     """gFID/KID of generated samples and rFID/PSNR/SSIM of reconstructions against held-out
     images (Inception pool3, float64 statistics), latent bitrates of the stage-1 prior and the
     base model (unweighted ELBO), and FLOPs. Every figure carries its sample count."""
-    import json
 
     from .data import crop_pad
     from .eval.fid import InceptionFeatures, fid_from_features, kid, reference_features
@@ -371,14 +374,13 @@ def run_sweep(preset: str, overrides: list[str], loss_factors: list[float], outd
               recon: int = 500, ref_count: int = 2000, inception: str | None = None, progress: bool | None = None) -> Path:
     """The paper's Table 2 on this data: one full pipeline per fixed loss factor (controller
     off), each resumable and skipped when finished, then a table and a rate-distortion plot."""
-    import json
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .eval.report import table, write_report
+    from .eval.report import write_report
     from .training.checkpoint import atomic_write
 
     outdir = Path(outdir)
