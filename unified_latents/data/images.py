@@ -171,8 +171,13 @@ def _resize_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_images(cfg: DataConfig, source: str | None = None, split: str = "train") -> ImageData:
-    """Load `source` (default cfg.source) as uint8 [N, C, res, res], padding by cfg.pad."""
+    """Load `source` (default cfg.source) as uint8 [N, C, res, res], padding by cfg.pad
+    (video, when cfg.frames > 0: clips [N, C, T, res, res], see data/video.py)."""
     source = cfg.source if source is None else source
+    if cfg.frames:  # video: clips [N, C, T, H, W]
+        from .video import load_clips
+
+        return load_clips(cfg, source, split)
     inner = cfg.resolution - 2 * cfg.pad
     if source == "fmnist":
         data = load_fmnist(split)
@@ -202,8 +207,8 @@ def eval_source(cfg: DataConfig) -> tuple[str, str]:
     """(source, split) of the held-out data: eval_source if set, else fmnist's test split."""
     if cfg.eval_source:
         return cfg.eval_source, "test"
-    if cfg.source == "fmnist":
-        return "fmnist", "test"
+    if cfg.source in ("fmnist", "moving-fmnist"):
+        return cfg.source, "test"
     raise DataError("no held-out data configured; pass --eval-data PATH (or set data.eval_source)")
 
 

@@ -133,4 +133,7 @@ def reference_features(key: str, images_fn, net: InceptionFeatures, progress: bo
 
 
 def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    if min(f1.shape[0], f2.shape[0]) < 2:
+        raise UserError(f"a Frechet distance needs at least 2 samples on each side, got {f1.shape[0]} and {f2.shape[0]}; "
+                        "raise --samples / --ref-count (or give more held-out data)")
     return frechet_distance(*feature_stats(f1), *feature_stats(f2))

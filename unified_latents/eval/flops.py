@@ -45,7 +45,8 @@ def generation_report(base, guidance: float, base_steps: int, decoder_steps: int
     lam = torch.zeros(1, device=device)
     labels = torch.zeros(1, dtype=torch.long, device=device) if base.num_classes else None
     with torch.no_grad():
-        f_base = forward_flops(base.net, z, lam, labels=labels)
+        cond = base.context_cond(None, None, 1, device) if getattr(base, "context", False) else None
+        f_base = forward_flops(base.net, z, lam, cond=cond, labels=labels)
         f_dec = forward_flops(base.stage1.decoder, x, lam, cond=z)
     per_base_step = f_base * (2 if guidance != 1.0 else 1)
     return {

@@ -39,7 +39,16 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: 
     save_png(grid(images, nrow), path, scale)
 
 
+def save_strip(clips: torch.Tensor, path: Path, scale: int = 1) -> None:
+    """Clips [N, C, T, H, W] -> one PNG with a row of T frames per clip (time runs left to right)."""
+    save_grid(clips.transpose(1, 2).flatten(0, 1), path, nrow=clips.shape[2], scale=scale)
+
+
 def save_previews(previews: dict[str, torch.Tensor], prefix: Path) -> None:
-    """One PNG per preview, `<prefix>-<name>.png`; originals/reconstructions as row pairs."""
+    """One PNG per preview, `<prefix>-<name>.png`; originals/reconstructions as row pairs
+    (video: one row of frames per clip, originals first)."""
     for name, imgs in previews.items():
-        save_grid(imgs, Path(f"{prefix}-{name}.png"), nrow=imgs.shape[0] // 2, scale=2)
+        if imgs.ndim == 5:
+            save_strip(imgs, Path(f"{prefix}-{name}.png"))
+        else:
+            save_grid(imgs, Path(f"{prefix}-{name}.png"), nrow=imgs.shape[0] // 2, scale=2)

@@ -7,8 +7,15 @@ import math
 import torch
 from tqdm import tqdm
 
-from ..data import crop_pad, to_float, to_uint8
+from ..data import crop_pad, frames_of, to_float, to_uint8
 from .metrics import psnr, ssim
+
+
+def _per_example(metric, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """metric per image; for clips, per frame and then the mean over each clip's frames."""
+    if a.ndim == 4:
+        return metric(a, b)
+    return metric(frames_of(a), frames_of(b)).reshape(a.shape[0], a.shape[2]).mean(1)
 
 
 @torch.no_grad()
@@ -23,7 +30,8 @@ def evaluate_reconstruction(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """images: uint8 [N, C, H, W]. Returns (metrics, reconstructions uint8). Example k uses seed k.
+    """images: uint8 [N, C, H, W] (or clips [N, C, T, H, W]: PSNR/SSIM per frame, averaged).
+    Returns (metrics, reconstructions uint8). Example k uses seed k.
 
     PSNR/SSIM are on the original pixels (the `pad` border cropped off); bits per pixel divide
     by the model's own input size H*W, as the training log does."""
@@ -36,8 +44,8 @@ def evaluate_reconstruction(
         rec = to_uint8(model.reconstruct(x, seeds, steps, sampler)).cpu()
         orig = crop_pad(images[i : i + batch], pad)
         rec_c = crop_pad(rec, pad)
-        ps.append(psnr(orig, rec_c))
-        ss.append(ssim(orig, rec_c))
+        ps.append(_per_example(psnr, orig, rec_c))
+        ss.append(_per_example(ssim, orig, rec_c))
         bits.append(model.bits(x, seeds, n_t).cpu())
         recs.append(rec)
     bits_t = torch.cat(bits)

@@ -53,14 +53,32 @@ def table(rows: list[tuple[str, str]], header: tuple[str, str] = ("metric", "val
 
 
 def format_metrics(r: dict) -> list[str]:
+    """The evaluation as short lines (what `ul eval` prints); absent measurements are left out."""
     f = r["flops"]
-    return [
-        f"gFID  {r['gfid']:.2f}  ({r['gfid_samples']} samples vs {r['reference_images']} {r['reference']} images)",
+    video = r.get("video", False)
+    per = "clip" if video else "image"
+    bpp = "bits/pixel/frame" if video else "bpp"
+    fid = "frame FID" if video else "gFID"
+    unit = "clips" if video else "samples"
+    ref = f"{r['reference_images']} {r['reference']} {'clips' if video else 'images'}"
+    lines = [
+        f"{fid}  {r['gfid']:.2f}  ({r['gfid_samples']} {unit} vs {ref})",
         f"KID   {r['kid'] * 1e3:.2f} x 1e-3 (+- {r['kid_std'] * 1e3:.2f})",
-        f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)",
-        f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)",
-        f"bits  stage-1 prior {r['prior_bits_per_image']:.1f} bits/image ({r['prior_bpp']:.4f} bpp); "
-        f"base model {r['base_bits_per_image']:.1f} bits/image ({r['base_bpp']:.4f} bpp)",
-        f"FLOPs stage-1 training {f['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
-        f"{f['base_train_flops'] / 1e9:.3f} G/sample; generation {f['generate_flops'] / 1e9:.3f} G/sample",
     ]
+    if "fvd" in r:
+        lines.append(f"FVD   {r['fvd']:.2f}  ({r['fvd_samples']} clips vs {ref})")
+    elif video:
+        lines.append("FVD   not computed (no I3D network given: --i3d PATH)")
+    if "continuation_psnr" in r:
+        lines.append(f"continuation PSNR {r['continuation_psnr']:.2f} dB on frames {r['generated_from_frame']}+ "
+                     f"({r['continuation_clips']} clips, {r['context_frames']} context frames)")
+    if "rfid" in r:
+        lines += [
+            f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)",
+            f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)",
+            f"bits  stage-1 prior {r['prior_bits_per_image']:.1f} bits/{per} ({r['prior_bpp']:.4f} {bpp}); "
+            f"base model {r['base_bits_per_image']:.1f} bits/{per} ({r['base_bpp']:.4f} {bpp})",
+        ]
+    lines.append(f"FLOPs stage-1 training {f['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
+                 f"{f['base_train_flops'] / 1e9:.3f} G/sample; generation {f['generate_flops'] / 1e9:.3f} G/sample")
+    return lines

@@ -21,6 +21,12 @@ def conv_transpose_nd(dims: int, *args, **kwargs) -> nn.Module:
     return {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims](*args, **kwargs)
 
 
+def nd_size(dims: int, space: int, time: int) -> int | tuple[int, ...]:
+    """A kernel size or stride: `space` on every spatial axis, `time` on the leading time axis
+    of 3-D (video) feature maps [N, C, T, H, W]."""
+    return space if dims < 3 else (time, space, space)
+
+
 def norm(ch: int) -> nn.GroupNorm:
     groups = math.gcd(ch, 32) if ch >= 8 else 1
     return nn.GroupNorm(groups, ch)

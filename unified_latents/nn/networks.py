@@ -15,7 +15,30 @@ from torch import nn
 
 from ..config import NetConfig
 from ..errors import ConfigError
-from .layers import NoiseEmbedding, ResBlock, Transformer, conv_nd, conv_transpose_nd, norm, zero_init
+from .layers import NoiseEmbedding, ResBlock, Transformer, conv_nd, conv_transpose_nd, nd_size, norm, zero_init
+
+
+def _patch(cfg: NetConfig, dims: int):
+    """Kernel = stride of the input patch embedding (and of the output un-patching)."""
+    return nd_size(dims, cfg.patch, cfg.patch_t)
+
+
+def _down(cfg: NetConfig, dims: int, level: int):
+    """Stride-2 conv after `level`; in video it halves time only for the first `time_down` levels."""
+    halve_t = cfg.time_down < 0 or level < cfg.time_down
+    return nd_size(dims, 2, 2 if halve_t else 1)
+
+
+def encoder_grid(cfg: NetConfig, dims: int, size: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid ([H, W] or [T, H, W]) an encoder maps an input grid `size` to."""
+    p = _patch(cfg, dims)
+    p = p if isinstance(p, tuple) else (p,) * dims
+    grid = [s // k for s, k in zip(size, p)]
+    for level in range(len(cfg.channels) - 1):
+        st = _down(cfg, dims, level)
+        st = st if isinstance(st, tuple) else (st,) * dims
+        grid = [(g + k - 1) // k for g, k in zip(grid, st)]  # kernel 3, padding 1: ceil(g / stride)
+    return tuple(grid)
 
 
 class ResNetEncoder(nn.Module):
@@ -24,14 +47,14 @@ class ResNetEncoder(nn.Module):
     def __init__(self, cfg: NetConfig, dims: int, in_ch: int, out_ch: int):
         super().__init__()
         ch = cfg.channels
-        self.patch = conv_nd(dims, in_ch, ch[0], cfg.patch, stride=cfg.patch)
+        self.patch = conv_nd(dims, in_ch, ch[0], _patch(cfg, dims), stride=_patch(cfg, dims))
         layers: list[nn.Module] = []
         for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
             cin = ch[max(i - 1, 0)]
             for j in range(nb):
                 layers.append(ResBlock(dims, cin if j == 0 else c, c, dropout=cfg.dropout))
             if i < len(ch) - 1:
-                layers.append(conv_nd(dims, c, c, 3, stride=2, padding=1))
+                layers.append(conv_nd(dims, c, c, 3, stride=_down(cfg, dims, i), padding=1))
         self.body = nn.Sequential(*layers)
         self.out = nn.Sequential(norm(ch[-1]), nn.SiLU(), conv_nd(dims, ch[-1], out_ch, 3, padding=1))
 
@@ -64,14 +87,14 @@ class UNet(_Denoiser):
     def __init__(self, cfg: NetConfig, dims: int, in_ch: int, out_ch: int, cond_ch: int = 0, num_classes: int = 0):
         super().__init__(cfg, num_classes)
         ch, e = cfg.channels, cfg.emb_dim
-        self.patch_in = conv_nd(dims, in_ch, ch[0], cfg.patch, stride=cfg.patch)
+        self.patch_in = conv_nd(dims, in_ch, ch[0], _patch(cfg, dims), stride=_patch(cfg, dims))
         self.cond_in = conv_nd(dims, cond_ch, ch[0], 3, padding=1) if cond_ch else None
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
             cin = ch[max(i - 1, 0)]
             self.down.append(nn.ModuleList([ResBlock(dims, cin if j == 0 else c, c, e, cfg.dropout) for j in range(nb)]))
             last = i == len(ch) - 1
-            self.downsample.append(nn.Identity() if last else conv_nd(dims, c, c, 3, stride=2, padding=1))
+            self.downsample.append(nn.Identity() if last else conv_nd(dims, c, c, 3, stride=_down(cfg, dims, i), padding=1))
         self.mid = (
             Transformer(ch[-1], cfg.width, cfg.transformer_blocks, cfg.heads, e, cfg.dropout)
             if cfg.transformer_blocks
@@ -84,7 +107,7 @@ class UNet(_Denoiser):
             self.upconv.append(nn.Identity() if i == len(ch) - 1 else conv_nd(dims, cin, c, 3, padding=1))
             self.up.append(nn.ModuleList([ResBlock(dims, 2 * c if j == 0 else c, c, e, cfg.dropout) for j in range(nb)]))
         self.out_norm = norm(ch[0])
-        self.patch_out = zero_init(conv_transpose_nd(dims, ch[0], out_ch, cfg.patch, stride=cfg.patch))
+        self.patch_out = zero_init(conv_transpose_nd(dims, ch[0], out_ch, _patch(cfg, dims), stride=_patch(cfg, dims)))
 
     def forward(self, x, lam, cond=None, labels=None):
         emb = self.embed(lam, labels)  # [N, emb]
@@ -116,11 +139,11 @@ class ViT(_Denoiser):
     def __init__(self, cfg: NetConfig, dims: int, in_ch: int, out_ch: int, cond_ch: int = 0, num_classes: int = 0):
         super().__init__(cfg, num_classes)
         w = cfg.width
-        self.patch_in = conv_nd(dims, in_ch, w, cfg.patch, stride=cfg.patch)
+        self.patch_in = conv_nd(dims, in_ch, w, _patch(cfg, dims), stride=_patch(cfg, dims))
         self.cond_in = conv_nd(dims, cond_ch, w, 3, padding=1) if cond_ch else None
         self.body = Transformer(w, w, cfg.transformer_blocks, cfg.heads, cfg.emb_dim, cfg.dropout)
         self.out_norm = nn.LayerNorm(w)
-        self.patch_out = zero_init(conv_transpose_nd(dims, w, out_ch, cfg.patch, stride=cfg.patch))
+        self.patch_out = zero_init(conv_transpose_nd(dims, w, out_ch, _patch(cfg, dims), stride=_patch(cfg, dims)))
 
     def forward(self, x, lam, cond=None, labels=None):
         emb = self.embed(lam, labels)

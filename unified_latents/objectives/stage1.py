@@ -23,27 +23,35 @@ from ..diffusion import (
     stratified_uniform,
     x_from_v,
 )
-from ..nn import build_denoiser, build_encoder
+from ..nn import build_denoiser, build_encoder, encoder_grid
 from .base import Losses, bcast, elbo_bits, seeded_noise
+
+
+def data_dims(cfg: RunConfig) -> int:
+    """2 for images [N, C, H, W], 3 for video clips [N, C, T, H, W]."""
+    return 3 if cfg.data.frames else 2
+
+
+def data_shape(cfg: RunConfig) -> tuple[int, ...]:
+    """One example: [C, H, W], or [C, T, H, W] for video."""
+    r, t = cfg.data.resolution, cfg.data.frames
+    return (cfg.data.channels, t, r, r) if t else (cfg.data.channels, r, r)
 
 
 def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
     """[latent_channels, *grid] that the encoder produces for the configured input size."""
-    e = cfg.model.encoder
-    side = cfg.data.resolution // e.patch
-    for _ in range(len(e.channels) - 1):
-        side = (side + 1) // 2  # stride-2 conv, kernel 3, padding 1
-    return (cfg.model.latent_channels, side, side)
+    grid = encoder_grid(cfg.model.encoder, data_dims(cfg), data_shape(cfg)[1:])
+    return (cfg.model.latent_channels, *grid)
 
 
 class UnifiedLatents(nn.Module):
-    """Holds E, P, D. `forward(x, labels, noise)` returns the stage-1 loss terms per example."""
-
-    dims = 2
+    """Holds E, P, D. `forward(x, labels, noise)` returns the stage-1 loss terms per example.
+    Images and video share every line: `dims` (2 or 3) only picks the convolution type."""
 
     def __init__(self, cfg: RunConfig):
         super().__init__()
         self.cfg = cfg
+        self.dims = data_dims(cfg)
         m, d, c = cfg.model, cfg.diffusion, cfg.data.channels
         if d.prior_kind not in ("diffusion", "gaussian"):
             raise ConfigError(f"diffusion.prior_kind must be 'diffusion' or 'gaussian', got {d.prior_kind!r}")
@@ -55,7 +63,7 @@ class UnifiedLatents(nn.Module):
         self.decoder = build_denoiser(m.decoder, self.dims, c, c, cond_ch=m.latent_channels)
         self.sched_z = CosineSchedule(d.lam_z_min, d.lam0)
         self.sched_x = CosineSchedule(d.lam_x_min, d.lam_x_max, cfg.pixel_shift())
-        self.x_shape = (c, cfg.data.resolution, cfg.data.resolution)
+        self.x_shape = data_shape(cfg)
         self.z_shape = latent_shape(cfg)
         # The loss factor is state (the bitrate controller moves it), so it is saved and restored.
         # DDP must not wait for gradients of a network an ablation leaves unused.
@@ -67,7 +75,8 @@ class UnifiedLatents(nn.Module):
         return float(self.log_loss_factor.exp())
 
     def pixels_per_image(self) -> int:
-        return self.x_shape[1] * self.x_shape[2]
+        """H * W, or T * H * W for video: bits per pixel are per pixel per frame (UL_SPEC 3)."""
+        return math.prod(self.x_shape[1:])
 
     # ------------------------------------------------------------------ noise
 

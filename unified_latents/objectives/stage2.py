@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig, to_dict
+from ..errors import ConfigError
 from ..diffusion import (
     CosineSchedule,
     alpha_sigma,
@@ -30,6 +31,7 @@ from .base import Losses, bcast, elbo_bits, seeded_noise
 from .stage1 import UnifiedLatents, _autocast
 
 DECODER_SEED_OFFSET = 7_919  # decoder noise of sample k uses seed k + offset (base uses k)
+CONTEXT_SEED_OFFSET = 104_729  # the context latents' encoder noise (z0 = alpha0 z + sigma0 eps)
 
 
 def encoder_fingerprint(stage1: UnifiedLatents) -> str:
@@ -46,7 +48,12 @@ def encoder_fingerprint(stage1: UnifiedLatents) -> str:
 class BaseModel(nn.Module):
     """Base diffusion model on z_clean with the sigmoid-weighted loss, lam in [lam_min, lam0].
 
-    Holds the frozen stage-1 model (for decoding), so one artifact generates images."""
+    Holds the frozen stage-1 model (for decoding), so one artifact generates images.
+
+    Video with `base.context`: the network also sees a prefix of known latent frames (their z0,
+    masked, plus the mask) as a conditioning map. Training draws the prefix length per example
+    uniformly from 0..T_latent-1 (0 = unconditional) and leaves the known frames out of the loss;
+    sampling keeps them fixed (UL_SPEC 4: "Video: context frames")."""
 
     def __init__(self, cfg: RunConfig, stage1: UnifiedLatents):
         super().__init__()
@@ -54,7 +61,9 @@ class BaseModel(nn.Module):
         self.stage1 = stage1.eval().requires_grad_(False)
         ch = stage1.cfg.model.latent_channels
         self.num_classes = cfg.data.num_classes
-        self.net = build_denoiser(cfg.model.base, stage1.dims, ch, ch, num_classes=self.num_classes)
+        self.context = bool(cfg.base.context) and stage1.dims == 3
+        self.net = build_denoiser(cfg.model.base, stage1.dims, ch, ch, cond_ch=ch + 1 if self.context else 0,
+                                  num_classes=self.num_classes)
         lam0 = stage1.cfg.diffusion.lam0  # the maximum log-SNR is the encoder's, not a free choice
         self.sched = CosineSchedule(stage1.cfg.diffusion.lam_z_min, lam0, cfg.base.shift)
         self.z_shape = stage1.z_shape
@@ -74,15 +83,58 @@ class BaseModel(nn.Module):
     # ------------------------------------------------------------------ training
 
     def draw_noise(self, n: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
-        return {
+        out = {
             "t": stratified_uniform(n, generator, device, self.stage1.cfg.diffusion.stratified),
             "eps": torch.randn((n, *self.z_shape), generator=generator, device=device),
             "drop": torch.rand(n, generator=generator, device=device),
         }
+        if self.context:  # drawn last: the image stream is unchanged
+            out["ctx_k"] = torch.randint(0, self.z_shape[1], (n,), generator=generator, device=device)
+            out["eps_ctx"] = torch.randn((n, *self.z_shape), generator=generator, device=device)
+        return out
 
-    def denoise(self, z_t: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    # ------------------------------------------------------------------ context (video)
+
+    def context_mask(self, k: torch.Tensor) -> torch.Tensor:
+        """[N] known latent frames -> mask [N, 1, T, 1, 1] (1 on the first k frames)."""
+        frames = torch.arange(self.z_shape[1], device=k.device)
+        return (frames[None] < k[:, None]).float().reshape(-1, 1, self.z_shape[1], 1, 1)
+
+    def context_cond(self, z0_ctx: torch.Tensor | None, mask: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+        """The conditioning map [N, C + 1, *grid]: masked context z0 and the mask (zeros = none)."""
+        if not self.context:
+            return None
+        if mask is None:
+            return torch.zeros(n, self.z_shape[0] + 1, *self.z_shape[1:], device=device)
+        m = mask.expand(-1, 1, *self.z_shape[1:])
+        return torch.cat([z0_ctx * m, m], dim=1)
+
+    def frames_per_latent(self) -> int:
+        return self.x_shape[1] // self.z_shape[1]
+
+    @torch.no_grad()
+    def encode_context(self, clips: torch.Tensor, frames: int) -> tuple[torch.Tensor, int]:
+        """Context clips float [N, C, T, H, W] in [-1, 1] of which the first `frames` are given ->
+        (z_clean [N, *z_shape], known latent frames k). Frames from `frames` on are replaced by the
+        last given one before encoding, so nothing after the context leaks in; only latent frames
+        made entirely of given frames are kept (k = frames // frames_per_latent)."""
+        if not self.context:
+            raise ConfigError("this base model was trained without context frames (base.context=false)")
+        per = self.frames_per_latent()
+        k = frames // per
+        if k < 1 or frames > self.x_shape[1]:
+            raise ConfigError(f"--context-frames must be between {per} (one latent frame is {per} frames) and "
+                              f"{self.x_shape[1]}, got {frames}")
+        held = clips.clone()
+        held[:, :, frames:] = clips[:, :, frames - 1 : frames]
+        return self.stage1.encode(held), min(k, self.z_shape[1])
+
+    def denoise(self, z_t: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor | None,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         a, s = (bcast(v, z_t) for v in alpha_sigma(lam))
-        return x_from_v(z_t, self.net(z_t, lam, labels=labels).float(), a, s)
+        if cond is None and self.context:
+            cond = self.context_cond(None, None, z_t.shape[0], z_t.device)
+        return x_from_v(z_t, self.net(z_t, lam, cond=cond, labels=labels).float(), a, s)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
         """z: z_clean [N, *z_shape] of the frozen encoder (never rescaled)."""
@@ -91,15 +143,22 @@ class BaseModel(nn.Module):
             labels = torch.where(noise["drop"] < self.cfg.base.label_dropout, null, labels)
         elif self.num_classes:
             labels = None  # unconditional data: always the null label
-        weighted, elbo = self.losses(z, labels, noise["t"], noise["eps"])
+        ctx = None
+        if self.context:
+            mask = self.context_mask(noise["ctx_k"])
+            ctx = (mask, self.context_cond(self.stage1.noisy_latent(z, noise["eps_ctx"]), mask, z.shape[0], z.device))
+        weighted, elbo = self.losses(z, labels, noise["t"], noise["eps"], ctx)
         return Losses(total=weighted, terms={"base_nats": weighted.detach(), "elbo_bits_per_image": elbo.detach() / math.log(2)})
 
-    def losses(self, z, labels, t, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, z, labels, t, eps, ctx=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigmoid(b_base - lam)-weighted loss, unweighted ELBO incl. terminal KL), nats [N],
-        from one draw of (t, eps): the training loss and a bitrate estimate of the same draw."""
+        from one draw of (t, eps): the training loss and a bitrate estimate of the same draw.
+        `ctx` = (mask, cond): known latent frames are conditioned on and carry no loss."""
         lam = self.sched.lam(t)
         a, s = (bcast(v, z) for v in alpha_sigma(lam))
-        z_hat = self.denoise(a * z + s * eps, lam, labels)
+        z_hat = self.denoise(a * z + s * eps, lam, labels, None if ctx is None else ctx[1])
+        if ctx is not None:
+            z_hat = ctx[0] * z + (1 - ctx[0]) * z_hat  # known frames: no error, no gradient
         ndl = self.sched.neg_dlam_dt(t)
         weighted = elbo_integrand(z, z_hat, lam, ndl, sigmoid_weight(lam, self.cfg.base.bias))
         elbo = elbo_integrand(z.detach(), z_hat.detach(), lam, ndl) + prior_terminal_kl(z, self.sched.lam_min)
@@ -110,39 +169,60 @@ class BaseModel(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def model_fn(self, labels: torch.Tensor | None, guidance: float = 1.0, interval: list[float] | None = None):
-        """(z_t, lam) -> z_hat, with classifier-free guidance when labels are given."""
+    def model_fn(self, labels: torch.Tensor | None, guidance: float = 1.0, interval: list[float] | None = None,
+                 ctx: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+        """(z_t, lam) -> z_hat, with classifier-free guidance when labels are given. With
+        `ctx` = (mask, cond map, context z_clean) the known frames' prediction is their true
+        z_clean, so every step keeps them consistent with the context."""
+        cmap = None if ctx is None else ctx[1]
 
         def cond(z_t, lam):
             with _autocast(z_t.device):
-                return self.denoise(z_t, lam, labels)
+                return self.denoise(z_t, lam, labels, cmap)
 
-        if labels is None or not self.num_classes:
-            return cond
-        null = torch.full_like(labels, self.num_classes)
+        fn = cond
+        if labels is not None and self.num_classes:
+            null = torch.full_like(labels, self.num_classes)
 
-        def uncond(z_t, lam):
-            with _autocast(z_t.device):
-                return self.denoise(z_t, lam, null)
+            def uncond(z_t, lam):
+                with _autocast(z_t.device):
+                    return self.denoise(z_t, lam, null, cmap)
 
-        return guided(cond, uncond, guidance, interval)
+            fn = guided(cond, uncond, guidance, interval)
+        if ctx is None:
+            return fn
+        mask, _, z_ctx = ctx
+        return lambda z_t, lam: mask * z_ctx + (1 - mask) * fn(z_t, lam)
 
     @torch.no_grad()
-    def sample_latents(self, seeds, labels=None, steps=None, sampler=None, guidance=None, interval=None):
+    def sample_latents(self, seeds, labels=None, steps=None, sampler=None, guidance=None, interval=None, context=None):
         """z0 samples [N, *z_shape]: the base model run from lam_min up to lam0 = 5 and stopped
-        there (the state at the encoder's noise level, NOT a final prediction)."""
+        there (the state at the encoder's noise level, NOT a final prediction).
+
+        `context` = (z_clean [N, *z_shape], k): the first k latent frames are given; they come
+        back as the context's own z0 (alpha0 z_clean + sigma0 eps), unchanged by the sampler."""
         sc = self.cfg.sample
-        noise = seeded_noise(seeds, next(self.net.parameters()).device)
+        device = next(self.net.parameters()).device
+        noise = seeded_noise(seeds, device)
         z = noise.normal(self.z_shape)
         lams = sample_lams(self.sched, steps or sc.base_steps, z.device)
+        ctx = None
+        if context is not None:
+            z_ctx, k = context
+            z_ctx = z_ctx.to(device)
+            mask = self.context_mask(torch.full((len(seeds),), int(k), device=device))
+            z0_ctx = self.stage1.noisy_latent(z_ctx, seeded_noise([s + CONTEXT_SEED_OFFSET for s in seeds], device).normal(self.z_shape))
+            ctx = (mask, self.context_cond(z0_ctx, mask, len(seeds), device), z_ctx)
         fn = self.model_fn(labels, sc.guidance if guidance is None else guidance,
-                           sc.guidance_interval if interval is None else interval)
-        return run_sampler(fn, z, lams, sampler or sc.sampler, noise.like)
+                           sc.guidance_interval if interval is None else interval, ctx)
+        z = run_sampler(fn, z, lams, sampler or sc.sampler, noise.like)
+        return z if ctx is None else ctx[0] * z0_ctx + (1 - ctx[0]) * z
 
     @torch.no_grad()
-    def generate(self, seeds, labels=None, steps=None, decoder_steps=None, sampler=None, guidance=None, interval=None):
+    def generate(self, seeds, labels=None, steps=None, decoder_steps=None, sampler=None, guidance=None, interval=None,
+                 context=None):
         """Images [N, *x_shape] in [-1, 1]: z0 from the base model, then the decoder."""
-        z0 = self.sample_latents(seeds, labels, steps, sampler, guidance, interval)
+        z0 = self.sample_latents(seeds, labels, steps, sampler, guidance, interval, context)
         return self.stage1.decode(z0, [s + DECODER_SEED_OFFSET for s in seeds], decoder_steps, sampler)
 
     @torch.no_grad()
@@ -152,7 +232,13 @@ class BaseModel(nn.Module):
         return elbo_bits(lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, seeds, z.device, n_t)
 
     def previews(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = 16
+        n = 4 if self.stage1.dims == 3 else 16
         device = next(self.net.parameters()).device
         labels = torch.arange(n, device=device) % self.num_classes if self.num_classes else None
-        return {"samples": self.generate(list(range(n)), labels)}
+        out = {"samples": self.generate(list(range(n)), labels)}
+        if self.context:  # rows: the held-out clips' reconstructions, then continuations of their first latent frame
+            z = z[:n].to(device)
+            seeds = list(range(z.shape[0]))
+            recon = self.stage1.decode(self.stage1.noisy_latent(z, torch.randn_like(z)), seeds)
+            out["continuations"] = torch.cat([recon, self.generate(seeds, None, context=(z, 1))])
+        return out
