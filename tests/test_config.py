@@ -32,3 +32,17 @@ def test_incompatible_changes():
     b = to_dict(apply_overrides(get_preset("tiny"), ["train.total_samples=128", "model.prior.blocks=[2]"]))
     diffs = incompatible_changes(a, b)
     assert len(diffs) == 1 and diffs[0].startswith("model.prior.blocks")
+
+
+def test_config_saved_before_video_fields_still_resumes():
+    new = to_dict(get_preset("fmnist"))
+    old = to_dict(get_preset("fmnist"))
+    for key in ("frames", "frame_stride", "clips"):  # fields a config from an older version lacks
+        del old["data"][key]
+    for net in old["model"].values():
+        if isinstance(net, dict):
+            del net["patch_t"], net["time_down"]
+    del old["base"]["context"]
+    assert incompatible_changes(old, new) == []
+    video = apply_overrides(get_preset("fmnist"), ["data.frames=8"])
+    assert incompatible_changes(old, to_dict(video)) == ["data.frames: 0 -> 8"]

@@ -263,3 +263,22 @@ def test_video_stages_end_to_end_cli(tmp_path):
     r = run_ul("sample", "--artifact", art, "--seeds", "0", "--outdir", str(tmp_path / "bad"), "--context", "test",
                "--context-frames", "1")
     assert r.returncode == 2 and "--context-frames" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_image_encoder_fingerprint_ignores_video_fields_at_their_defaults():
+    import hashlib
+
+    from unified_latents.config import to_dict
+    from unified_latents.objectives import encoder_fingerprint
+
+    m = UnifiedLatents(get_preset("tiny"))
+    old = to_dict(m.cfg.model.encoder)  # the fingerprint recipe from before video fields existed
+    del old["patch_t"], old["time_down"]
+    h = hashlib.sha256(json.dumps(old, sort_keys=True).encode())
+    h.update(json.dumps([m.cfg.data.resolution, m.cfg.data.channels, m.cfg.model.latent_channels]).encode())
+    for k, v in sorted(m.encoder.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    assert encoder_fingerprint(m) == h.hexdigest()  # caches made before keep working
+    m.cfg.model.encoder.patch_t = 2
+    assert encoder_fingerprint(m) != h.hexdigest()

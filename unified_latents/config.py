@@ -98,6 +98,9 @@ class BaseConfig:
     # Video: condition on a random prefix of context latent frames (0..T_latent-1, uniform) so
     # one model continues clips from context frames and also generates them from nothing.
     context: bool = False
+    # Baselines only: scale latents to unit std before the base model sees them (Stable
+    # Diffusion's scale factor). UL never rescales: log-SNR 5 is defined on the raw latents.
+    scale_latents: bool = False
 
 
 @dataclass
@@ -237,15 +240,15 @@ def _video_fmnist() -> RunConfig:
     cfg.model = ModelConfig(
         latent_channels=4,
         encoder=NetConfig(arch="resnet_encoder", channels=[32, 64], blocks=[1, 1], patch=4, patch_t=2),
-        prior=NetConfig(arch="unet", channels=[64], blocks=[2]),
+        prior=NetConfig(arch="unet", channels=[32], blocks=[2]),
         decoder=NetConfig(arch="unet", channels=[32, 64], blocks=[1, 1], patch=4),
-        base=NetConfig(arch="unet", channels=[64, 128], blocks=[2, 2], emb_dim=256),
+        base=NetConfig(arch="unet", channels=[64, 128], blocks=[1, 1], emb_dim=256),
     )
     cfg.diffusion.target_bits = 600.0
     cfg.diffusion.loss_factor = 3.0
     cfg.base.context = True
-    cfg.train = TrainConfig(total_samples=12_000, batch=16, lr=2e-3, warmup_samples=800, image_every=4_000,
-                            ckpt_every=2_000, log_every=10)
+    cfg.train = TrainConfig(total_samples=24_000, batch=16, lr=2e-3, warmup_samples=800, image_every=8_000,
+                            ckpt_every=4_000, log_every=10)
     cfg.sample = SampleConfig(decoder_steps=32, base_steps=64)
     return cfg
 
@@ -274,10 +277,28 @@ BASE_TRAIN = {
                    ckpt_every=64_000, ema_decay=0.998),  # 2.2M-parameter U-Net, ~5 min on 2 CPU cores
     "imagenet512": dict(total_samples=1024 * 500_000, batch=1024, lr=1e-4, warmup_samples=1024 * 10_000),
     "tiny-video": dict(total_samples=32, batch=8, lr=1e-3, warmup_samples=8, log_every=2, image_every=32, ckpt_every=16),
-    "video-fmnist": dict(total_samples=64_000, batch=64, lr=1e-3, warmup_samples=3_200, image_every=32_000,
-                         ckpt_every=16_000, ema_decay=0.998),
+    "video-fmnist": dict(total_samples=32_000, batch=32, lr=1e-3, warmup_samples=1_600, image_every=16_000,
+                         ckpt_every=8_000, ema_decay=0.995, log_every=20),
     "kinetics600": dict(total_samples=256 * 500_000, batch=256, lr=1e-4, warmup_samples=256 * 10_000),
 }
+
+
+# Baselines as config changes on top of any preset (paper Table 1, Fig. 4).
+BASELINES = {
+    # Stable-Diffusion-style KL-VAE: the encoder predicts a mean and a variance, an N(0, I) KL with
+    # a small weight regularises it, the decoder regresses pixels (L2, deterministic), no fixed
+    # encoder noise (log-SNR 15: std 5e-4), and the base model sees latents scaled to unit std.
+    "kl-vae": ["diffusion.prior_kind=gaussian", "diffusion.learned_variance=true", "diffusion.kl_weight=0.01",
+               "diffusion.decoder_kind=mse", "diffusion.lam0=15", "diffusion.target_bits=0",
+               "diffusion.loss_factor=1", "base.scale_latents=true"],
+}
+
+
+def baseline_overrides(name: str) -> list[str]:
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r}; choose one of: {', '.join(sorted(BASELINES))} "
+                          "(pixel diffusion is `ul train --stage pixel`)")
+    return list(BASELINES[name])
 
 
 def get_preset(name: str, stage: str = "latents") -> RunConfig:
@@ -285,8 +306,16 @@ def get_preset(name: str, stage: str = "latents") -> RunConfig:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     cfg = PRESETS[name]()
     cfg.stage = stage
-    if stage == "base":
+    if stage in ("base", "pixel"):
         cfg.train = TrainConfig(**BASE_TRAIN[name])
+    if stage == "pixel":
+        # The pixel-diffusion baseline: the preset's base network on pixels, with patches the size
+        # of the encoder's downsampling so it sees the same token grid as on the latents.
+        from .nn import encoder_grid
+
+        grid = encoder_grid(cfg.model.encoder, 3 if cfg.data.frames else 2,
+                            (cfg.data.resolution,) * 2 if not cfg.data.frames else (cfg.data.frames,) + (cfg.data.resolution,) * 2)
+        cfg.model.base.patch = cfg.data.resolution // grid[-1]
     return cfg
 
 
@@ -387,6 +416,10 @@ def incompatible_changes(old: dict, new: dict) -> list[str]:
                 out[key] = v
         return out
 
+    try:  # a config saved by an older version lacks newer fields: read them as their defaults
+        old = to_dict(from_dict(old))
+    except ConfigError:
+        pass
     fo, fn = flat(old), flat(new)
     diffs = []
     for key in sorted(set(fo) | set(fn)):

@@ -15,10 +15,11 @@ from .data import LatentData, encode_images, eval_source, load_images, load_late
 from .errors import ArtifactError, ConfigError, UserError
 from .eval import evaluate_reconstruction, save_grid, save_previews
 from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
+from .objectives.pixel import PixelSpace
 from .training import TrainResult, load_artifact, train
 
 PREVIEW_COUNT = 8
-STAGES = ("latents", "base")
+STAGES = ("latents", "base", "pixel")
 
 
 def build_model(cfg: RunConfig, stage1: UnifiedLatents | None = None):
@@ -28,6 +29,8 @@ def build_model(cfg: RunConfig, stage1: UnifiedLatents | None = None):
         if stage1 is None:
             raise ConfigError("stage 'base' needs a stage-1 artifact; pass --artifact runs/.../artifact.safetensors")
         return BaseModel(cfg, stage1)
+    if cfg.stage == "pixel":  # the pixel-diffusion baseline: the base model on the pixels themselves
+        return BaseModel(cfg, PixelSpace(cfg))
     raise ConfigError(f"unknown stage {cfg.stage!r}; choose one of: {', '.join(STAGES)}")
 
 
@@ -47,7 +50,8 @@ def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None
 
     tensors, cfg_dict, meta = load_artifact(path)
     cfg = _config(cfg_dict, path)
-    if stage is not None and cfg.stage != stage:
+    wanted = {"base": ("base", "pixel")}.get(stage, (stage,))  # a pixel-diffusion model generates like a base model
+    if stage is not None and cfg.stage not in wanted:
         raise ArtifactError(f"{path} is a '{cfg.stage}' artifact; this command needs a '{stage}' one")
     stage1 = None
     if cfg.stage == "base":
@@ -77,6 +81,11 @@ def train_stage(
         held = data  # no held-out set configured: preview training images
     preview_x = to_float(held.images[: PREVIEW_COUNT // 2 if cfg.data.frames else PREVIEW_COUNT])
     return train(cfg, outdir, lambda: build_model(cfg), data, preview_x, save_previews, f"ul-{cfg.stage}", device, progress, until)
+
+
+def _with_scale(model: BaseModel, scale: float) -> BaseModel:
+    model.latent_scale.fill_(scale)
+    return model
 
 
 def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, progress: bool | None = None) -> LatentData:
@@ -121,7 +130,10 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
     lat = latents_for(stage1, cfg, outdir / "latents.safetensors", device, progress)
     if cfg.data.num_classes and lat.labels is None:
         dist.print0("the data has no labels: training an unconditional base model")
-    return train(cfg, outdir, lambda: build_model(cfg, stage1.cpu()), lat, _held_latents(stage1, cfg, lat, device),
+    scale = 1.0 / float(lat.latents.std()) if cfg.base.scale_latents else 1.0
+    if cfg.base.scale_latents:
+        dist.print0(f"latent scale factor 1/std = {scale:.4g} (base.scale_latents; UL itself never rescales)")
+    return train(cfg, outdir, lambda: _with_scale(build_model(cfg, stage1.cpu()), scale), lat, _held_latents(stage1, cfg, lat, device),
                  save_previews, "ul-base", device, progress, until)
 
 
@@ -489,6 +501,13 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
 
     if video and model.context and recon:
         res.update(_continuations(model, held.images[:recon], pad, context_frames, device, progress, out))
+    if cfg.stage == "pixel":  # no latents: nothing to reconstruct; the ELBO is a bound on the pixels' bits
+        n = min(500, len(held))
+        bits = model.bits(encode_images(s1, held.images[:n]).to(device), None if held.labels is None or not model.num_classes
+                          else held.labels[:n].to(device), list(range(n))).cpu()
+        res.update(pixel_bits_per_image=float(bits.mean()), pixel_bpp=float(bits.mean()) / s1.pixels_per_image(),
+                   pixel_bits_images=n)
+        recon = 0
     if recon:
         rm, recs = evaluate_reconstruction(s1, held.images[:recon], pad, batch=16 if video else 250, device=device,
                                            progress=progress)
@@ -510,11 +529,13 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
                 save_grid(torch.cat([crop_pad(held.images[:10], pad), crop_pad(recs[:10], pad)]),
                           Path(out) / "reconstructions.png", nrow=10, scale=2)
     with torch.device("meta"):
-        meta_s1 = UnifiedLatents(s1cfg)
+        meta_s1 = PixelSpace(cfg) if cfg.stage == "pixel" else UnifiedLatents(s1cfg)
         meta_base = BaseModel(cfg, meta_s1)
     sc = cfg.sample
-    res["flops"] = {"stage1_train_per_sample": stage1_report(meta_s1)["total"]["train_flops"],
-                    **generation_report(meta_base, sc.guidance, sc.base_steps, sc.decoder_steps)}
+    pixel = cfg.stage == "pixel"
+    res["stage"] = cfg.stage
+    res["flops"] = {"stage1_train_per_sample": 0 if pixel else stage1_report(meta_s1)["total"]["train_flops"],
+                    **generation_report(meta_base, sc.guidance, sc.base_steps, 0 if pixel else sc.decoder_steps)}
     res["sampling"] = {"sampler": sc.sampler, "base_steps": sc.base_steps, "decoder_steps": sc.decoder_steps,
                        "guidance": sc.guidance, "guidance_interval": sc.guidance_interval}
     if out is not None:

@@ -17,6 +17,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="fmnist", help="named preset: fmnist (default), imagenet512, video-fmnist, kinetics600, tiny, tiny-video")
+    p.add_argument("--baseline", choices=["kl-vae"],
+                   help="train a baseline instead of UL: kl-vae (Stable-Diffusion-style KL autoencoder, scaled latents)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
 
@@ -26,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a stage (rerun the same command to resume)")
-    t.add_argument("--stage", default="latents", choices=["latents", "base"],
-                   help="latents (stage 1: encoder + prior + decoder) or base (stage 2 on frozen latents)")
+    t.add_argument("--stage", default="latents", choices=["latents", "base", "pixel"],
+                   help="latents (stage 1: encoder + prior + decoder), base (stage 2 on frozen latents), or "
+                        "pixel (the pixel-diffusion baseline: the base model on pixels, no latents)")
     _config_args(t)
     t.add_argument("--artifact", type=Path, help="stage 2: the stage-1 artifact whose encoder/decoder stay frozen")
     t.add_argument("--latents", type=Path, help="stage 2: latents cached by `ul encode` (default: encode at start)")
@@ -125,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_overrides(args) -> list[str]:
     """The command-line flags that stand for config fields, as `key=value` overrides."""
     overrides = list(args.overrides)
+    if getattr(args, "baseline", None):
+        from ..config import baseline_overrides
+
+        overrides = baseline_overrides(args.baseline) + overrides
     if getattr(args, "data", None):
         overrides.append(f"data.source={json.dumps(args.data)}")
     if getattr(args, "eval_data", None):

@@ -47,11 +47,12 @@ def generation_report(base, guidance: float, base_steps: int, decoder_steps: int
     with torch.no_grad():
         cond = base.context_cond(None, None, 1, device) if getattr(base, "context", False) else None
         f_base = forward_flops(base.net, z, lam, cond=cond, labels=labels)
-        f_dec = forward_flops(base.stage1.decoder, x, lam, cond=z)
+        decoder = getattr(base.stage1, "decoder", None)  # none in pixel diffusion
+        f_dec = forward_flops(decoder, x, lam, cond=z) if decoder is not None else 0
     per_base_step = f_base * (2 if guidance != 1.0 else 1)
     return {
         "base_params": count_params(base.net),
         "base_forward_flops": f_base,
         "base_train_flops": 3 * f_base,
-        "generate_flops": base_steps * per_base_step + (decoder_steps + 1) * f_dec,
+        "generate_flops": base_steps * per_base_step + ((decoder_steps + 1) * f_dec if f_dec else 0),
     }

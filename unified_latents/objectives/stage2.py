@@ -34,10 +34,17 @@ DECODER_SEED_OFFSET = 7_919  # decoder noise of sample k uses seed k + offset (b
 CONTEXT_SEED_OFFSET = 104_729  # the context latents' encoder noise (z0 = alpha0 z + sigma0 eps)
 
 
+LATER_ENCODER_FIELDS = {"patch_t": 1, "time_down": -1}  # NetConfig fields added after the first release
+
+
 def encoder_fingerprint(stage1: UnifiedLatents) -> str:
     """sha256 of the encoder's config and weights: ties cached latents to one encoder."""
     h = hashlib.sha256()
-    h.update(json.dumps(to_dict(stage1.cfg.model.encoder), sort_keys=True).encode())
+    enc = to_dict(stage1.cfg.model.encoder)
+    for key, default in LATER_ENCODER_FIELDS.items():  # at their defaults they change nothing: old caches stay valid
+        if enc.get(key) == default:
+            enc.pop(key)
+    h.update(json.dumps(enc, sort_keys=True).encode())
     h.update(json.dumps([stage1.cfg.data.resolution, stage1.cfg.data.channels, stage1.cfg.model.latent_channels]).encode())
     for k, v in sorted(stage1.encoder.state_dict().items()):
         h.update(k.encode())
@@ -59,15 +66,23 @@ class BaseModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.stage1 = stage1.eval().requires_grad_(False)
-        ch = stage1.cfg.model.latent_channels
+        ch = stage1.z_shape[0]
         self.num_classes = cfg.data.num_classes
         self.context = bool(cfg.base.context) and stage1.dims == 3
         self.net = build_denoiser(cfg.model.base, stage1.dims, ch, ch, cond_ch=ch + 1 if self.context else 0,
                                   num_classes=self.num_classes)
         lam0 = stage1.cfg.diffusion.lam0  # the maximum log-SNR is the encoder's, not a free choice
-        self.sched = CosineSchedule(stage1.cfg.diffusion.lam_z_min, lam0, cfg.base.shift)
+        self.sched = CosineSchedule(stage1.cfg.diffusion.lam_z_min, lam0, getattr(stage1, "schedule_shift", cfg.base.shift))
+        # SD-style latent scale factor (only for baselines: UL never rescales, UL_SPEC 4). Set
+        # from the training latents' std when base.scale_latents is on; saved with the weights.
+        self.register_buffer("latent_scale", torch.tensor(1.0))
         self.z_shape = stage1.z_shape
         self.x_shape = stage1.x_shape
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before the scale factor existed were never rescaled.
+        state_dict.setdefault(prefix + "latent_scale", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -137,7 +152,8 @@ class BaseModel(nn.Module):
         return x_from_v(z_t, self.net(z_t, lam, cond=cond, labels=labels).float(), a, s)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
-        """z: z_clean [N, *z_shape] of the frozen encoder (never rescaled)."""
+        """z: z_clean [N, *z_shape] of the frozen encoder (never rescaled for UL)."""
+        z = z * self.latent_scale
         if labels is not None and self.num_classes:
             null = torch.full_like(labels, self.num_classes)
             labels = torch.where(noise["drop"] < self.cfg.base.label_dropout, null, labels)
@@ -209,7 +225,7 @@ class BaseModel(nn.Module):
         ctx = None
         if context is not None:
             z_ctx, k = context
-            z_ctx = z_ctx.to(device)
+            z_ctx = z_ctx.to(device) * self.latent_scale
             mask = self.context_mask(torch.full((len(seeds),), int(k), device=device))
             z0_ctx = self.stage1.noisy_latent(z_ctx, seeded_noise([s + CONTEXT_SEED_OFFSET for s in seeds], device).normal(self.z_shape))
             ctx = (mask, self.context_cond(z0_ctx, mask, len(seeds), device), z_ctx)
@@ -222,13 +238,15 @@ class BaseModel(nn.Module):
     def generate(self, seeds, labels=None, steps=None, decoder_steps=None, sampler=None, guidance=None, interval=None,
                  context=None):
         """Images [N, *x_shape] in [-1, 1]: z0 from the base model, then the decoder."""
-        z0 = self.sample_latents(seeds, labels, steps, sampler, guidance, interval, context)
+        z0 = self.sample_latents(seeds, labels, steps, sampler, guidance, interval, context) / self.latent_scale
         return self.stage1.decode(z0, [s + DECODER_SEED_OFFSET for s in seeds], decoder_steps, sampler)
 
     @torch.no_grad()
     def bits(self, z: torch.Tensor, labels: torch.Tensor | None, seeds: list[int], n_t: int = 8) -> torch.Tensor:
         """Unweighted-ELBO bitrate of z0 under the base model, bits per example [N] (Table 5's
-        second column): the same estimator as the stage-1 prior's, with this network."""
+        second column): the same estimator as the stage-1 prior's, with this network. With a latent
+        scale factor the bits are those of the scaled latents."""
+        z = z * self.latent_scale
         return elbo_bits(lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, seeds, z.device, n_t)
 
     def previews(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -239,6 +257,6 @@ class BaseModel(nn.Module):
         if self.context:  # rows: the held-out clips' reconstructions, then continuations of their first latent frame
             z = z[:n].to(device)
             seeds = list(range(z.shape[0]))
-            recon = self.stage1.decode(self.stage1.noisy_latent(z, torch.randn_like(z)), seeds)
+            recon = self.stage1.decode(self.stage1.noisy_latent(z, torch.randn_like(z)), seeds)  # z: unscaled
             out["continuations"] = torch.cat([recon, self.generate(seeds, None, context=(z, 1))])
         return out
