@@ -231,6 +231,10 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
     return outdir / "report.md"
 
 
+def _latent_frames(k: int) -> str:
+    return "latent frame 0" if k == 1 else f"latent frames 0-{k - 1}"
+
+
 def _report_sections(ev: dict, cfg1: RunConfig, res1, res2, times: dict) -> list[tuple[str, str]]:
     from .eval.report import format_metrics, table
 
@@ -279,7 +283,7 @@ def _report_sections(ev: dict, cfg1: RunConfig, res1, res2, times: dict) -> list
     sections = [("Metrics", table(rows)), ("Samples", samples_text)]
     if "continuation_psnr" in ev:
         sections.append(("Continuations", f"Pairs of rows: a held-out clip, then the model's continuation of its first "
-                         f"{ev['context_frames']} frames (latent frames 0-{ev['context_latent_frames'] - 1} fixed; frames "
+                         f"{ev['context_frames']} frames ({_latent_frames(ev['context_latent_frames'])} fixed; frames "
                          f"{ev['generated_from_frame']}+ generated).\n\n![continuations](continuations.png)"))
     if "rfid" in ev:
         sections.append(("Reconstructions", recon_text))
@@ -441,7 +445,8 @@ def eval_counts(video: bool, samples: int | None, recon: int | None, ref_count: 
 def evaluate(artifact: Path, samples: int | None = None, recon: int | None = None, ref_count: int | None = None,
              inception: str | None = None,
              device="cpu", progress: bool = True, out: Path | None = None, guidance: float | None = None,
-             i3d: str | None = None, context_frames: int = 5) -> dict:
+             i3d: str | None = None, context_frames: int = 5, base_steps: int | None = None,
+             decoder_steps: int | None = None, sampler: str | None = None) -> dict:
     """gFID/KID of generated samples and rFID/PSNR/SSIM of reconstructions against held-out
     images (Inception pool3, float64 statistics), latent bitrates of the stage-1 prior and the
     base model (unweighted ELBO), and FLOPs. Every figure carries its sample count.
@@ -457,8 +462,13 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
     from .training.checkpoint import atomic_write_text
 
     model, cfg = load_model(artifact, device, stage="base")
-    if guidance is not None:
-        cfg.sample.guidance = guidance  # model.cfg is this object: sampling and FLOPs both see it
+    # model.cfg is this object: sampling and FLOPs both see these
+    for key, value in (("guidance", guidance), ("base_steps", base_steps), ("decoder_steps", decoder_steps),
+                       ("sampler", sampler)):
+        if value is not None:
+            setattr(cfg.sample, key, value)
+    model.stage1.cfg.sample.decoder_steps = cfg.sample.decoder_steps  # the decoder reads its own copy
+    model.stage1.cfg.sample.sampler = cfg.sample.sampler
     s1, s1cfg = model.stage1, model.stage1.cfg
     video = s1.dims == 3
     samples, recon, ref_count = eval_counts(video, samples, recon, ref_count)

