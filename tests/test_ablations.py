@@ -59,8 +59,15 @@ def test_gaussian_prior_is_weighted_kl():
     a2 = 1 / (1 + math.exp(-5.0))
     s2 = 1 - a2
     kl = 0.5 * (a2 * z**2 + s2 - 1 - math.log(s2)).flatten(1).sum(1)
-    torch.testing.assert_close(m.prior_loss(z, torch.rand(3), torch.randn_like(z)), 0.25 * kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m.prior_loss(z, torch.rand(3), torch.randn_like(z)), kl, rtol=1e-5, atol=1e-5)
     assert m.has_unused_parameters
+    # the weight scales the KL in the objective (the logged bitrate stays the unweighted KL)
+    x, noise = _batch(m, 3)
+    out = m(x, None, noise)
+    l_x = out.terms["decoder_nats"]
+    torch.testing.assert_close(out.total, 0.25 * out.terms["prior_nats"] + m.loss_factor * l_x, rtol=1e-5, atol=1e-3)
+    z0, _ = m.sample_latent(x, None)
+    torch.testing.assert_close(out.terms["prior_nats"], m.prior_loss(z0, noise["t_z"], noise["eps_z"]), rtol=1e-5, atol=1e-4)
 
 
 def test_learned_variance_term_matches_formula():

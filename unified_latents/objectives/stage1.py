@@ -127,9 +127,10 @@ class UnifiedLatents(nn.Module):
         """Unweighted ELBO of z0 under the prior + terminal KL, nats per example [N] (eq. 3).
 
         Gradients reach the encoder through z_t AND through the target z_clean. With the
-        'gaussian' ablation: kl_weight * KL(N(alpha0 z, sigma0^2) || N(0, I)) instead."""
+        'gaussian' ablation: KL(N(alpha0 z, sigma0^2) || N(0, I)) instead (unweighted: `forward`
+        applies diffusion.kl_weight to the whole KL, this is also the bitrate meter)."""
         if self.cfg.diffusion.prior_kind == "gaussian":
-            return self.cfg.diffusion.kl_weight * prior_terminal_kl(z_clean, self.cfg.diffusion.lam0)
+            return prior_terminal_kl(z_clean, self.cfg.diffusion.lam0)
         lam = self.sched_z.lam(t)
         a, s = (bcast(v, z_clean) for v in alpha_sigma(lam))
         z_t = a * z_clean + s * eps
@@ -164,8 +165,10 @@ class UnifiedLatents(nn.Module):
         l_x = self.decoder_loss(x, z0, noise["t_x"], noise["eps_x"])
         c_lf = self.log_loss_factor.exp().float()
         ln2_pixels = math.log(2) * self.pixels_per_image()
+        # beta-VAE style: the KL weight scales the whole KL, the learned variance's entropy included
+        w_z = self.cfg.diffusion.kl_weight if self.cfg.diffusion.prior_kind == "gaussian" else 1.0
         return Losses(
-            total=l_z + c_lf * l_x,
+            total=w_z * l_z + c_lf * l_x,
             terms={
                 "prior_nats": l_z.detach(),
                 "decoder_nats": l_x.detach(),
