@@ -239,6 +239,9 @@ def test_video_stages_end_to_end_cli(tmp_path):
     r = run_ul("train", "--preset", "tiny-video", "--outdir", str(s1), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert any(s1.glob("preview-*-reconstructions.png"))
+    r = run_ul("reconstruct", "--artifact", str(s1 / "artifact.safetensors"), "--count", "2", "--steps", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images"] == 2 and (s1 / "reconstructions.png").exists()
     r = run_ul("train", "--stage", "base", "--preset", "tiny-video", "--artifact", str(s1 / "artifact.safetensors"),
                "--outdir", str(s2), "--no-progress")
     assert r.returncode == 0, r.stderr

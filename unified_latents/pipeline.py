@@ -176,10 +176,17 @@ def reconstruct(
         src, split = eval_source(cfg.data)
         held = load_images(cfg.data, src, split)
     images = held.images[:count]
-    metrics, recs = evaluate_reconstruction(model, images, cfg.data.pad, steps=steps, sampler=sampler, device=device, progress=progress)
+    metrics, recs = evaluate_reconstruction(model, images, cfg.data.pad, batch=16 if images.ndim == 5 else 250,
+                                            steps=steps, sampler=sampler, device=device, progress=progress)
     if out is not None:
-        k = min(16, images.shape[0])
-        save_grid(torch.cat([images[:k], recs[:k]]), out, nrow=k, scale=2)
+        if images.ndim == 5:  # video: rows of frames, originals first
+            from .eval import save_strip
+
+            k = min(4, images.shape[0])
+            save_strip(torch.cat([images[:k], recs[:k]]), out)
+        else:
+            k = min(16, images.shape[0])
+            save_grid(torch.cat([images[:k], recs[:k]]), out, nrow=k, scale=2)
     return metrics
 
 

@@ -184,7 +184,7 @@ def cmd_reconstruct(args) -> None:
     if args.json:
         print(json.dumps(m))
         return
-    print(f"images           {m['images']}")
+    print(f"examples         {m['images']} (video: clips; PSNR/SSIM per frame, bits per clip)")
     print(f"PSNR             {m['psnr']:.2f} dB (0..255 pixels)")
     print(f"SSIM             {m['ssim']:.4f}")
     print(f"latent bitrate   {m['bits_per_image']:.1f} bits/image (+- {m['bits_per_image_stderr']:.1f}), {m['bpp']:.4f} bits/pixel")
