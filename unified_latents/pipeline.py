@@ -13,7 +13,7 @@ from . import dist
 from .config import RunConfig, from_dict, to_dict
 from .data import LatentData, encode_images, eval_source, load_images, load_latents, save_latents, to_float
 from .errors import ArtifactError, ConfigError, UserError
-from .eval import evaluate_reconstruction, save_grid, save_previews
+from .eval import evaluate_reconstruction, psnr, save_grid, save_png, save_previews, save_strip
 from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
 from .objectives.pixel import PixelSpace
 from .training import TrainResult, load_artifact, train
@@ -180,8 +180,6 @@ def reconstruct(
                                             steps=steps, sampler=sampler, device=device, progress=progress)
     if out is not None:
         if images.ndim == 5:  # video: rows of frames, originals first
-            from .eval import save_strip
-
             k = min(4, images.shape[0])
             save_strip(torch.cat([images[:k], recs[:k]]), out)
         else:
@@ -199,7 +197,7 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
 
     from .config import apply_overrides, get_preset
     from .eval.fid import find_inception
-    from .eval.report import format_metrics, plot_curves, read_stats, table, write_report
+    from .eval.report import plot_curves, read_stats, write_report
     from .training.checkpoint import atomic_write_text
 
     outdir = Path(outdir)
@@ -385,7 +383,6 @@ def sample(artifact: Path, seeds: list[int], outdir: Path, classes: str | None =
     the first `context_frames` frames of a context clip (strip rows: context clip, continuation)."""
 
     from .data import crop_pad, write_mp4
-    from .eval import save_png, save_strip
     from .training.checkpoint import atomic_write
 
     model, cfg = load_model(artifact, device, stage="base")
@@ -509,8 +506,6 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
         res.update(fvd=fid_from_features(fake, real), fvd_samples=samples)
     if out is not None:
         if video:
-            from .eval import save_strip
-
             save_strip(gen[:8], Path(out) / "samples.png")
         else:
             save_grid(gen[: 10 * min(10, max(1, samples // 10))], Path(out) / "samples.png",
@@ -537,8 +532,6 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
         res.update(base_bits_per_image=float(base_bits.mean()), base_bpp=float(base_bits.mean()) / s1.pixels_per_image())
         if out is not None:
             if video:
-                from .eval import save_strip
-
                 k = min(4, recon)
                 save_strip(torch.cat([crop_pad(held.images[:k], pad), crop_pad(recs[:k], pad)]),
                            Path(out) / "reconstructions.png")
@@ -565,7 +558,6 @@ def _continuations(model: BaseModel, clips: torch.Tensor, pad: int, context_fram
     model generated against the real ones (a stochastic continuation: this measures how far the
     motion is carried, not a reconstruction)."""
     from .data import crop_pad, to_float, to_uint8
-    from .eval import psnr, save_strip
 
     gens = []
     for i in range(0, clips.shape[0], 16):
