@@ -471,8 +471,7 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
                        ("sampler", sampler)):
         if value is not None:
             setattr(cfg.sample, key, value)
-    model.stage1.cfg.sample.decoder_steps = cfg.sample.decoder_steps  # the decoder reads its own copy
-    model.stage1.cfg.sample.sampler = cfg.sample.sampler
+    dec = {"decoder_steps": cfg.sample.decoder_steps, "sampler": cfg.sample.sampler}  # the decoder's, passed on
     s1, s1cfg = model.stage1, model.stage1.cfg
     video = s1.dims == 3
     samples, recon, ref_count = eval_counts(video, samples, recon, ref_count)
@@ -496,7 +495,7 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
 
     seeds = list(range(samples))
     labels = class_labels(seeds, None, model.num_classes)
-    gen = crop_pad(generate_images(model, seeds, labels, batch=16 if video else 250, progress=progress), pad)
+    gen = crop_pad(generate_images(model, seeds, labels, batch=16 if video else 250, progress=progress, **dec), pad)
     gfeat = net(frames(gen), progress=progress, desc="sample features")
     res.update(gfid=fid_from_features(gfeat, ref), gfid_samples=samples)
     res["kid"], res["kid_std"] = kid(gfeat, ref, subset_size=min(1000, gfeat.shape[0], ref.shape[0]))
@@ -512,7 +511,7 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
                       nrow=10 if labels is not None else None, scale=2)
 
     if video and model.context and recon:
-        res.update(_continuations(model, held.images[:recon], pad, context_frames, device, progress, out))
+        res.update(_continuations(model, held.images[:recon], pad, context_frames, device, progress, out, dec))
     if cfg.stage == "pixel":  # no latents: nothing to reconstruct; the ELBO is a bound on the pixels' bits
         n = min(500, len(held))
         bits = model.bits(encode_images(s1, held.images[:n]).to(device), None if held.labels is None or not model.num_classes
@@ -521,7 +520,8 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
                    pixel_bits_images=n)
         recon = 0
     if recon:
-        rm, recs = evaluate_reconstruction(s1, held.images[:recon], pad, batch=16 if video else 250, device=device,
+        rm, recs = evaluate_reconstruction(s1, held.images[:recon], pad, batch=16 if video else 250, steps=dec["decoder_steps"],
+                                           sampler=dec["sampler"], device=device,
                                            progress=progress)
         rfeat = net(frames(crop_pad(recs, pad)), progress=progress, desc="reconstruction features")
         res.update(rfid=fid_from_features(rfeat, ref), rfid_samples=recon, psnr=rm["psnr"], ssim=rm["ssim"],
@@ -553,7 +553,8 @@ def evaluate(artifact: Path, samples: int | None = None, recon: int | None = Non
     return res
 
 
-def _continuations(model: BaseModel, clips: torch.Tensor, pad: int, context_frames: int, device, progress, out) -> dict:
+def _continuations(model: BaseModel, clips: torch.Tensor, pad: int, context_frames: int, device, progress, out,
+                   dec: dict | None = None) -> dict:
     """Continue held-out clips from their first `context_frames` frames; PSNR of the frames the
     model generated against the real ones (a stochastic continuation: this measures how far the
     motion is carried, not a reconstruction)."""
@@ -564,7 +565,7 @@ def _continuations(model: BaseModel, clips: torch.Tensor, pad: int, context_fram
         x = to_float(clips[i : i + 16]).to(device)
         z, k = model.encode_context(x, context_frames)
         seeds = list(range(i, i + x.shape[0]))
-        gens.append(to_uint8(model.generate(seeds, None, context=(z, k))).cpu())
+        gens.append(to_uint8(model.generate(seeds, None, context=(z, k), **(dec or {}))).cpu())
     gen = crop_pad(torch.cat(gens), pad)
     real = crop_pad(clips, pad)
     first = k * model.frames_per_latent()  # frames whose latents were generated
