@@ -606,13 +606,17 @@ def run_sweep(preset: str, overrides: list[str], loss_factors: list[float], outd
     head = "| loss factor | bits/pixel | bits/image | PSNR (dB) | rFID | gFID |\n|---|---|---|---|---|---|"
     lines = [f"| {lf:g} | {e['prior_bpp']:.4f} | {e['prior_bits_per_image']:.1f} | {e['psnr']:.2f} | {e['rfid']:.2f} | "
              f"{e['gfid']:.2f} |" for lf, e in rows]
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    ax.plot([e["prior_bpp"] for _, e in rows], [e["psnr"] for _, e in rows], "o-")
-    for lf, e in rows:
-        ax.annotate(f"c_lf={lf:g}", (e["prior_bpp"], e["psnr"]), fontsize=8, xytext=(4, -10), textcoords="offset points")
-    ax.set_xlabel("latent bits per pixel (stage-1 prior)")
-    ax.set_ylabel("reconstruction PSNR (dB)")
-    ax.grid(alpha=0.3)
+    bpp = [e["prior_bpp"] for _, e in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    for ax, key, label in ((axes[0], "psnr", "reconstruction PSNR (dB)"), (axes[1], "gfid", "gFID (lower is better)")):
+        ax.plot(bpp, [e[key] for _, e in rows], "o-")
+        for lf, e in rows:
+            ax.annotate(f"c_lf={lf:g}", (e["prior_bpp"], e[key]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("latent bits per pixel (stage-1 prior)")
+        ax.set_ylabel(label)
+        ax.margins(0.15)
+        ax.grid(alpha=0.3)
+    axes[1].set_title(f"{rows[0][1]['gfid_samples']} samples", fontsize=9)
     fig.tight_layout()
     atomic_write(outdir / "rate-distortion.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

@@ -55,15 +55,23 @@ class InceptionFeatures:
         except RuntimeError as e:
             raise UserError(f"{p} is not a TorchScript Inception network ({str(e)[:120]}); {INCEPTION_HINT}") from None
         self.device = torch.device(device)
-        self.channels_last = False
+        self.fast = None
         if self.device.type == "cpu":
             # Folding batch norms into the convolutions and feeding channels-last tensors makes
-            # the CPU forward ~15% faster; features agree with the plain network to ~1e-5.
+            # the CPU forward ~15% faster; features agree with the plain network to ~1e-5. Any
+            # network the optimised path cannot run falls back to the plain one.
             try:
-                self.net = torch.jit.optimize_for_inference(torch.jit.freeze(self.net))
-                self.channels_last = True
+                self.fast = torch.jit.optimize_for_inference(torch.jit.freeze(self.net))
             except (RuntimeError, AttributeError):
-                pass
+                self.fast = None
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast is not None:
+            try:
+                return self.fast(x.contiguous(memory_format=torch.channels_last))
+            except RuntimeError:
+                self.fast = None
+        return self.net(x)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch: int = 50, progress: bool = False, desc: str = "inception") -> np.ndarray:
@@ -75,10 +83,7 @@ class InceptionFeatures:
             x = x.float()
             if x.shape[-2:] != (299, 299):
                 x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            x = (x - 128.0) / 128.0
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(self.net(x).double().cpu())
+            out.append(self._forward((x - 128.0) / 128.0).double().cpu())
         return torch.cat(out).numpy()
 
 
