@@ -273,8 +273,8 @@ PRESETS = {"tiny": _tiny, "fmnist": _fmnist, "imagenet512": _imagenet512, "tiny-
 # Stage-2 training settings per preset (the base model trains on cheap latents: bigger batches).
 BASE_TRAIN = {
     "tiny": dict(total_samples=64, batch=8, lr=1e-3, warmup_samples=16, log_every=2, image_every=32, ckpt_every=32),
-    "fmnist": dict(total_samples=192_000, batch=128, lr=1e-3, warmup_samples=6_400, image_every=64_000,
-                   ckpt_every=64_000, ema_decay=0.998),  # 2.2M-parameter U-Net, ~5 min on 2 CPU cores
+    "fmnist": dict(total_samples=320_000, batch=128, lr=1e-3, warmup_samples=6_400, image_every=64_000,
+                   ckpt_every=64_000, ema_decay=0.998),  # 2.2M-parameter U-Net, ~8.5 min on 2 CPU cores
     "imagenet512": dict(total_samples=1024 * 500_000, batch=1024, lr=1e-4, warmup_samples=1024 * 10_000),
     "tiny-video": dict(total_samples=32, batch=8, lr=1e-3, warmup_samples=8, log_every=2, image_every=32, ckpt_every=16),
     "video-fmnist": dict(total_samples=32_000, batch=32, lr=1e-3, warmup_samples=1_600, image_every=16_000,
@@ -294,6 +294,12 @@ BASELINES = {
 }
 
 
+# Sampling defaults stored with a preset's stage-2 artifact. fmnist, measured on one 320k-sample
+# base model (2,000 samples each): DDIM 64/32 steps gFID 30.24, ancestral 64/32 30.49,
+# ancestral 32/16 30.57, ancestral 32/16 with guidance 1.25 31.07.
+BASE_SAMPLE = {"fmnist": dict(sampler="ddim")}
+
+
 def baseline_overrides(name: str) -> list[str]:
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline {name!r}; choose one of: {', '.join(sorted(BASELINES))} "
@@ -308,6 +314,7 @@ def get_preset(name: str, stage: str = "latents") -> RunConfig:
     cfg.stage = stage
     if stage in ("base", "pixel"):
         cfg.train = TrainConfig(**BASE_TRAIN[name])
+        cfg.sample = SampleConfig(**{**dataclasses.asdict(cfg.sample), **BASE_SAMPLE.get(name, {})})
     if stage == "pixel":
         # The pixel-diffusion baseline: the preset's base network on pixels, with patches the size
         # of the encoder's downsampling so it sees the same token grid as on the latents.
