@@ -46,3 +46,12 @@ def test_config_saved_before_video_fields_still_resumes():
     assert incompatible_changes(old, new) == []
     video = apply_overrides(get_preset("fmnist"), ["data.frames=8"])
     assert incompatible_changes(old, to_dict(video)) == ["data.frames: 0 -> 8"]
+
+
+def test_fmnist_stage2_samples_with_ddim_and_stage1_keeps_ancestral():
+    from unified_latents.config import get_preset
+
+    base = get_preset("fmnist", "base")
+    assert base.sample.sampler == "ddim" and base.sample.base_steps == 96 and base.sample.decoder_steps == 16
+    assert get_preset("fmnist").sample.sampler == "ancestral"
+    assert get_preset("tiny", "base").sample.sampler == "ancestral"
