@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unified_latents.pipeline import run_pipeline  # noqa: E402
+from unified_latents.jobs import run_pipeline  # noqa: E402
 from unified_latents.training.checkpoint import atomic_write_text  # noqa: E402
 
 VARIANTS = {

@@ -30,17 +30,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unified_latents.config import apply_overrides, baseline_overrides, get_preset  # noqa: E402
+from unified_latents.config import apply_overrides  # noqa: E402
+from unified_latents.presets import baseline_overrides, get_preset  # noqa: E402
 from unified_latents.eval.flops import generation_report, stage1_report  # noqa: E402
 from unified_latents.objectives import BaseModel, UnifiedLatents  # noqa: E402
 from unified_latents.objectives.pixel import PixelSpace  # noqa: E402
-from unified_latents.pipeline import base_config, evaluate, train_stage  # noqa: E402
+from unified_latents.eval.evaluate import EvalRequest, evaluate_artifact  # noqa: E402
+from unified_latents.objectives.registry import artifact_config, preset_config  # noqa: E402
+from unified_latents.stages import base_config, train_stage  # noqa: E402
 from unified_latents.training.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 
 
 def stage2_config(preset: str, method: str, artifact: Path | None):
     if method == "pixel":
-        return get_preset(preset, "pixel")
+        return preset_config(preset, "pixel")
     cfg = base_config(get_preset(preset, "base"), artifact)
     return apply_overrides(cfg, baseline_overrides("kl-vae")) if method == "kl-vae" else cfg
 
@@ -51,8 +54,6 @@ def train_flops_per_sample(cfg, method: str) -> tuple[float, float]:
         if method == "pixel":
             base = BaseModel(cfg, PixelSpace(cfg))
             return generation_report(base, 1.0, 1, 0)["base_train_flops"], 0.0
-        from unified_latents.pipeline import artifact_config
-
         s1 = UnifiedLatents(artifact_config(Path(cfg.base.stage1_artifact)))
         base = BaseModel(cfg, s1)
         return generation_report(base, 1.0, 1, 0)["base_train_flops"], stage1_report(s1)["total"]["train_flops"]
@@ -94,9 +95,7 @@ def main() -> None:
         cfg.train.warmup_samples = min(cfg.train.warmup_samples, total // 10)
         ae_samples = 0
         if m != "pixel":
-            from unified_latents.pipeline import artifact_config
-
-            ae_samples = artifact_config(Path(stage1[m])).train.total_samples
+                ae_samples = artifact_config(Path(stage1[m])).train.total_samples
         for i in range(1, args.points + 1):
             until = max(batch, total * i // args.points // batch * batch)
             key = f"{m}@{until}"
@@ -106,8 +105,8 @@ def main() -> None:
             res = train_stage(cfg, out / m, device, progress=False, until=until)
             train_s = time.time() - t0
             t0 = time.time()
-            ev = evaluate(res.artifact, args.samples, 0, args.ref_count, device=device, progress=False,
-                          out=out / f"{m}-eval-{i}")
+            ev = evaluate_artifact(res.artifact, EvalRequest(args.samples, 0, args.ref_count, device=device, progress=False,
+                                                             out=out / f"{m}-eval-{i}"))
             results[key] = {"method": m, "samples_seen": res.samples, "train_flops": res.samples * per_sample,
                             "autoencoder_train_flops": ae_samples * ae_per_sample, "gfid": ev["gfid"],
                             "kid": ev["kid"], "kid_std": ev["kid_std"], "gfid_samples": ev["gfid_samples"],

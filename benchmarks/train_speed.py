@@ -23,10 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unified_latents.config import apply_overrides, get_preset  # noqa: E402
+from unified_latents.config import apply_overrides  # noqa: E402
+from unified_latents.presets import get_preset  # noqa: E402
 from unified_latents.data import load_images  # noqa: E402
 from unified_latents.eval import stage1_report  # noqa: E402
-from unified_latents.pipeline import build_model  # noqa: E402
+from unified_latents.objectives.registry import build_model  # noqa: E402
 from unified_latents.training import train  # noqa: E402
 
 

@@ -14,7 +14,7 @@ def _private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def tiny_cfg():
-    from unified_latents.config import get_preset
+    from unified_latents.presets import get_preset
 
     return get_preset("tiny")
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from unified_latents.config import apply_overrides, get_preset
+from unified_latents.config import apply_overrides
+from unified_latents.presets import get_preset
 from unified_latents.errors import ConfigError
 from unified_latents.objectives import UnifiedLatents
 from test_diffusion import GaussianOracle

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from helpers import make_npz, run_ul
-from unified_latents.config import apply_overrides, baseline_overrides, get_preset
+from unified_latents.config import apply_overrides
+from unified_latents.objectives.registry import preset_config
+from unified_latents.presets import baseline_overrides, get_preset
 from unified_latents.diffusion import alpha_sigma
 from unified_latents.errors import ConfigError
 from unified_latents.objectives import BaseModel, UnifiedLatents
@@ -14,7 +16,7 @@ from unified_latents.objectives.pixel import PixelSpace
 
 
 def test_pixel_diffusion_is_the_base_model_on_pixels():
-    cfg = get_preset("fmnist", "pixel")
+    cfg = preset_config("fmnist", "pixel")
     model = BaseModel(cfg, PixelSpace(cfg))
     assert model.z_shape == model.x_shape == (1, 32, 32)
     assert cfg.model.base.patch == 4  # the same 8x8 token grid as on the 4x8x8 latents
@@ -78,7 +80,8 @@ def test_baselines_train_and_sample_cli(tmp_path):
     r = run_ul("train", "--stage", "base", "--baseline", "kl-vae", *fast, "--artifact", str(art1),
                "--outdir", str(tmp_path / "kv2"))
     assert r.returncode == 0 and "latent scale factor" in r.stdout, r.stderr
-    from unified_latents.pipeline import latents_for, load_model
+    from unified_latents.objectives.registry import load_model
+    from unified_latents.stages import latents_for
 
     base, cfg = load_model(tmp_path / "kv2" / "artifact.safetensors")
     lat = latents_for(base.stage1, cfg, tmp_path / "kv2" / "latents.safetensors", "cpu")

@@ -1,6 +1,7 @@
 import pytest
 
-from unified_latents.config import apply_overrides, from_dict, get_preset, incompatible_changes, to_dict
+from unified_latents.config import apply_overrides, from_dict, incompatible_changes, to_dict
+from unified_latents.presets import get_preset
 from unified_latents.errors import ConfigError
 
 
@@ -49,7 +50,7 @@ def test_config_saved_before_video_fields_still_resumes():
 
 
 def test_fmnist_stage2_samples_with_ddim_and_stage1_keeps_ancestral():
-    from unified_latents.config import get_preset
+    from unified_latents.presets import get_preset
 
     base = get_preset("fmnist", "base")
     assert base.sample.sampler == "ddim" and base.sample.base_steps == 96 and base.sample.decoder_steps == 16

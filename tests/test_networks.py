@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from unified_latents.config import NetConfig, get_preset
+from unified_latents.config import NetConfig
+from unified_latents.presets import get_preset
 from unified_latents.nn import DENOISERS, ENCODERS, build_denoiser, build_encoder
 
 SMALL = {
@@ -54,7 +55,7 @@ def test_denoiser_depends_on_conditioning():
 
 def test_imagenet512_preset_on_meta_device():
     from unified_latents.eval import stage1_report
-    from unified_latents.pipeline import build_model
+    from unified_latents.objectives.registry import build_model
 
     with torch.device("meta"):
         model = build_model(get_preset("imagenet512"))

@@ -8,14 +8,15 @@ import scipy.linalg
 import torch
 
 from helpers import make_npz, run_ul
-from unified_latents.config import get_preset
+from unified_latents.presets import get_preset
 from unified_latents.data import LatentData, load_latents, save_latents
 from unified_latents.diffusion import sample_lams
 from unified_latents.diffusion.guidance import guided
 from unified_latents.errors import UserError
 from unified_latents.eval.fid import find_inception, fid_from_features, frechet_distance, kid
 from unified_latents.objectives import BaseModel, UnifiedLatents, encoder_fingerprint
-from unified_latents.pipeline import class_labels, generate_images, parse_seeds
+from unified_latents.cli.main import parse_seeds
+from unified_latents.generate import class_labels, generate_images
 
 
 def _base(seed=0):

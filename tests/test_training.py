@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from helpers import ROOT, assert_tree_equal, load_state, make_npz, run_ul
-from unified_latents.config import apply_overrides, get_preset
+from unified_latents.config import apply_overrides
+from unified_latents.presets import get_preset
 from unified_latents.data import load_images
 from unified_latents.errors import TrainingError
 from unified_latents.objectives import UnifiedLatents

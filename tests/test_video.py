@@ -10,7 +10,8 @@ import torch
 
 from helpers import run_ul
 from test_stage2 import _stand_in_inception
-from unified_latents.config import DataConfig, NetConfig, get_preset
+from unified_latents.config import DataConfig, NetConfig
+from unified_latents.presets import get_preset
 from unified_latents.data import load_images, moving_fmnist, write_mp4
 from unified_latents.data.video import read_video
 from unified_latents.errors import DataError, UserError

@@ -132,7 +132,7 @@ def _resolve_overrides(args) -> list[str]:
     """The command-line flags that stand for config fields, as `key=value` overrides."""
     overrides = list(args.overrides)
     if getattr(args, "baseline", None):
-        from ..config import baseline_overrides
+        from ..presets import baseline_overrides
 
         overrides = baseline_overrides(args.baseline) + overrides
     if getattr(args, "data", None):
@@ -147,13 +147,14 @@ def _resolve_overrides(args) -> list[str]:
 
 
 def _resolve_config(args):
-    from ..config import apply_overrides, get_preset
+    from ..config import apply_overrides
+    from ..objectives.registry import preset_config
 
     stage = getattr(args, "stage", None) or "latents"
-    cfg = get_preset(args.preset, stage)
+    cfg = preset_config(args.preset, stage)
     overrides = _resolve_overrides(args)
     if stage == "base":
-        from ..pipeline import base_config
+        from ..stages import base_config
 
         if not getattr(args, "artifact", None):
             raise UserError("`--stage base` needs the stage-1 artifact: add --artifact runs/.../artifact.safetensors")
@@ -163,8 +164,25 @@ def _resolve_config(args):
     return apply_overrides(cfg, overrides)
 
 
+def parse_seeds(spec: str) -> list[int]:
+    """'0-63' or '0,5,9' or '0-9,100-109' -> list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.strip().split("-", 1)
+                seeds += list(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                seeds.append(int(part))
+    except ValueError:
+        raise UserError(f"cannot read seeds {spec!r}; write them like 0-63 or 0,5,9") from None
+    if not seeds:
+        raise UserError(f"no seeds in {spec!r}; write them like 0-63")
+    return seeds
+
+
 def cmd_train(args) -> None:
-    from ..pipeline import train_stage
+    from ..stages import train_stage
 
     cfg = _resolve_config(args)
     device = dist.init()
@@ -177,7 +195,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_reconstruct(args) -> None:
-    from ..pipeline import reconstruct
+    from ..eval.reconstruct import reconstruct
 
     out = args.out or args.artifact.with_name("reconstructions.png")
     m = reconstruct(args.artifact, args.data, out, args.count, args.steps, args.sampler, progress=sys.stderr.isatty())
@@ -192,7 +210,7 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from ..pipeline import run_sweep
+    from ..jobs import run_sweep
 
     try:
         factors = [float(v) for v in args.loss_factors.split(",") if v.strip()]
@@ -207,14 +225,14 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_encode(args) -> None:
-    from ..pipeline import encode
+    from ..stages import encode
 
     dest = encode(args.artifact, args.data, args.dest, progress=sys.stderr.isatty())
     print(f"latents: {dest}")
 
 
 def cmd_sample(args) -> None:
-    from ..pipeline import parse_seeds, sample
+    from ..generate import SampleRequest, write_samples
 
     interval = None
     if args.guidance_interval:
@@ -223,21 +241,22 @@ def cmd_sample(args) -> None:
             assert len(interval) == 2 and interval[0] <= interval[1]
         except (ValueError, AssertionError):
             raise UserError(f"--guidance-interval {args.guidance_interval!r} must be lo,hi with lo <= hi (log-SNR)") from None
-    paths = sample(args.artifact, parse_seeds(args.seeds), args.outdir, args.classes, args.batch, args.npz,
-                   progress=sys.stderr.isatty(), context=args.context, context_frames=args.context_frames, fps=args.fps,
-                   steps=args.base_steps, decoder_steps=args.decoder_steps, sampler=args.sampler,
-                   guidance=args.guidance, interval=interval)
+    sampling = dict(steps=args.base_steps, decoder_steps=args.decoder_steps, sampler=args.sampler,
+                    guidance=args.guidance, interval=interval)
+    req = SampleRequest(args.classes, args.batch, args.npz, args.context, args.context_frames, args.fps, sampling)
+    paths = write_samples(args.artifact, parse_seeds(args.seeds), args.outdir, req, progress=sys.stderr.isatty())
     for k, p in paths.items():
         print(f"{k}: {p}")
 
 
 def cmd_evaluate(args) -> None:
-    from ..pipeline import evaluate
+    from ..eval.evaluate import EvalRequest, evaluate_artifact
 
-    res = evaluate(args.artifact, args.samples, args.recon, args.ref_count, args.inception,
-                   progress=sys.stderr.isatty(), out=args.outdir, guidance=args.guidance, i3d=args.i3d,
-                   context_frames=args.context_frames, base_steps=args.base_steps, decoder_steps=args.decoder_steps,
-                   sampler=args.sampler)
+    sampling = {k: v for k, v in (("guidance", args.guidance), ("base_steps", args.base_steps),
+                                  ("decoder_steps", args.decoder_steps), ("sampler", args.sampler)) if v is not None}
+    res = evaluate_artifact(args.artifact, EvalRequest(args.samples, args.recon, args.ref_count, args.inception, args.i3d,
+                                                       args.context_frames, sampling, progress=sys.stderr.isatty(),
+                                                       out=args.outdir))
     if args.json:
         print(json.dumps(res))
         return
@@ -251,7 +270,7 @@ def cmd_info(args) -> None:
     import torch
 
     from ..eval import stage1_report
-    from ..pipeline import build_model
+    from ..objectives.registry import build_model
 
     cfg = _resolve_config(args)
     with torch.device("meta"):
@@ -268,7 +287,7 @@ def cmd_info(args) -> None:
 
 
 def cmd_pipeline(args) -> None:
-    from ..pipeline import run_pipeline
+    from ..jobs import run_pipeline
 
     overrides = _resolve_overrides(args)
     device = dist.init()

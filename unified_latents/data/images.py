@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
+from .transforms import convert_channels, resize_crop, to_float
 
 FMNIST_DIRS = [os.environ.get("UL_FMNIST_DIR", ""), "/usr/share/datasets/fashion-mnist"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -38,16 +39,6 @@ class ImageData:
     def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Examples `idx` as float [-1, 1] and their labels (what the training loop consumes)."""
         return to_float(self.images[idx]), (self.labels[idx] if self.labels is not None else None)
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return x.float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
-    return ((x.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -142,48 +133,24 @@ def load_npz(path: Path, channels: int, size: int) -> ImageData:
     if arr.ndim != 4:
         raise DataError(f"{path}: expected images of shape [N, H, W] or [N, H, W, C], got {list(arr.shape)}")
     x = torch.from_numpy(np.ascontiguousarray(arr))
-    x = _convert_channels(x[:, :3], channels)
+    x = convert_channels(x[:, :3], channels)
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = _resize_crop(x, size)
+        x = resize_crop(x, size)
     lab = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
     return ImageData(x, lab, [])
-
-
-def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    if x.shape[1] == channels:
-        return x
-    if channels == 3:
-        return x[:, :1].expand(-1, 3, -1, -1).contiguous()
-    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luma, as Pillow's "L"
-    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-
-
-def _resize_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    y = torch.nn.functional.interpolate(x.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return y[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-def load_images(cfg: DataConfig, source: str | None = None, split: str = "train") -> ImageData:
-    """Load `source` (default cfg.source) as uint8 [N, C, res, res], padding by cfg.pad
-    (video, when cfg.frames > 0: clips [N, C, T, res, res], see data/video.py)."""
-    source = cfg.source if source is None else source
-    if cfg.frames:  # video: clips [N, C, T, H, W]
-        from .video import load_clips
-
-        return load_clips(cfg, source, split)
+def load_image_set(cfg: DataConfig, source: str, split: str = "train") -> ImageData:
+    """Load `source` as uint8 [N, C, res, res], padding by cfg.pad (clips: data/video.py)."""
     inner = cfg.resolution - 2 * cfg.pad
     if source == "fmnist":
         data = load_fmnist(split)
-        data.images = _convert_channels(data.images, cfg.channels)
+        data.images = convert_channels(data.images, cfg.channels)
         if inner != 28:
-            data.images = _resize_crop(data.images, inner)
+            data.images = resize_crop(data.images, inner)
     else:
         if not source:
             raise DataError("no data given; pass --data PATH (a folder of images or an .npz file)")
@@ -210,8 +177,3 @@ def eval_source(cfg: DataConfig) -> tuple[str, str]:
     if cfg.source in ("fmnist", "moving-fmnist"):
         return cfg.source, "test"
     raise DataError("no held-out data configured; pass --eval-data PATH (or set data.eval_source)")
-
-
-def crop_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Remove the border added by `pad` (metrics are measured on the original pixels)."""
-    return x[..., pad : x.shape[-2] - pad, pad : x.shape[-1] - pad] if pad else x

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..errors import DataError
-from .images import to_float
+from ..files import atomic_write, read_safetensors
+from .transforms import to_float
 
 LATENTS_FORMAT = "unified-latents/latents-1"
 
@@ -39,8 +40,6 @@ def encode_images(stage1, images: torch.Tensor, batch: int = 500, device="cpu", 
 
 
 def save_latents(path: Path, data: LatentData, fingerprint: str, source: str) -> None:
-    from ..training.checkpoint import atomic_write
-
     tensors = {"latents": data.latents.contiguous()}
     if data.labels is not None:
         tensors["labels"] = data.labels.contiguous()
@@ -53,8 +52,6 @@ def load_latents(path: Path, fingerprint: str) -> LatentData:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"latent cache {path} does not exist; make one with `ul encode --artifact A --dest {path}`")
-    from ..training.checkpoint import read_safetensors
-
     t, meta = read_safetensors(path, DataError, "re-create it with `ul encode`")
     if meta.get("format") != LATENTS_FORMAT or "latents" not in t:
         raise DataError(f"{path} is not a unified-latents latent cache; make one with `ul encode`")

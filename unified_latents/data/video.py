@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
-from .images import ImageData, _convert_channels, _resize_crop, load_fmnist
+from ..files import atomic_write
+from .images import ImageData, load_fmnist
+from .transforms import convert_channels, resize_crop
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 MOVING_FMNIST = "moving-fmnist"
@@ -98,9 +100,9 @@ def _to_clip_tensor(clips: np.ndarray, channels: int, size: int) -> torch.Tensor
     """[N, T, H, W, C] uint8 -> [N, C, T, size, size] uint8 (channels converted, resized, cropped)."""
     n, t, h, w, c = clips.shape
     x = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 1, 4, 2, 3).reshape(n * t, c, h, w)
-    x = _convert_channels(x[:, :3], channels)
+    x = convert_channels(x[:, :3], channels)
     if (h, w) != (size, size):
-        x = _resize_crop(x, size)
+        x = resize_crop(x, size)
     return x.reshape(n, t, channels, size, size).permute(0, 2, 1, 3, 4).contiguous()
 
 
@@ -185,13 +187,8 @@ def _convert_channels_video(x: torch.Tensor, channels: int) -> torch.Tensor:
     if x.shape[1] == channels:
         return x
     n, c, t, h, w = x.shape
-    y = _convert_channels(x.transpose(1, 2).reshape(n * t, c, h, w), channels)
+    y = convert_channels(x.transpose(1, 2).reshape(n * t, c, h, w), channels)
     return y.reshape(n, t, channels, h, w).transpose(1, 2).contiguous()
-
-
-def frames_of(x: torch.Tensor) -> torch.Tensor:
-    """Clips [N, C, T, H, W] -> frames [N * T, C, H, W] (for per-frame metrics and Inception)."""
-    return x.transpose(1, 2).flatten(0, 1)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -199,8 +196,6 @@ def frames_of(x: torch.Tensor) -> torch.Tensor:
 
 def write_mp4(clip: torch.Tensor, path: Path, fps: int = 8, scale: int = 1) -> None:
     """One clip uint8 [C, T, H, W] -> an H.264 MP4 (written to a temporary name, then renamed)."""
-    from ..training.checkpoint import atomic_write
-
     av = _av()
     frames = clip.permute(1, 2, 3, 0).cpu().numpy()  # [T, H, W, C]
     if frames.shape[-1] == 1:

@@ -130,7 +130,7 @@ def cache_dir() -> Path:
 
 def reference_features(key: str, images_fn, net: InceptionFeatures, progress: bool = False) -> np.ndarray:
     """Features of a reference set, computed once and cached under ~/.cache/unified_latents."""
-    from ..training.checkpoint import atomic_write
+    from ..files import atomic_write
 
     name = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir() / f"inception-{name}.npy"

@@ -1,13 +1,16 @@
-"""Reconstruction quality and latent bitrate of a stage-1 model on held-out images."""
+"""Reconstruction quality and latent bitrate of a stage-1 model on held-out images (`ul reconstruct`)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..data import crop_pad, frames_of, to_float, to_uint8
+from ..data import eval_source, load_images
+from ..data.transforms import crop_pad, frames_of, to_float, to_uint8
+from ..objectives.registry import load_model
 from .metrics import psnr, ssim
 
 
@@ -58,3 +61,21 @@ def evaluate_reconstruction(
         "bits_per_image_stderr": float(bits_t.std() / math.sqrt(n)) if n > 1 else float("nan"),
     }
     return metrics, torch.cat(recs)
+
+
+def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int = 500, steps: int | None = None,
+                sampler: str | None = None, device: torch.device | str = "cpu", progress: bool = True) -> dict[str, float]:
+    """`ul reconstruct`: reconstruct `count` held-out examples; originals above reconstructions in a PNG."""
+    model, cfg = load_model(artifact, device, stage="latents")
+    if data:
+        held = load_images(cfg.data, data, "test")
+    else:
+        src, split = eval_source(cfg.data)
+        held = load_images(cfg.data, src, split)
+    images = held.images[:count]
+    m = model.modality
+    metrics, recs = evaluate_reconstruction(model, images, cfg.data.pad, batch=m.batch, steps=steps, sampler=sampler,
+                                            device=device, progress=progress)
+    if out is not None:
+        m.save_reconstructions(images, recs, out, min(16, images.shape[0]))
+    return metrics

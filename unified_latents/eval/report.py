@@ -1,41 +1,17 @@
-"""Run report: a Markdown page with the metrics table, training curves and image grids."""
+"""Run report: a Markdown page with the metrics table, training curves and image grids, and the
+same metrics as console lines (`ul eval`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..training.checkpoint import atomic_write, atomic_write_text  # noqa: E402
-
-CURVES = [("bits_per_image", "latent bits / image"), ("decoder_nats", "decoder loss (nats, before c_lf)"),
-          ("loss_factor", "loss factor c_lf"), ("loss", "total loss (nats)")]
+from ..data.modality import Modality, modality_named
+from ..files import atomic_write_text
 
 
 def read_stats(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
-
-
-def plot_curves(stats: list[dict], path: Path, title: str = "") -> None:
-    keys = [(k, label) for k, label in CURVES if stats and k in stats[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    x = [r["samples"] for r in stats]
-    for ax, (k, label) in zip(axes[0], keys):
-        ax.plot(x, [r[k] for r in stats], lw=1)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("samples seen")
-        if k in ("loss", "decoder_nats"):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
 
 
 def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
@@ -54,21 +30,15 @@ def table(rows: list[tuple[str, str]], header: tuple[str, str] = ("metric", "val
 
 def format_metrics(r: dict) -> list[str]:
     """The evaluation as short lines (what `ul eval` prints); absent measurements are left out."""
-    f = r["flops"]
-    video = r.get("video", False)
-    per = "clip" if video else "image"
-    bpp = "bits/pixel/frame" if video else "bpp"
-    fid = "frame FID" if video else "gFID"
-    unit = "clips" if video else "samples"
-    ref = f"{r['reference_images']} {r['reference']} {'clips' if video else 'images'}"
+    f, m = r["flops"], modality_named(r.get("video", False))
+    ref = f"{r['reference_images']} {r['reference']} {m.examples}"
     lines = [
-        f"{fid}  {r['gfid']:.2f}  ({r['gfid_samples']} {unit} vs {ref})",
+        f"{m.fid}  {r['gfid']:.2f}  ({r['gfid_samples']} {m.samples} vs {ref})",
         f"KID   {r['kid'] * 1e3:.2f} x 1e-3 (+- {r['kid_std'] * 1e3:.2f})",
     ]
     if "fvd" in r:
         lines.append(f"FVD   {r['fvd']:.2f}  ({r['fvd_samples']} clips vs {ref})")
-    elif video:
-        lines.append("FVD   not computed (no I3D network given: --i3d PATH)")
+    lines += m.fvd_missing_console[:1] if "fvd" not in r else []
     if "continuation_psnr" in r:
         lines.append(f"continuation PSNR {r['continuation_psnr']:.2f} dB on frames {r['generated_from_frame']}+ "
                      f"({r['continuation_clips']} clips, {r['context_frames']} context frames)")
@@ -76,9 +46,68 @@ def format_metrics(r: dict) -> list[str]:
         lines += [
             f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)",
             f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)",
-            f"bits  stage-1 prior {r['prior_bits_per_image']:.1f} bits/{per} ({r['prior_bpp']:.4f} {bpp}); "
-            f"base model {r['base_bits_per_image']:.1f} bits/{per} ({r['base_bpp']:.4f} {bpp})",
+            f"bits  stage-1 prior {r['prior_bits_per_image']:.1f} bits/{m.per} ({r['prior_bpp']:.4f} {m.bpp_short}); "
+            f"base model {r['base_bits_per_image']:.1f} bits/{m.per} ({r['base_bpp']:.4f} {m.bpp_short})",
         ]
     lines.append(f"FLOPs stage-1 training {f['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
                  f"{f['base_train_flops'] / 1e9:.3f} G/sample; generation {f['generate_flops'] / 1e9:.3f} G/sample")
     return lines
+
+
+def _latent_frames(k: int) -> str:
+    return "latent frame 0" if k == 1 else f"latent frames 0-{k - 1}"
+
+
+def metric_rows(ev: dict, m: Modality, side: int, frames: int) -> list[tuple[str, str]]:
+    """The Markdown report's metrics of one evaluation (absent measurements left out)."""
+    rows = [(m.fid_long, f"{ev['gfid']:.2f} ({ev['gfid_samples']} {m.samples} vs {ev['reference_images']} {ev['reference']})"),
+            ("KID x 1e3", f"{ev['kid'] * 1e3:.2f} +- {ev['kid_std'] * 1e3:.2f}")]
+    if "fvd" in ev:
+        rows.append(("FVD", f"{ev['fvd']:.2f} ({ev['fvd_samples']} clips)"))
+    rows += [("FVD", v) for v in m.fvd_missing_report[:1] if "fvd" not in ev]
+    if "continuation_psnr" in ev:
+        rows.append(("continuation PSNR (generated frames vs real)",
+                     f"{ev['continuation_psnr']:.2f} dB (frames {ev['generated_from_frame']}-{frames - 1} of "
+                     f"{ev['continuation_clips']} clips, {ev['context_frames']} context frames)"))
+    if "rfid" in ev:
+        rows += [
+            ("rFID" + m.per_frame_label, f"{ev['rfid']:.2f} ({ev['rfid_samples']} reconstructions)"),
+            ("reconstruction PSNR / SSIM", f"{ev['psnr']:.2f} dB / {ev['ssim']:.4f} (original {side}x{side} pixels"
+             + m.per_frame_note + ")"),
+            ("latent bitrate, stage-1 prior", f"{ev['prior_bits_per_image']:.1f} bits/{m.per} ({ev['prior_bpp']:.4f} {m.bpp})"),
+            ("latent bitrate, base model (unweighted ELBO)",
+             f"{ev['base_bits_per_image']:.1f} bits/{m.per} ({ev['base_bpp']:.4f} {m.bpp})"),
+        ]
+    return rows
+
+
+def run_rows(ev: dict, res1, res2, times: dict) -> list[tuple[str, str]]:
+    """The Markdown report's rows about the run: loss factor, FLOPs, samples seen, wall time."""
+    f = ev["flops"]
+    rows = [
+        ("final loss factor c_lf", f"{res1.metrics.get('loss_factor', float('nan')):.3g}"),
+        ("FLOPs / training sample: stage 1, base", f"{f['stage1_train_per_sample'] / 1e6:.1f} M, {f['base_train_flops'] / 1e6:.1f} M"),
+        ("FLOPs / generated sample", f"{f['generate_flops'] / 1e6:.1f} M ({ev['sampling']['base_steps']} base + "
+         f"{ev['sampling']['decoder_steps']} decoder {ev['sampling']['sampler']} steps)"),
+        ("samples seen: stage 1, stage 2", f"{res1.samples:,}, {res2.samples:,}"),
+    ]
+    return rows + [(f"wall time this invocation: {k}", f"{v / 60:.1f} min") for k, v in times.items() if v > 5]
+
+
+def report_sections(ev: dict, cfg1, res1, res2, times: dict) -> list[tuple[str, str]]:
+    """The run report's sections: metrics, samples, continuations, reconstructions, curves, console summary."""
+    m = modality_named(ev.get("video", False))
+    side = cfg1.data.resolution - 2 * cfg1.data.pad
+    rows = metric_rows(ev, m, side, cfg1.data.frames) + run_rows(ev, res1, res2, times)
+    labelled_fmnist = bool(cfg1.data.num_classes) and cfg1.data.source == "fmnist"
+    samples_text, recon_text = m.report_texts(labelled_fmnist)
+    sections = [("Metrics", table(rows)), ("Samples", samples_text)]
+    if "continuation_psnr" in ev:
+        sections.append(("Continuations", f"Pairs of rows: a held-out clip, then the model's continuation of its first "
+                         f"{ev['context_frames']} frames ({_latent_frames(ev['context_latent_frames'])} fixed; frames "
+                         f"{ev['generated_from_frame']}+ generated).\n\n![continuations](continuations.png)"))
+    if "rfid" in ev:
+        sections.append(("Reconstructions", recon_text))
+    sections += [("Training curves", "![stage 1](curves-latents.png)\n\n![stage 2](curves-base.png)"),
+                 ("Command-line summary", "```\n" + "\n".join(format_metrics(ev)) + "\n```")]
+    return sections

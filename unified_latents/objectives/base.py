@@ -1,12 +1,19 @@
-"""Pieces shared by every objective: the loss container and per-sample noise."""
+"""Pieces shared by every objective: the interfaces the training loop and stage 2 rely on, the
+loss container, per-sample noise, and the one denoiser wrapper around every network call."""
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
+
+from ..diffusion import alpha_sigma, x_from_v
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 @dataclass
@@ -16,6 +23,71 @@ class Losses:
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
+
+
+class Objective(Protocol):
+    """What the training loop needs from a model (training/loop.py never asks which one it runs)."""
+
+    log_keys: tuple[str, ...]  # loss terms and after_step values worth printing, in order
+    has_unused_parameters: bool  # DDP must not wait for gradients of a network left unused
+
+    def draw_noise(self, n: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
+        """Every random number one global batch of n examples needs, drawn from `generator`."""
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
+        """forward: per-example loss terms of the examples `x` given their slice of the noise."""
+
+    def after_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Called after each optimizer step with the batch's metrics; returns values to log."""
+
+    def previews(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pictures worth a look during training: {name: float images or clips in [-1, 1]}."""
+
+    def artifact_metadata(self) -> dict:
+        """Extra metadata stored in the inference artifact."""
+
+
+class Autoencoder(Protocol):
+    """The space stage 2 diffuses in: UL's frozen stage 1, or the identity on pixels (PixelSpace)."""
+
+    cfg: RunConfig  # its diffusion.lam0 / lam_z_min bound the base model's log-SNR range
+    dims: int  # 2 (images) or 3 (video): the convolution type of the base network
+    x_shape: tuple[int, ...]  # one example [C, H, W] or [C, T, H, W]
+    z_shape: tuple[int, ...]  # one latent
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """float x [N, *x_shape] in [-1, 1] -> z_clean [N, *z_shape]."""
+
+    def noisy_latent(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z0 = alpha(lam0) z + sigma(lam0) eps: where the base model stops sampling."""
+
+    def decode(self, z0: torch.Tensor, seeds: list[int], steps: int | None = None,
+               sampler: str | None = None) -> torch.Tensor:
+        """z0 [N, *z_shape] -> x [N, *x_shape] in [-1, 1]."""
+
+    def pixels_per_image(self) -> int:
+        """The divisor of bits per pixel (video: per pixel per frame)."""
+
+    def latent_shift(self, base_shift: float) -> float:
+        """The base model's log-SNR schedule shift given base.shift."""
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA around a network call (fp32 master weights); nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def denoise(net: Callable[..., torch.Tensor], x_t: torch.Tensor, lam: torch.Tensor, cond: torch.Tensor | None = None,
+            labels: torch.Tensor | None = None, amp: bool = True) -> torch.Tensor:
+    """x_hat = alpha x_t - sigma v (UL_SPEC 6) of a v-predicting network: the one place where the
+    parameterisation and the precision of a network call are set. `amp`: bf16 on CUDA around the
+    network (inference); the training losses pass False and leave precision to the loop (train.amp)."""
+    a, s = (bcast(v, x_t) for v in alpha_sigma(lam))
+    with autocast(x_t.device) if amp else nullcontext():
+        v = net(x_t, lam, cond=cond, labels=labels)  # [N, *x_t.shape[1:]]
+    return x_from_v(x_t, v.float(), a, s)
 
 
 def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

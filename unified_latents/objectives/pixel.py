@@ -16,7 +16,8 @@ from torch import nn
 
 from ..config import RunConfig
 from ..diffusion import alpha_sigma
-from .stage1 import data_dims, data_shape
+from ..data.modality import modality_of
+from ..nn import encoder_grid
 
 
 class PixelSpace(nn.Module):
@@ -27,10 +28,14 @@ class PixelSpace(nn.Module):
         self.cfg = copy.deepcopy(cfg)
         d = self.cfg.diffusion
         d.lam0, d.lam_z_min = d.lam_x_max, d.lam_x_min  # the base model runs over the pixel range
-        self.schedule_shift = cfg.pixel_shift() + cfg.base.shift
-        self.dims = data_dims(cfg)
-        self.x_shape = self.z_shape = data_shape(cfg)
+        self.pixel_shift = cfg.pixel_shift()
+        self.modality = modality_of(cfg.data)
+        self.dims = self.modality.dims
+        self.x_shape = self.z_shape = self.modality.example_shape(cfg.data)
         self.encoder = nn.Identity()  # no weights: the fingerprint is the config alone
+
+    def latent_shift(self, base_shift: float) -> float:
+        return self.pixel_shift + base_shift  # the pixel schedule's resolution shift (UL_SPEC 1)
 
     def pixels_per_image(self) -> int:
         return math.prod(self.x_shape[1:])
@@ -44,3 +49,14 @@ class PixelSpace(nn.Module):
 
     def decode(self, z0: torch.Tensor, seeds=None, steps=None, sampler=None) -> torch.Tensor:
         return z0.float().clamp(-1, 1)
+
+
+def pixel_config(base: RunConfig) -> RunConfig:
+    """The pixel-diffusion baseline's config from a preset's stage-2 one: the same base network on
+    pixels, with patches the size of the encoder's downsampling so it sees the same token grid."""
+    cfg = copy.deepcopy(base)
+    cfg.stage = "pixel"
+    m = modality_of(cfg.data)
+    grid = encoder_grid(cfg.model.encoder, m.dims, m.example_shape(cfg.data)[1:])
+    cfg.model.base.patch = cfg.data.resolution // grid[-1]
+    return cfg

@@ -5,7 +5,6 @@ trained jointly on L = L_z + c_lf * L_x, both in nats per example.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -21,26 +20,16 @@ from ..diffusion import (
     sample_lams,
     sigmoid_weight,
     stratified_uniform,
-    x_from_v,
 )
+from ..data.modality import modality_of
 from ..nn import build_denoiser, build_encoder, encoder_grid
-from .base import Losses, bcast, elbo_bits, seeded_noise
-
-
-def data_dims(cfg: RunConfig) -> int:
-    """2 for images [N, C, H, W], 3 for video clips [N, C, T, H, W]."""
-    return 3 if cfg.data.frames else 2
-
-
-def data_shape(cfg: RunConfig) -> tuple[int, ...]:
-    """One example: [C, H, W], or [C, T, H, W] for video."""
-    r, t = cfg.data.resolution, cfg.data.frames
-    return (cfg.data.channels, t, r, r) if t else (cfg.data.channels, r, r)
+from .base import Losses, autocast, bcast, denoise, elbo_bits, seeded_noise
 
 
 def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
     """[latent_channels, *grid] that the encoder produces for the configured input size."""
-    grid = encoder_grid(cfg.model.encoder, data_dims(cfg), data_shape(cfg)[1:])
+    m = modality_of(cfg.data)
+    grid = encoder_grid(cfg.model.encoder, m.dims, m.example_shape(cfg.data)[1:])
     return (cfg.model.latent_channels, *grid)
 
 
@@ -51,7 +40,8 @@ class UnifiedLatents(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         self.cfg = cfg
-        self.dims = data_dims(cfg)
+        self.modality = modality_of(cfg.data)
+        self.dims = self.modality.dims
         m, d, c = cfg.model, cfg.diffusion, cfg.data.channels
         if d.prior_kind not in ("diffusion", "gaussian"):
             raise ConfigError(f"diffusion.prior_kind must be 'diffusion' or 'gaussian', got {d.prior_kind!r}")
@@ -63,12 +53,20 @@ class UnifiedLatents(nn.Module):
         self.decoder = build_denoiser(m.decoder, self.dims, c, c, cond_ch=m.latent_channels)
         self.sched_z = CosineSchedule(d.lam_z_min, d.lam0)
         self.sched_x = CosineSchedule(d.lam_x_min, d.lam_x_max, cfg.pixel_shift())
-        self.x_shape = data_shape(cfg)
+        self.x_shape = self.modality.example_shape(cfg.data)
         self.z_shape = latent_shape(cfg)
         # The loss factor is state (the bitrate controller moves it), so it is saved and restored.
         # DDP must not wait for gradients of a network an ablation leaves unused.
         self.has_unused_parameters = d.prior_kind != "diffusion"
         self.register_buffer("log_loss_factor", torch.tensor(math.log(d.loss_factor), dtype=torch.float64))
+
+    log_keys = ("prior_nats", "decoder_nats", "bits_per_image", "bpp", "loss_factor")
+
+    def artifact_metadata(self) -> dict:
+        return {}
+
+    def latent_shift(self, base_shift: float) -> float:
+        return base_shift  # UL latents: the base model's own shift
 
     @property
     def loss_factor(self) -> float:
@@ -133,8 +131,7 @@ class UnifiedLatents(nn.Module):
             return prior_terminal_kl(z_clean, self.cfg.diffusion.lam0)
         lam = self.sched_z.lam(t)
         a, s = (bcast(v, z_clean) for v in alpha_sigma(lam))
-        z_t = a * z_clean + s * eps
-        z_hat = x_from_v(z_t, self.prior(z_t, lam).float(), a, s)
+        z_hat = denoise(self.prior, a * z_clean + s * eps, lam, amp=False)
         diff = elbo_integrand(z_clean, z_hat, lam, self.sched_z.neg_dlam_dt(t))
         return diff + prior_terminal_kl(z_clean, self.cfg.diffusion.lam_z_min)
 
@@ -150,8 +147,7 @@ class UnifiedLatents(nn.Module):
             return ((x.float() - self.regress(z0)) ** 2).flatten(1).sum(1) / (2 * self.cfg.diffusion.mse_sigma**2)
         lam = self.sched_x.lam(t)
         a, s = (bcast(v, x) for v in alpha_sigma(lam))
-        x_t = a * x + s * eps
-        x_hat = x_from_v(x_t, self.decoder(x_t, lam, cond=z0).float(), a, s)
+        x_hat = denoise(self.decoder, a * x + s * eps, lam, cond=z0, amp=False)
         w = sigmoid_weight(lam, self.cfg.diffusion.bias)
         return elbo_integrand(x, x_hat, lam, self.sched_x.neg_dlam_dt(t), w)
 
@@ -198,7 +194,7 @@ class UnifiedLatents(nn.Module):
     def decode(self, z0: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
         """Decoder sample x [N, *x_shape] in [-1, 1] given z0 (UL_SPEC 5 step 2)."""
         if self.cfg.diffusion.decoder_kind == "mse":
-            with _autocast(z0.device):
+            with autocast(z0.device):
                 return self.regress(z0).clamp(-1, 1)
         sc = self.cfg.sample
         steps, sampler = steps or sc.decoder_steps, sampler or sc.sampler
@@ -207,10 +203,7 @@ class UnifiedLatents(nn.Module):
         lams = sample_lams(self.sched_x, steps, z0.device)
 
         def model_fn(x_t, lam):
-            a, s = (bcast(v, x_t) for v in alpha_sigma(lam))
-            with _autocast(x_t.device):
-                v = self.decoder(x_t, lam, cond=z0)
-            return x_from_v(x_t, v.float(), a, s)
+            return denoise(self.decoder, x_t, lam, cond=z0)
 
         x = run_sampler(model_fn, x, lams, sampler, noise.like)
         lam_end = lams[-1].expand(x.shape[0])
@@ -237,8 +230,3 @@ class UnifiedLatents(nn.Module):
         seeds = list(range(x.shape[0]))
         return {"reconstructions": torch.cat([x, self.reconstruct(x, seeds)], dim=0)}
 
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()

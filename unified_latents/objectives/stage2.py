@@ -23,12 +23,11 @@ from ..diffusion import (
     sample_lams,
     sigmoid_weight,
     stratified_uniform,
-    x_from_v,
 )
 from ..diffusion.guidance import guided
 from ..nn import build_denoiser
-from .base import Losses, bcast, elbo_bits, seeded_noise
-from .stage1 import UnifiedLatents, _autocast
+from .base import Autoencoder, Losses, bcast, denoise, elbo_bits, seeded_noise
+from .stage1 import UnifiedLatents
 
 DECODER_SEED_OFFSET = 7_919  # decoder noise of sample k uses seed k + offset (base uses k)
 CONTEXT_SEED_OFFSET = 104_729  # the context latents' encoder noise (z0 = alpha0 z + sigma0 eps)
@@ -62,17 +61,21 @@ class BaseModel(nn.Module):
     uniformly from 0..T_latent-1 (0 = unconditional) and leaves the known frames out of the loss;
     sampling keeps them fixed (UL_SPEC 4: "Video: context frames")."""
 
-    def __init__(self, cfg: RunConfig, stage1: UnifiedLatents):
+    log_keys = ("base_nats", "elbo_bits_per_image")
+    has_unused_parameters = False
+
+    def __init__(self, cfg: RunConfig, stage1: Autoencoder):
         super().__init__()
         self.cfg = cfg
         self.stage1 = stage1.eval().requires_grad_(False)
         ch = stage1.z_shape[0]
         self.num_classes = cfg.data.num_classes
-        self.context = bool(cfg.base.context) and stage1.dims == 3
+        self.modality = stage1.modality
+        self.context = bool(cfg.base.context) and self.modality.video
         self.net = build_denoiser(cfg.model.base, stage1.dims, ch, ch, cond_ch=ch + 1 if self.context else 0,
                                   num_classes=self.num_classes)
         lam0 = stage1.cfg.diffusion.lam0  # the maximum log-SNR is the encoder's, not a free choice
-        self.sched = CosineSchedule(stage1.cfg.diffusion.lam_z_min, lam0, getattr(stage1, "schedule_shift", cfg.base.shift))
+        self.sched = CosineSchedule(stage1.cfg.diffusion.lam_z_min, lam0, stage1.latent_shift(cfg.base.shift))
         # SD-style latent scale factor (only for baselines: UL never rescales, UL_SPEC 4). Set
         # from the training latents' std when base.scale_latents is on; saved with the weights.
         self.register_buffer("latent_scale", torch.tensor(1.0))
@@ -145,11 +148,11 @@ class BaseModel(nn.Module):
         return self.stage1.encode(held), min(k, self.z_shape[1])
 
     def denoise(self, z_t: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor | None,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
-        a, s = (bcast(v, z_t) for v in alpha_sigma(lam))
+                cond: torch.Tensor | None = None, amp: bool = False) -> torch.Tensor:
+        """z_hat of the base network (no context given: the empty conditioning map)."""
         if cond is None and self.context:
             cond = self.context_cond(None, None, z_t.shape[0], z_t.device)
-        return x_from_v(z_t, self.net(z_t, lam, cond=cond, labels=labels).float(), a, s)
+        return denoise(self.net, z_t, lam, cond, labels, amp)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
         """z: z_clean [N, *z_shape] of the frozen encoder (never rescaled for UL)."""
@@ -193,16 +196,14 @@ class BaseModel(nn.Module):
         cmap = None if ctx is None else ctx[1]
 
         def cond(z_t, lam):
-            with _autocast(z_t.device):
-                return self.denoise(z_t, lam, labels, cmap)
+            return self.denoise(z_t, lam, labels, cmap, amp=True)
 
         fn = cond
         if labels is not None and self.num_classes:
             null = torch.full_like(labels, self.num_classes)
 
             def uncond(z_t, lam):
-                with _autocast(z_t.device):
-                    return self.denoise(z_t, lam, null, cmap)
+                return self.denoise(z_t, lam, null, cmap, amp=True)
 
             fn = guided(cond, uncond, guidance, interval)
         if ctx is None:
@@ -250,7 +251,7 @@ class BaseModel(nn.Module):
         return elbo_bits(lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, seeds, z.device, n_t)
 
     def previews(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = 4 if self.stage1.dims == 3 else 16
+        n = self.modality.preview_samples
         device = next(self.net.parameters()).device
         labels = torch.arange(n, device=device) % self.num_classes if self.num_classes else None
         out = {"samples": self.generate(list(range(n)), labels)}

@@ -4,45 +4,17 @@ artifacts (safetensors of EMA weights with the resolved config in their metadata
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..errors import ArtifactError, ResumeError
+from ..files import atomic_write, atomic_write_text, read_safetensors  # noqa: F401 (re-exported)
 
 ARTIFACT_FORMAT = "unified-latents/1"
 STATE_RE = re.compile(r"training-state-(\d{12})\.pt$")
-
-
-def atomic_write(path: Path, write_fn) -> None:
-    """Write via `write_fn(tmp_path)` to a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ----------------------------------------------------------------------------- training state
@@ -76,16 +48,6 @@ def save_artifact(path: Path, tensors: dict[str, torch.Tensor], config: dict, ki
         meta[k] = json.dumps(v)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-
-
-def read_safetensors(path: Path, error: type[Exception], fix: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, metadata) of a safetensors file; `error` naming the file and `fix` otherwise."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise error(f"{path} is not a readable safetensors file ({e}); it may be truncated: {fix}") from None
 
 
 def load_artifact(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:

@@ -1,6 +1,6 @@
-"""The one training loop. It never asks which stage it runs: an objective is any module with
-`draw_noise(n, generator, device)`, `forward(x, labels, noise) -> Losses`,
-`after_step(metrics) -> dict` and `previews(x) -> {name: images}`.
+"""The one training loop. It never asks which stage it runs: it trains any `Objective`
+(objectives/base.py: draw_noise, forward -> Losses, after_step, previews, log_keys,
+has_unused_parameters, artifact_metadata). `train` sets up, then steps and checkpoints.
 
 Progress is counted in samples seen (global). Resume = rerun the same command: the state
 file holds weights, EMA, optimizer, the objective's buffers and the sample count; data order
@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -111,6 +111,38 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+@dataclass
+class _Run:
+    """One training run's objects and counters (what `train` sets up and each step advances)."""
+
+    cfg: RunConfig
+    outdir: Path
+    model: nn.Module  # an Objective (objectives/base.py)
+    ema: EMA
+    opt: torch.optim.Optimizer
+    data: object
+    device: torch.device
+    artifact_kind: str
+    per_rank: int
+    micro: int
+    ddp: DDP | None = None
+    samples: int = 0
+    bad_total: int = 0
+    consecutive_bad: int = 0
+    metrics: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "samples": self.samples,
+            "bad_steps": self.bad_total,
+            "metrics": json.dumps(self.metrics),
+            "config": json.dumps(to_dict(self.cfg)),
+        }
+
+
 def train(
     cfg: RunConfig,
     outdir: Path,
@@ -125,18 +157,59 @@ def train(
 ) -> TrainResult:
     """Train to cfg.train.total_samples (or stop early, with a checkpoint, at `until` samples)."""
     t = cfg.train
-    device = device or torch.device("cpu")
-    world, rank = dist.world(), dist.rank()
-    per_rank, micro = _check_batch(cfg, world)
-    outdir = Path(outdir)
+    run = _setup(cfg, Path(outdir), build_model, data, device or torch.device("cpu"), artifact_kind)
+    start = run.samples
+
+    def preview() -> None:
+        if dist.is_main() and preview_x is not None and save_previews is not None:
+            save_previews(run.ema.model.previews(preview_x.to(run.device)), run.outdir / f"preview-{run.samples:012d}")
+
+    show = dist.is_main() and (sys.stderr.isatty() if progress is None else progress)
+    bar = tqdm(total=t.total_samples, initial=run.samples, unit="img", disable=not show, dynamic_ncols=True)
+    stats_f = open(run.outdir / "stats.jsonl", "a") if dist.is_main() else None
+    t_last = time.time()
+    try:
+        with _StopFlag() as flag:
+            order = DataOrder(len(data), t.seed)
+            end = t.total_samples if until is None else min(until, t.total_samples)
+            while run.samples < end:
+                step, lr, gnorm = _step(run, order)
+                bar.update(t.batch)
+                if step % t.log_every == 0 or run.samples >= t.total_samples:
+                    now = time.time()
+                    rec = {"samples": run.samples, "step": step + 1, "lr": lr, "grad_norm": float(gnorm),
+                           "bad_steps": run.bad_total, "sec": now - t_last, **run.metrics}
+                    t_last = now
+                    _log(rec, run.model.log_keys, t.total_samples, stats_f, bar, show)
+                _after_step(run, flag, preview)
+    except KeyboardInterrupt:
+        bar.close()
+        dist.print0(f"\ninterrupted at {run.samples:,} samples; state saved in {run.outdir}. Rerun the same command to resume.")
+        raise
+    finally:
+        bar.close()
+        if stats_f:
+            stats_f.close()
+    art = run.outdir / "artifact.safetensors"
+    if run.samples == start and art.exists():
+        return TrainResult(art, run.samples, run.metrics)  # already finished: rewrite nothing
+    art = _checkpoint(run)
+    if run.samples >= t.total_samples and not (t.image_every > 0 and run.samples % t.image_every == 0):
+        preview()
+    return TrainResult(art, run.samples, run.metrics)
+
+
+def _setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device, artifact_kind: str) -> _Run:
+    """Model, EMA and optimizer, restored from the newest training state when there is one."""
+    t = cfg.train
+    per_rank, micro = _check_batch(cfg, dist.world())
     _prepare_outdir(cfg, outdir)
     dist.barrier()
-
     torch.manual_seed(t.seed)  # identical initial weights on every process
     model = build_model().to(device)
     ema = EMA(model, t.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    samples, bad_total, metrics = 0, 0, {}
+    run = _Run(cfg, outdir, model, ema, opt, data, device, artifact_kind, per_rank, micro)
     states = list_states(outdir)
     if states:
         st = load_state(states[-1])
@@ -146,137 +219,112 @@ def train(
             opt.load_state_dict(st["optimizer"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise ResumeError(f"{states[-1]} does not fit this model ({e}); pass a new --outdir") from None
-        samples, bad_total = int(st["samples"]), int(st.get("bad_steps", 0))
-        metrics = json.loads(st.get("metrics", "{}"))  # the last step's, for a run that is already done
-        dist.print0(f"resuming {outdir} at {samples:,} samples seen")
-        _truncate_stats(outdir / "stats.jsonl", samples)
-    start = samples
-    ddp = DDP(model, find_unused_parameters=getattr(model, "has_unused_parameters", False)) if world > 1 else None
-    fwd = ddp or model
-    order = DataOrder(len(data), t.seed)
+        run.samples, run.bad_total = int(st["samples"]), int(st.get("bad_steps", 0))
+        run.metrics = json.loads(st.get("metrics", "{}"))  # the last step's, for a run that is already done
+        dist.print0(f"resuming {outdir} at {run.samples:,} samples seen")
+        _truncate_stats(outdir / "stats.jsonl", run.samples)
+    if dist.world() > 1:
+        run.ddp = DDP(model, find_unused_parameters=model.has_unused_parameters)
+    return run
+
+
+def _step(run: _Run, order: DataOrder) -> tuple[int, float, torch.Tensor]:
+    """One optimizer step on the global batch at run.samples: (step index, lr, gradient norm)."""
+    t, model, device = run.cfg.train, run.model, run.device
+    world, rank, per_rank = dist.world(), dist.rank(), run.per_rank
+    step = run.samples // t.batch
+    lr = lr_at(run.cfg, run.samples)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    idx = order.indices(run.samples, t.batch)[rank * per_rank : (rank + 1) * per_rank]
+    gen = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + step)
+    noise = model.draw_noise(t.batch, gen, device)
+    noise = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in noise.items()}
+    torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + rank)  # dropout
+    model.train()
+    sums = _accumulate(run, idx, noise)
+    keys = sorted(sums)
+    red = dist.all_sum(torch.stack([sums[k] for k in keys]).to(device)) / t.batch
+    run.metrics = {k: float(v) for k, v in zip(keys, red)}
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+    if math.isfinite(run.metrics["loss"]) and bool(torch.isfinite(gnorm)):
+        run.opt.step()
+        run.ema.update(model, step)
+        run.metrics.update(model.after_step(run.metrics))
+        run.consecutive_bad = 0
+    else:
+        run.bad_total += 1
+        run.consecutive_bad += 1
+        if run.consecutive_bad >= t.max_bad_steps:
+            raise TrainingError(
+                f"{run.consecutive_bad} consecutive training steps gave a non-finite loss or gradient "
+                f"at {run.samples:,} samples; the last good checkpoint in {run.outdir} is kept. "
+                "Lower train.lr or raise train.warmup_samples, then rerun to resume"
+            )
+    run.opt.zero_grad(set_to_none=True)
+    run.samples += t.batch
+    return step, lr, gnorm
+
+
+def _accumulate(run: _Run, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Forward and backward over this process's micro-batches; sums of each logged term."""
+    t, device, micro, per_rank = run.cfg.train, run.device, run.micro, run.per_rank
     use_amp = t.amp and device.type == "cuda"
+    fwd = run.ddp or run.model
+    sums: dict[str, torch.Tensor] = {}
+    for m0 in range(0, per_rank, micro):
+        sl = slice(m0, m0 + micro)
+        x, labels = run.data.get(idx[sl])
+        x, labels = x.to(device), (labels.to(device) if labels is not None else None)
+        last = m0 + micro >= per_rank
+        ctx = run.ddp.no_sync() if (run.ddp is not None and not last) else nullcontext()
+        with ctx:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                losses = fwd(x, labels, {k: v[sl] for k, v in noise.items()})
+            # DDP averages gradients over processes: scale so the result is the mean over the global batch.
+            (losses.total.sum() * (dist.world() / t.batch)).backward()
+        for k, v in [("loss", losses.total.detach()), *losses.terms.items()]:
+            sums[k] = sums.get(k, 0) + v.double().sum()
+    return sums
 
-    def state_dict() -> dict:
-        return {
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(),
-            "samples": samples,
-            "bad_steps": bad_total,
-            "metrics": json.dumps(metrics),
-            "config": json.dumps(to_dict(cfg)),
-        }
 
-    def checkpoint() -> Path:
-        art = outdir / "artifact.safetensors"
-        if dist.is_main():
-            save_state(outdir, samples, state_dict(), t.keep)
-            extra = {"samples": samples, "metrics": metrics, **getattr(model, "artifact_metadata", dict)()}
-            save_artifact(art, ema.model.state_dict(), to_dict(cfg), artifact_kind, extra)
-        dist.barrier()
-        return art
-
-    def preview() -> None:
-        if dist.is_main() and preview_x is not None and save_previews is not None:
-            save_previews(ema.model.previews(preview_x.to(device)), outdir / f"preview-{samples:012d}")
-
-    show = dist.is_main() and (sys.stderr.isatty() if progress is None else progress)
-    bar = tqdm(total=t.total_samples, initial=samples, unit="img", disable=not show, dynamic_ncols=True)
-    stats_f = open(outdir / "stats.jsonl", "a") if dist.is_main() else None
-    consecutive_bad, t_last = 0, time.time()
-    try:
-        with _StopFlag() as flag:
-            end = t.total_samples if until is None else min(until, t.total_samples)
-            while samples < end:
-                step = samples // t.batch
-                lr = lr_at(cfg, samples)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                idx = order.indices(samples, t.batch)[rank * per_rank : (rank + 1) * per_rank]
-                gen = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + step)
-                noise = model.draw_noise(t.batch, gen, device)
-                noise = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in noise.items()}
-                torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + rank)  # dropout
-                model.train()
-                sums: dict[str, torch.Tensor] = {}
-                for m0 in range(0, per_rank, micro):
-                    sl = slice(m0, m0 + micro)
-                    x, labels = data.get(idx[sl])
-                    x, labels = x.to(device), (labels.to(device) if labels is not None else None)
-                    last = m0 + micro >= per_rank
-                    ctx = ddp.no_sync() if (ddp is not None and not last) else nullcontext()
-                    with ctx:
-                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                            losses = fwd(x, labels, {k: v[sl] for k, v in noise.items()})
-                        # DDP averages gradients over processes: scale so the result is the mean over the global batch.
-                        (losses.total.sum() * (world / t.batch)).backward()
-                    for k, v in [("loss", losses.total.detach()), *losses.terms.items()]:
-                        sums[k] = sums.get(k, 0) + v.double().sum()
-                keys = sorted(sums)
-                red = dist.all_sum(torch.stack([sums[k] for k in keys]).to(device)) / t.batch
-                metrics = {k: float(v) for k, v in zip(keys, red)}
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-                finite = math.isfinite(metrics["loss"]) and bool(torch.isfinite(gnorm))
-                if finite:
-                    opt.step()
-                    ema.update(model, step)
-                    metrics.update(model.after_step(metrics))
-                    consecutive_bad = 0
-                else:
-                    bad_total += 1
-                    consecutive_bad += 1
-                    if consecutive_bad >= t.max_bad_steps:
-                        raise TrainingError(
-                            f"{consecutive_bad} consecutive training steps gave a non-finite loss or gradient "
-                            f"at {samples:,} samples; the last good checkpoint in {outdir} is kept. "
-                            "Lower train.lr or raise train.warmup_samples, then rerun to resume"
-                        )
-                opt.zero_grad(set_to_none=True)
-                samples += t.batch
-                bar.update(t.batch)
-                if step % t.log_every == 0 or samples >= t.total_samples:
-                    now = time.time()
-                    rec = {"samples": samples, "step": step + 1, "lr": lr, "grad_norm": float(gnorm),
-                           "bad_steps": bad_total, "sec": now - t_last, **metrics}
-                    t_last = now
-                    if stats_f:
-                        stats_f.write(json.dumps(rec) + "\n")
-                        stats_f.flush()
-                    bar.set_postfix({k: f"{metrics[k]:.4g}" for k in _shown(metrics)}, refresh=False)
-                    if not show and dist.is_main():
-                        print(_plain_line(rec, t.total_samples), flush=True)
-                crossed = lambda every: every > 0 and samples // every != (samples - t.batch) // every
-                if crossed(t.image_every):
-                    preview()
-                stop = torch.tensor([float(flag.stop)], device=device)
-                if crossed(t.ckpt_every) or dist.all_sum(stop).item() > 0:
-                    checkpoint()
-                if flag.stop:
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        bar.close()
-        dist.print0(f"\ninterrupted at {samples:,} samples; state saved in {outdir}. Rerun the same command to resume.")
-        raise
-    finally:
-        bar.close()
-        if stats_f:
-            stats_f.close()
-    art = outdir / "artifact.safetensors"
-    if samples == start and art.exists():
-        return TrainResult(art, samples, metrics)  # already finished: rewrite nothing
-    art = checkpoint()
-    if samples >= t.total_samples and not (t.image_every > 0 and samples % t.image_every == 0):
+def _after_step(run: _Run, flag: _StopFlag, preview: Callable[[], None]) -> None:
+    """Previews and checkpoints when their sample counts are crossed; a requested stop checkpoints first."""
+    t, samples = run.cfg.train, run.samples
+    crossed = lambda every: every > 0 and samples // every != (samples - t.batch) // every  # noqa: E731
+    if crossed(t.image_every):
         preview()
-    return TrainResult(art, samples, metrics)
+    stop = torch.tensor([float(flag.stop)], device=run.device)
+    if crossed(t.ckpt_every) or dist.all_sum(stop).item() > 0:
+        _checkpoint(run)
+    if flag.stop:
+        raise KeyboardInterrupt
 
 
-def _shown(metrics: dict) -> list[str]:
-    return [k for k in ("loss", "prior_nats", "decoder_nats", "bits_per_image", "bpp", "loss_factor", "base_nats", "elbo_bits_per_image") if k in metrics]
+def _checkpoint(run: _Run) -> Path:
+    """Training state (kept `train.keep`) and the EMA artifact, written atomically by rank 0."""
+    art = run.outdir / "artifact.safetensors"
+    if dist.is_main():
+        save_state(run.outdir, run.samples, run.state_dict(), run.cfg.train.keep)
+        extra = {"samples": run.samples, "metrics": run.metrics, **run.model.artifact_metadata()}
+        save_artifact(art, run.ema.model.state_dict(), to_dict(run.cfg), run.artifact_kind, extra)
+    dist.barrier()
+    return art
 
 
-def _plain_line(rec: dict, total: int) -> str:
-    body = " ".join(f"{k}={rec[k]:.4g}" for k in _shown(rec))
-    return f"[{rec['samples']:>10,}/{total:,}] {body}"
+def _log(rec: dict, log_keys: tuple[str, ...], total: int, stats_f, bar, show: bool) -> None:
+    if stats_f:
+        stats_f.write(json.dumps(rec) + "\n")
+        stats_f.flush()
+    shown = _shown(rec, log_keys)
+    bar.set_postfix({k: f"{rec[k]:.4g}" for k in shown}, refresh=False)
+    if not show and dist.is_main():
+        print(f"[{rec['samples']:>10,}/{total:,}] " + " ".join(f"{k}={rec[k]:.4g}" for k in shown), flush=True)
+
+
+def _shown(rec: dict, log_keys: tuple[str, ...]) -> list[str]:
+    """The loss, then the keys the objective declares, where present."""
+    return [k for k in ("loss", *log_keys) if k in rec]
 
 
 def _truncate_stats(path: Path, samples: int) -> None:

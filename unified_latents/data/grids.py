@@ -1,4 +1,4 @@
-"""Image grids and files (Pillow)."""
+"""Image grids and PNG files (Pillow): uint8 tensors out to disk."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import to_uint8
-from ..training.checkpoint import atomic_write
+from ..files import atomic_write
+from .transforms import to_uint8
 
 
 def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -42,13 +42,3 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: 
 def save_strip(clips: torch.Tensor, path: Path, scale: int = 1) -> None:
     """Clips [N, C, T, H, W] -> one PNG with a row of T frames per clip (time runs left to right)."""
     save_grid(clips.transpose(1, 2).flatten(0, 1), path, nrow=clips.shape[2], scale=scale)
-
-
-def save_previews(previews: dict[str, torch.Tensor], prefix: Path) -> None:
-    """One PNG per preview, `<prefix>-<name>.png`; originals/reconstructions as row pairs
-    (video: one row of frames per clip, originals first)."""
-    for name, imgs in previews.items():
-        if imgs.ndim == 5:
-            save_strip(imgs, Path(f"{prefix}-{name}.png"))
-        else:
-            save_grid(imgs, Path(f"{prefix}-{name}.png"), nrow=imgs.shape[0] // 2, scale=2)

