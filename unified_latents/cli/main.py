@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ul", description="Unified Latents: train, reconstruct, inspect.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
+    _training_commands(sub)
+    _artifact_commands(sub)
+    return ap
+
+
+def _training_commands(sub) -> None:
+    """train, reconstruct, pipeline, sweep."""
     t = sub.add_parser("train", help="train a stage (rerun the same command to resume)")
     t.add_argument("--stage", default="latents", choices=["latents", "base", "pixel"],
                    help="latents (stage 1: encoder + prior + decoder), base (stage 2 on frozen latents), or "
@@ -80,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no-progress", action="store_true")
     _common(w)
 
+
+def _artifact_commands(sub) -> None:
+    """encode, sample, eval, info."""
     e = sub.add_parser("encode", help="cache the frozen encoder's latents (with labels) of a dataset")
     e.add_argument("--artifact", required=True, type=Path, help="stage-1 artifact")
     e.add_argument("--data", help="images to encode (default: the artifact's training data)")
@@ -125,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(i)
     i.add_argument("--json", action="store_true")
     _common(i)
-    return ap
 
 
 def _resolve_overrides(args) -> list[str]:

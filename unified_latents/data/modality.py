@@ -46,6 +46,11 @@ class Modality:
     def video(self) -> bool:
         return self.dims == 3
 
+    @property
+    def has_fvd(self) -> bool:
+        """FVD (I3D features of whole clips) is defined for video only."""
+        return self.video
+
     # ------------------------------------------------------------------ data
 
     def example_shape(self, cfg: DataConfig) -> tuple[int, ...]:

@@ -157,7 +157,7 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
     samples, recon, ref_count = eval_counts(m, request.samples, request.recon, request.ref_count)
     sc = dataclasses.replace(cfg.sample, **request.sampling)
     fvd_net = None
-    if request.i3d and m.video:
+    if request.i3d and m.has_fvd:
         from .fvd import I3DFeatures
 
         fvd_net = I3DFeatures(request.i3d, request.device)  # fails now, with where to get the weights, if missing

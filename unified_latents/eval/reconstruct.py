@@ -9,16 +9,14 @@ import torch
 from tqdm import tqdm
 
 from ..data import eval_source, load_images
-from ..data.transforms import crop_pad, frames_of, to_float, to_uint8
+from ..data.transforms import crop_pad, to_float, to_uint8
 from ..objectives.registry import load_model
 from .metrics import psnr, ssim
 
 
-def _per_example(metric, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """metric per image; for clips, per frame and then the mean over each clip's frames."""
-    if a.ndim == 4:
-        return metric(a, b)
-    return metric(frames_of(a), frames_of(b)).reshape(a.shape[0], a.shape[2]).mean(1)
+def _per_example(metric, frames_fn, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """metric per example [N]; for clips, per frame and then the mean over each clip's frames."""
+    return metric(frames_fn(a), frames_fn(b)).reshape(a.shape[0], -1).mean(1)
 
 
 @torch.no_grad()
@@ -47,8 +45,8 @@ def evaluate_reconstruction(
         rec = to_uint8(model.reconstruct(x, seeds, steps, sampler)).cpu()
         orig = crop_pad(images[i : i + batch], pad)
         rec_c = crop_pad(rec, pad)
-        ps.append(_per_example(psnr, orig, rec_c))
-        ss.append(_per_example(ssim, orig, rec_c))
+        ps.append(_per_example(psnr, model.modality.frames, orig, rec_c))
+        ss.append(_per_example(ssim, model.modality.frames, orig, rec_c))
         bits.append(model.bits(x, seeds, n_t).cpu())
         recs.append(rec)
     bits_t = torch.cat(bits)
