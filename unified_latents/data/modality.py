@@ -39,8 +39,6 @@ class Modality:
     preview_samples: int  # samples a stage-2 preview generates
     per_frame_label: str = ""  # after "rFID" in reports
     per_frame_note: str = ""  # after "original HxW pixels" in reports
-    fvd_missing_console: tuple[str, ...] = ()  # what `ul eval` says when FVD was not computed
-    fvd_missing_report: tuple[str, ...] = ()  # ... and the report
 
     @property
     def video(self) -> bool:
@@ -154,8 +152,7 @@ IMAGE = Modality("image", 2, "images", "image", "samples", "bits/pixel", "bpp", 
 VIDEO = Modality("video", 3, "clips", "clip", "clips", "bits/pixel/frame", "bits/pixel/frame", "frame FID",
                  "frame FID (Inception pool3, every frame)", (64, 32, 64), batch=16, encode_batch=32,
                  eval_encode_batch=16, previews=4, preview_samples=4, per_frame_label=" (per frame)",
-                 per_frame_note=", per frame", fvd_missing_console=("FVD   not computed (no I3D network given: --i3d PATH)",),
-                 fvd_missing_report=("not computed: no I3D weights given (`--i3d PATH`)",))
+                 per_frame_note=", per frame")
 
 
 def modality_of(cfg: DataConfig) -> Modality:

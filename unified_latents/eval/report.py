@@ -4,7 +4,9 @@ same metrics as console lines (`ul eval`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..data.modality import Modality, modality_named
 from ..files import atomic_write_text
@@ -28,57 +30,74 @@ def table(rows: list[tuple[str, str]], header: tuple[str, str] = ("metric", "val
     return "\n".join(out)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One measurement of an evaluation record `r` (eval.json), shown when `when(r, m)`: as a
+    Markdown row `label | value(r, m, side)` (label None: console only) and as the console line
+    `line(r, m)` (None: report only). `side`: the original image side in pixels."""
+
+    when: Callable[[dict, Modality], bool]
+    label: Callable[[Modality], str] | None
+    value: Callable[[dict, Modality, int], str] | None
+    line: Callable[[dict, Modality], str] | None
+
+
+def _has(key: str) -> Callable[[dict, Modality], bool]:
+    return lambda r, m: key in r
+
+
+def _ref(r: dict, m: Modality) -> str:
+    return f"{r['reference_images']} {r['reference']} {m.examples}"
+
+
+def _bits(r: dict, m: Modality, which: str, unit: str) -> str:
+    return f"{r[which + '_bits_per_image']:.1f} bits/{m.per} ({r[which + '_bpp']:.4f} {unit})"
+
+
+# The one table behind `ul eval`'s lines and the report's metrics rows, in order.
+METRICS = [
+    Metric(lambda r, m: True, lambda m: m.fid_long,
+           lambda r, m, side: f"{r['gfid']:.2f} ({r['gfid_samples']} {m.samples} vs {r['reference_images']} {r['reference']})",
+           lambda r, m: f"{m.fid}  {r['gfid']:.2f}  ({r['gfid_samples']} {m.samples} vs {_ref(r, m)})"),
+    Metric(lambda r, m: True, lambda m: "KID x 1e3", lambda r, m, side: f"{r['kid'] * 1e3:.2f} +- {r['kid_std'] * 1e3:.2f}",
+           lambda r, m: f"KID   {r['kid'] * 1e3:.2f} x 1e-3 (+- {r['kid_std'] * 1e3:.2f})"),
+    Metric(_has("fvd"), lambda m: "FVD", lambda r, m, side: f"{r['fvd']:.2f} ({r['fvd_samples']} clips)",
+           lambda r, m: f"FVD   {r['fvd']:.2f}  ({r['fvd_samples']} clips vs {_ref(r, m)})"),
+    Metric(lambda r, m: "fvd" not in r and m.has_fvd, lambda m: "FVD",
+           lambda r, m, side: "not computed: no I3D weights given (`--i3d PATH`)",
+           lambda r, m: "FVD   not computed (no I3D network given: --i3d PATH)"),
+    Metric(_has("continuation_psnr"), lambda m: "continuation PSNR (generated frames vs real)",
+           lambda r, m, side: f"{r['continuation_psnr']:.2f} dB (frames {r['generated_from_frame']}-{r['frames'] - 1} of "
+                              f"{r['continuation_clips']} clips, {r['context_frames']} context frames)",
+           lambda r, m: f"continuation PSNR {r['continuation_psnr']:.2f} dB on frames {r['generated_from_frame']}+ "
+                        f"({r['continuation_clips']} clips, {r['context_frames']} context frames)"),
+    Metric(_has("rfid"), lambda m: "rFID" + m.per_frame_label, lambda r, m, side: f"{r['rfid']:.2f} ({r['rfid_samples']} reconstructions)",
+           lambda r, m: f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)"),
+    Metric(_has("rfid"), lambda m: "reconstruction PSNR / SSIM",
+           lambda r, m, side: f"{r['psnr']:.2f} dB / {r['ssim']:.4f} (original {side}x{side} pixels{m.per_frame_note})",
+           lambda r, m: f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)"),
+    Metric(_has("rfid"), lambda m: "latent bitrate, stage-1 prior", lambda r, m, side: _bits(r, m, "prior", m.bpp), None),
+    Metric(_has("rfid"), lambda m: "latent bitrate, base model (unweighted ELBO)", lambda r, m, side: _bits(r, m, "base", m.bpp),
+           lambda r, m: f"bits  stage-1 prior {_bits(r, m, 'prior', m.bpp_short)}; base model {_bits(r, m, 'base', m.bpp_short)}"),
+    Metric(lambda r, m: True, None, None,  # the report gives FLOPs with the run's rows
+           lambda r, m: f"FLOPs stage-1 training {r['flops']['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
+                        f"{r['flops']['base_train_flops'] / 1e9:.3f} G/sample; generation {r['flops']['generate_flops'] / 1e9:.3f} G/sample"),
+]
+
+
 def format_metrics(r: dict) -> list[str]:
     """The evaluation as short lines (what `ul eval` prints); absent measurements are left out."""
-    f, m = r["flops"], modality_named(r.get("video", False))
-    ref = f"{r['reference_images']} {r['reference']} {m.examples}"
-    lines = [
-        f"{m.fid}  {r['gfid']:.2f}  ({r['gfid_samples']} {m.samples} vs {ref})",
-        f"KID   {r['kid'] * 1e3:.2f} x 1e-3 (+- {r['kid_std'] * 1e3:.2f})",
-    ]
-    if "fvd" in r:
-        lines.append(f"FVD   {r['fvd']:.2f}  ({r['fvd_samples']} clips vs {ref})")
-    lines += m.fvd_missing_console[:1] if "fvd" not in r else []
-    if "continuation_psnr" in r:
-        lines.append(f"continuation PSNR {r['continuation_psnr']:.2f} dB on frames {r['generated_from_frame']}+ "
-                     f"({r['continuation_clips']} clips, {r['context_frames']} context frames)")
-    if "rfid" in r:
-        lines += [
-            f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)",
-            f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)",
-            f"bits  stage-1 prior {r['prior_bits_per_image']:.1f} bits/{m.per} ({r['prior_bpp']:.4f} {m.bpp_short}); "
-            f"base model {r['base_bits_per_image']:.1f} bits/{m.per} ({r['base_bpp']:.4f} {m.bpp_short})",
-        ]
-    lines.append(f"FLOPs stage-1 training {f['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
-                 f"{f['base_train_flops'] / 1e9:.3f} G/sample; generation {f['generate_flops'] / 1e9:.3f} G/sample")
-    return lines
+    m = modality_named(r.get("video", False))
+    return [x.line(r, m) for x in METRICS if x.line is not None and x.when(r, m)]
 
 
 def _latent_frames(k: int) -> str:
     return "latent frame 0" if k == 1 else f"latent frames 0-{k - 1}"
 
 
-def metric_rows(ev: dict, m: Modality, side: int, frames: int) -> list[tuple[str, str]]:
+def metric_rows(ev: dict, m: Modality, side: int) -> list[tuple[str, str]]:
     """The Markdown report's metrics of one evaluation (absent measurements left out)."""
-    rows = [(m.fid_long, f"{ev['gfid']:.2f} ({ev['gfid_samples']} {m.samples} vs {ev['reference_images']} {ev['reference']})"),
-            ("KID x 1e3", f"{ev['kid'] * 1e3:.2f} +- {ev['kid_std'] * 1e3:.2f}")]
-    if "fvd" in ev:
-        rows.append(("FVD", f"{ev['fvd']:.2f} ({ev['fvd_samples']} clips)"))
-    rows += [("FVD", v) for v in m.fvd_missing_report[:1] if "fvd" not in ev]
-    if "continuation_psnr" in ev:
-        rows.append(("continuation PSNR (generated frames vs real)",
-                     f"{ev['continuation_psnr']:.2f} dB (frames {ev['generated_from_frame']}-{frames - 1} of "
-                     f"{ev['continuation_clips']} clips, {ev['context_frames']} context frames)"))
-    if "rfid" in ev:
-        rows += [
-            ("rFID" + m.per_frame_label, f"{ev['rfid']:.2f} ({ev['rfid_samples']} reconstructions)"),
-            ("reconstruction PSNR / SSIM", f"{ev['psnr']:.2f} dB / {ev['ssim']:.4f} (original {side}x{side} pixels"
-             + m.per_frame_note + ")"),
-            ("latent bitrate, stage-1 prior", f"{ev['prior_bits_per_image']:.1f} bits/{m.per} ({ev['prior_bpp']:.4f} {m.bpp})"),
-            ("latent bitrate, base model (unweighted ELBO)",
-             f"{ev['base_bits_per_image']:.1f} bits/{m.per} ({ev['base_bpp']:.4f} {m.bpp})"),
-        ]
-    return rows
+    return [(x.label(m), x.value(ev, m, side)) for x in METRICS if x.label is not None and x.when(ev, m)]
 
 
 def run_rows(ev: dict, res1, res2, times: dict) -> list[tuple[str, str]]:
@@ -98,7 +117,7 @@ def report_sections(ev: dict, cfg1, res1, res2, times: dict) -> list[tuple[str, 
     """The run report's sections: metrics, samples, continuations, reconstructions, curves, console summary."""
     m = modality_named(ev.get("video", False))
     side = cfg1.data.resolution - 2 * cfg1.data.pad
-    rows = metric_rows(ev, m, side, cfg1.data.frames) + run_rows(ev, res1, res2, times)
+    rows = metric_rows(ev, m, side) + run_rows(ev, res1, res2, times)
     labelled_fmnist = bool(cfg1.data.num_classes) and cfg1.data.source == "fmnist"
     samples_text, recon_text = m.report_texts(labelled_fmnist)
     sections = [("Metrics", table(rows)), ("Samples", samples_text)]
