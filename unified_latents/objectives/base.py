@@ -14,6 +14,7 @@ from ..diffusion import alpha_sigma, x_from_v
 
 if TYPE_CHECKING:
     from ..config import RunConfig
+    from ..data.modality import Modality
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Autoencoder(Protocol):
     """The space stage 2 diffuses in: UL's frozen stage 1, or the identity on pixels (PixelSpace)."""
 
     cfg: RunConfig  # its diffusion.lam0 / lam_z_min bound the base model's log-SNR range
+    modality: Modality  # images or video: what the base model's previews and evaluation save
     dims: int  # 2 (images) or 3 (video): the convolution type of the base network
     x_shape: tuple[int, ...]  # one example [C, H, W] or [C, T, H, W]
     z_shape: tuple[int, ...]  # one latent
