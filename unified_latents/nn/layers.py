@@ -27,7 +27,15 @@ def nd_size(dims: int, space: int, time: int) -> int | tuple[int, ...]:
     return space if dims < 3 else (time, space, space)
 
 
-def norm(ch: int) -> nn.GroupNorm:
+NORMS = ("group", "layer")
+
+
+def norm(ch: int, kind: str = "group") -> nn.GroupNorm:
+    """'group': up to 32 groups (one channel per group below 64 channels: an instance norm,
+    which removes every channel's mean over the image); 'layer': one group, which removes
+    only one mean over all channels and positions, so a colour cast survives it."""
+    if kind == "layer":
+        return nn.GroupNorm(1, ch)
     groups = math.gcd(ch, 32) if ch >= 8 else 1
     return nn.GroupNorm(groups, ch)
 
@@ -57,10 +65,10 @@ class NoiseEmbedding(nn.Module):
 class ResBlock(nn.Module):
     """Pre-norm residual block; optional FiLM (scale, shift) from a conditioning vector."""
 
-    def __init__(self, dims: int, cin: int, cout: int, emb_dim: int = 0, dropout: float = 0.0):
+    def __init__(self, dims: int, cin: int, cout: int, emb_dim: int = 0, dropout: float = 0.0, norm_kind: str = "group"):
         super().__init__()
-        self.norm1, self.conv1 = norm(cin), conv_nd(dims, cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = norm(cout), zero_init(conv_nd(dims, cout, cout, 3, padding=1))
+        self.norm1, self.conv1 = norm(cin, norm_kind), conv_nd(dims, cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = norm(cout, norm_kind), zero_init(conv_nd(dims, cout, cout, 3, padding=1))
         self.film = nn.Linear(emb_dim, 2 * cout) if emb_dim else None
         self.drop = nn.Dropout(dropout)
         self.skip = conv_nd(dims, cin, cout, 1) if cin != cout else nn.Identity()

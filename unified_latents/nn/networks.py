@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import NetConfig
 from ..errors import ConfigError
-from .layers import NoiseEmbedding, ResBlock, Transformer, conv_nd, conv_transpose_nd, nd_size, norm, zero_init
+from .layers import NORMS, NoiseEmbedding, ResBlock, Transformer, conv_nd, conv_transpose_nd, nd_size, norm, zero_init
 
 
 def _patch(cfg: NetConfig, dims: int):
@@ -52,11 +52,11 @@ class ResNetEncoder(nn.Module):
         for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
             cin = ch[max(i - 1, 0)]
             for j in range(nb):
-                layers.append(ResBlock(dims, cin if j == 0 else c, c, dropout=cfg.dropout))
+                layers.append(ResBlock(dims, cin if j == 0 else c, c, dropout=cfg.dropout, norm_kind=cfg.norm))
             if i < len(ch) - 1:
                 layers.append(conv_nd(dims, c, c, 3, stride=_down(cfg, dims, i), padding=1))
         self.body = nn.Sequential(*layers)
-        self.out = nn.Sequential(norm(ch[-1]), nn.SiLU(), conv_nd(dims, ch[-1], out_ch, 3, padding=1))
+        self.out = nn.Sequential(norm(ch[-1], cfg.norm), nn.SiLU(), conv_nd(dims, ch[-1], out_ch, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(self.patch(x)))
@@ -92,7 +92,7 @@ class UNet(_Denoiser):
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
             cin = ch[max(i - 1, 0)]
-            self.down.append(nn.ModuleList([ResBlock(dims, cin if j == 0 else c, c, e, cfg.dropout) for j in range(nb)]))
+            self.down.append(nn.ModuleList([ResBlock(dims, cin if j == 0 else c, c, e, cfg.dropout, cfg.norm) for j in range(nb)]))
             last = i == len(ch) - 1
             self.downsample.append(nn.Identity() if last else conv_nd(dims, c, c, 3, stride=_down(cfg, dims, i), padding=1))
         self.mid = (
@@ -105,8 +105,8 @@ class UNet(_Denoiser):
             c, nb = ch[i], cfg.blocks[i]
             cin = ch[min(i + 1, len(ch) - 1)]
             self.upconv.append(nn.Identity() if i == len(ch) - 1 else conv_nd(dims, cin, c, 3, padding=1))
-            self.up.append(nn.ModuleList([ResBlock(dims, 2 * c if j == 0 else c, c, e, cfg.dropout) for j in range(nb)]))
-        self.out_norm = norm(ch[0])
+            self.up.append(nn.ModuleList([ResBlock(dims, 2 * c if j == 0 else c, c, e, cfg.dropout, cfg.norm) for j in range(nb)]))
+        self.out_norm = norm(ch[0], cfg.norm)
         self.patch_out = zero_init(conv_transpose_nd(dims, ch[0], out_ch, _patch(cfg, dims), stride=_patch(cfg, dims)))
 
     def forward(self, x, lam, cond=None, labels=None):
@@ -172,6 +172,8 @@ def build_denoiser(
 
 
 def _check(cfg: NetConfig, registry: dict, role: str) -> None:
+    if cfg.norm not in NORMS:
+        raise ConfigError(f"{role}: norm {cfg.norm!r} is not one of: {', '.join(NORMS)}")
     if cfg.arch not in registry:
         raise ConfigError(f"unknown {role} arch {cfg.arch!r}; choose one of: {', '.join(sorted(registry))}")
     if cfg.arch != "vit" and len(cfg.channels) != len(cfg.blocks):
