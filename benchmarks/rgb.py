@@ -28,12 +28,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unified_latents.config import apply_overrides, get_preset  # noqa: E402
+from unified_latents.config import apply_overrides  # noqa: E402
 from unified_latents.data import load_images, to_float  # noqa: E402
-from unified_latents.eval import evaluate_reconstruction, save_grid  # noqa: E402
+from unified_latents.data.grids import save_grid  # noqa: E402
+from unified_latents.eval import evaluate_reconstruction  # noqa: E402
 from unified_latents.eval.codec import PCACodec  # noqa: E402
 from unified_latents.eval.colour import colour_report  # noqa: E402
-from unified_latents.pipeline import load_model, train_stage  # noqa: E402
+from unified_latents.objectives.registry import load_model  # noqa: E402
+from unified_latents.presets import get_preset  # noqa: E402
+from unified_latents.stages import train_stage  # noqa: E402
 from unified_latents.training.checkpoint import atomic_write_text  # noqa: E402
 
 FIXED = ["diffusion.target_bits=0", "diffusion.loss_factor=17"]  # the controller off

@@ -39,8 +39,8 @@ def test_photo_crops_hold_out_whole_photos_and_are_deterministic(photo_dir):
 
 
 def test_photo_source_through_load_images(photo_dir):
-    from unified_latents.config import get_preset
     from unified_latents.data import eval_source, load_images
+    from unified_latents.presets import get_preset
 
     cfg = get_preset("rgb32").data
     assert eval_source(cfg) == ("photos", "test")
@@ -129,7 +129,7 @@ def _colour_blobs(path, n=256, size=16):
 
 def _tiny_rgb_run(tmp_path, data, norm):
     from helpers import run_ul
-    from unified_latents.pipeline import load_model
+    from unified_latents.objectives.registry import load_model
 
     out = tmp_path / norm
     r = run_ul("train", "--preset", "tiny", "--no-progress", "--data", str(data), "--outdir", str(out),
