@@ -3,9 +3,9 @@
     python benchmarks/rgb.py [--preset rgb32] [--variants ul] [--set KEY=VALUE ...]
         [--check-every 16000] [--recon 500] [--outdir runs/rgb]
 
-Data: `data.source=photos` (unified_latents/data/photos.py): 20,000 training crops of 31
-photographed scenes and 2,000 test crops of 7 other scenes (whole photos held out), at the
-preset's resolution (32 or 64). Install the photos with `bash scripts/setup.sh photos`.
+Data: `data.source=photos` (unified_latents/data/photos.py): 20,000 training crops of 25
+photographed scenes (33 photos) and 2,000 test crops of 7 other scenes (whole photos held out),
+at the preset's resolution (`rgb32`: 32x32). Install the photos with `bash scripts/setup.sh photos`.
 
 For every variant (a named list of config overrides, VARIANTS below) it trains stage 1,
 pausing every `--check-every` samples to log the EMA encoder's colour sensitivity on 64 test

@@ -50,7 +50,7 @@ def _fmnist() -> RunConfig:
 
 
 def _rgb32() -> RunConfig:
-    # Colour photos at 32x32 (data/photos.py: crops of 31 scenes, 7 held-out scenes for test),
+    # Colour photos at 32x32 (data/photos.py: crops of 25 scenes, 7 held-out scenes for test),
     # the fmnist networks with two changes that make colour learnable (README, "RGB photos"):
     # - norm "layer": with fewer than 64 channels the "group" norm is an instance norm, which
     #   removes each feature's mean over the image; the decoder's last norm then cannot pass a
