@@ -50,21 +50,16 @@ def _fmnist() -> RunConfig:
 
 
 def _rgb32() -> RunConfig:
-    # Colour photos at 32x32 (data/photos.py: crops of 25 scenes, 7 held-out scenes for test),
-    # the fmnist networks with two changes that make colour learnable (README, "RGB photos"):
-    # - norm "layer": with fewer than 64 channels the "group" norm is an instance norm, which
-    #   removes each feature's mean over the image; the decoder's last norm then cannot pass a
-    #   colour cast to its output, and the encoder's cannot pass it to the latent.
-    # - the controller starts at c_lf 17 and adapts 4x slower: started at 3 with rate 0.02 it
-    #   answered the untrained prior's ~720-bit estimate by cutting c_lf to ~1.2 within 3k
-    #   samples, the latent collapsed to ~20 bits and the encoder stopped seeing colour.
+    """Colour photos at 32x32 (data/photos.py), the fmnist networks with two changes that make
+    colour learnable (README, "RGB photos"): one-group norms, which keep a colour cast that the
+    narrow networks' instance-like group norms erase; and a controller that starts at c_lf 17
+    with a 4x smaller gain, so the untrained prior's inflated bit estimate (~720 bits) no longer
+    drives c_lf to ~1.2 and collapses the latent in the first 3k samples."""
     cfg = _fmnist()
     cfg.data = DataConfig(source="photos", resolution=32, channels=3, pad=0, num_classes=0)
     for net in (cfg.model.encoder, cfg.model.prior, cfg.model.decoder, cfg.model.base):
         net.norm = "layer"
-    cfg.diffusion.target_bits = 190.0
-    cfg.diffusion.loss_factor = 17.0
-    cfg.diffusion.controller_rate = 0.005
+    cfg.diffusion.target_bits, cfg.diffusion.loss_factor, cfg.diffusion.controller_rate = 190.0, 17.0, 0.005
     return cfg
 
 
