@@ -140,3 +140,22 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(OSError):
         atomic_write(target, boom)
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_artifact_bytes_depend_only_on_content(tmp_path):
+    # safetensors writes metadata in hash-map order (random per map); sorted, equal weights and
+    # config give equal files, and the weights and metadata read back unchanged.
+    from unified_latents.training.checkpoint import load_artifact, save_artifact
+
+    tensors = {"net.b": torch.randn(3, 4), "net.a": torch.arange(5), "ema": torch.randn(2, dtype=torch.float64)}
+    extra = {f"key{i}": {"value": i} for i in range(6)}
+    for name in ("one", "two"):
+        save_artifact(tmp_path / f"{name}.safetensors", tensors, {"b": 1, "a": [2.5]}, "model", extra)
+    blob = (tmp_path / "one.safetensors").read_bytes()
+    assert blob == (tmp_path / "two.safetensors").read_bytes()
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    back, cfg, meta = load_artifact(tmp_path / "one.safetensors")
+    assert cfg == {"b": 1, "a": [2.5]} and json.loads(meta["key3"]) == {"value": 3} and meta["kind"] == "model"
+    for k, v in tensors.items():
+        assert torch.equal(back[k], v)

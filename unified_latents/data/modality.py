@@ -32,7 +32,7 @@ class Modality:
     fid: str  # FID of generated examples on the console
     fid_long: str  # ... and in the Markdown report
     eval_counts: tuple[int, int, int]  # default (samples, recon, ref_count)
-    batch: int  # generation and reconstruction batch
+    batch: int  # default generation and reconstruction batch (config sample.batch / eval.batch override it)
     encode_batch: int  # encoder batch when caching latents
     eval_encode_batch: int  # encoder batch for the base model's bitrate in evaluation
     previews: int  # held-out examples shown in training previews
@@ -70,9 +70,6 @@ class Modality:
     def require_video(self, what: str) -> None:
         if not self.video:
             raise UserError(f"{what} needs a video base model; this artifact generates images")
-
-    def sample_batch(self, batch: int) -> int:
-        return min(batch, self.batch) if self.video else batch
 
     def report_texts(self, labelled_fmnist: bool) -> tuple[str, str]:
         """The report's captions of samples.png and reconstructions.png."""

@@ -38,6 +38,7 @@ class EvalRequest:
     device: torch.device | str = "cpu"
     progress: bool = True
     out: Path | None = None  # folder for eval.json and image grids
+    batch: int | None = None  # examples per network call (None: the artifact's eval.batch)
 
 
 @dataclass
@@ -140,6 +141,15 @@ class _Context:
     def pad(self) -> int:
         return self.model.stage1.cfg.data.pad
 
+    @property
+    def batch(self) -> int:
+        """Examples per generation or reconstruction call: the request's, the config's, the data's."""
+        return self.req.batch or self.model.cfg.eval.batch or self.m.batch
+
+    @property
+    def encode_batch(self) -> int:
+        return self.req.batch or self.model.cfg.eval.batch or self.m.eval_encode_batch
+
 
 def eval_counts(m, samples: int | None, recon: int | None, ref_count: int | None) -> tuple[int, int, int]:
     """Fill unset counts with the modality's defaults (images, or clips)."""
@@ -166,6 +176,7 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
     src, split = eval_source(s1cfg.data)
     held = load_images(s1cfg.data, src, split)
     ref_count = min(ref_count, len(held))
+    recon = min(recon, len(held))  # a held-out set smaller than asked for is used whole (eval.json says how many)
     d = s1cfg.data
     key = json.dumps([src, split, ref_count, d.resolution, d.channels, d.pad, str(request.inception), d.frames,
                       d.frame_stride, m.reference_key(d)])
@@ -191,7 +202,7 @@ def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> Sample
     model, req, m = ctx.model, ctx.req, ctx.m
     seeds = list(range(samples))
     labels = class_labels(seeds, None, model.num_classes)
-    gen = crop_pad(generate_images(model, seeds, labels, batch=m.batch, progress=req.progress,
+    gen = crop_pad(generate_images(model, seeds, labels, batch=ctx.batch, progress=req.progress,
                                    decoder_steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler,
                                    **_base_kw(ctx)), ctx.pad)
     gfeat = ctx.net(m.frames(gen), progress=req.progress, desc="sample features")
@@ -217,8 +228,8 @@ def eval_continuations(ctx: _Context, count: int) -> ContinuationScores:
     motion is carried, not a reconstruction)."""
     model, clips, frames = ctx.model, ctx.held.images[:count], ctx.req.context_frames
     gens = []
-    for i in range(0, clips.shape[0], ctx.m.batch):
-        x = to_float(clips[i : i + ctx.m.batch]).to(ctx.req.device)
+    for i in range(0, clips.shape[0], ctx.batch):
+        x = to_float(clips[i : i + ctx.batch]).to(ctx.req.device)
         z, k = model.encode_context(x, frames)
         seeds = list(range(i, i + x.shape[0]))
         gens.append(to_uint8(model.generate(seeds, None, context=(z, k), decoder_steps=ctx.sc.decoder_steps,
@@ -238,7 +249,7 @@ def eval_bits(ctx: _Context, n: int) -> tuple[float, float]:
     """(bits per example, bits per pixel) of the first n held-out examples' latents under the base
     model (unweighted ELBO; for the pixel baseline, of the pixels themselves)."""
     model, held, device = ctx.model, ctx.held, ctx.req.device
-    z = encode_images(model.stage1, held.images[:n], batch=ctx.m.eval_encode_batch, device=device)
+    z = encode_images(model.stage1, held.images[:n], batch=ctx.encode_batch, device=device)
     lab = held.labels[:n].to(device) if (held.labels is not None and model.num_classes) else None
     bits = model.bits(z.to(device), lab, list(range(n))).cpu()
     return float(bits.mean()), float(bits.mean()) / model.stage1.pixels_per_image()
@@ -249,7 +260,7 @@ def eval_reconstructions(ctx: _Context, recon: int) -> ReconstructionScores:
     model's bitrate of their latents."""
     s1, req, pad = ctx.model.stage1, ctx.req, ctx.pad
     images = ctx.held.images[:recon]
-    rm, recs = evaluate_reconstruction(s1, images, pad, batch=ctx.m.batch, steps=ctx.sc.decoder_steps,
+    rm, recs = evaluate_reconstruction(s1, images, pad, batch=ctx.batch, steps=ctx.sc.decoder_steps,
                                        sampler=ctx.sc.sampler, device=req.device, progress=req.progress)
     rfeat = ctx.net(ctx.m.frames(crop_pad(recs, pad)), progress=req.progress, desc="reconstruction features")
     base_bits, base_bpp = eval_bits(ctx, recon)

@@ -45,9 +45,9 @@ def generation_report(base, guidance: float, base_steps: int, decoder_steps: int
     lam = torch.zeros(1, device=device)
     labels = torch.zeros(1, dtype=torch.long, device=device) if base.num_classes else None
     with torch.no_grad():
-        cond = base.context_cond(None, None, 1, device) if getattr(base, "context", False) else None
+        cond = base.context_cond(None, None, 1, device)  # None unless the model continues clips
         f_base = forward_flops(base.net, z, lam, cond=cond, labels=labels)
-        decoder = getattr(base.stage1, "decoder", None)  # none in pixel diffusion
+        decoder = base.stage1.decoder_net  # None in pixel diffusion
         f_dec = forward_flops(decoder, x, lam, cond=z) if decoder is not None else 0
     per_base_step = f_base * (2 if guidance != 1.0 else 1)
     return {

@@ -56,6 +56,7 @@ class Autoencoder(Protocol):
     dims: int  # 2 (images) or 3 (video): the convolution type of the base network
     x_shape: tuple[int, ...]  # one example [C, H, W] or [C, T, H, W]
     z_shape: tuple[int, ...]  # one latent
+    decoder_net: torch.nn.Module | None  # the network each decoding step calls (None: decoding is free)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """float x [N, *x_shape] in [-1, 1] -> z_clean [N, *z_shape]."""

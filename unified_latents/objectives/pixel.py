@@ -33,6 +33,7 @@ class PixelSpace(nn.Module):
         self.dims = self.modality.dims
         self.x_shape = self.z_shape = self.modality.example_shape(cfg.data)
         self.encoder = nn.Identity()  # no weights: the fingerprint is the config alone
+        self.decoder_net = None  # decoding is the identity: no network, no FLOPs
 
     def latent_shift(self, base_shift: float) -> float:
         return self.pixel_shift + base_shift  # the pixel schedule's resolution shift (UL_SPEC 1)

@@ -72,6 +72,11 @@ class UnifiedLatents(nn.Module):
     def loss_factor(self) -> float:
         return float(self.log_loss_factor.exp())
 
+    @property
+    def decoder_net(self) -> nn.Module:
+        """What a decoding step runs (the Autoencoder interface; FLOP counts use it)."""
+        return self.decoder
+
     def pixels_per_image(self) -> int:
         """H * W, or T * H * W for video: bits per pixel are per pixel per frame (UL_SPEC 3)."""
         return math.prod(self.x_shape[1:])

@@ -150,7 +150,7 @@ def train(
     data,  # len(data) and data.get(indices) -> (x float, labels or None)
     preview_x: torch.Tensor | None = None,
     save_previews: Callable[[dict, Path], None] | None = None,
-    artifact_kind: str = "ul-stage1",
+    artifact_kind: str = "model",  # written into the artifact; the caller names its stage (e.g. "ul-latents")
     device: torch.device | None = None,
     progress: bool | None = None,
     until: int | None = None,
