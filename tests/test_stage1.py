@@ -5,6 +5,7 @@ import math
 import torch
 
 from unified_latents.objectives import UnifiedLatents
+from unified_latents.objectives.base import seeded_noise
 
 
 def _batch(model, n=4, seed=0):
@@ -116,3 +117,24 @@ def test_reconstruction_is_reproducible_per_seed(tiny_cfg):
     part = model.reconstruct(x[2:], [12, 13], steps=3)
     torch.testing.assert_close(full[2:], part)
     assert full.min() >= -1 and full.max() <= 1
+
+
+def test_mean_of_k_reconstruction_averages_k_samples_of_one_latent(tiny_cfg):
+    from unified_latents.objectives.stage1 import MEAN_SEED_OFFSET
+
+    torch.manual_seed(0)
+    model = UnifiedLatents(tiny_cfg).eval()
+    x, _ = _batch(model, n=4)
+    seeds = [10, 11, 12, 13]
+    one = model.reconstruct(x, seeds, steps=3)
+    torch.testing.assert_close(model.reconstruct(x, seeds, steps=3, mean_of=1), one)
+    mean = model.reconstruct(x, seeds, steps=3, mean_of=3)
+    # the j-th sample decodes the same z0 (encoder noise from the seed) with decoder seeds offset by j
+    z0 = model.noisy_latent(model.encode(x), seeded_noise([s + 1_000_003 for s in seeds], "cpu").normal(model.z_shape))
+    samples = [model.decode(z0, [s + j * MEAN_SEED_OFFSET for s in seeds], steps=3) for j in range(3)]
+    torch.testing.assert_close(samples[0], one)
+    torch.testing.assert_close(mean, sum(samples) / 3)
+    # squared error is convex: the mean's error is at most the samples' mean error (per example)
+    err = lambda r: ((r - x) ** 2).flatten(1).mean(1)
+    assert torch.all(err(mean) <= sum(err(s) for s in samples) / 3 + 1e-6)
+    assert not torch.allclose(samples[0], samples[1])  # different decoder noise

@@ -159,3 +159,37 @@ def test_artifact_bytes_depend_only_on_content(tmp_path):
     assert cfg == {"b": 1, "a": [2.5]} and json.loads(meta["key3"]) == {"value": 3} and meta["kind"] == "model"
     for k, v in tensors.items():
         assert torch.equal(back[k], v)
+
+
+def test_torn_stats_line_is_skipped_with_a_warning(tmp_path, capsys):
+    # a kill or a full disk can cut the last line of stats.jsonl short; resume and the report go on
+    from unified_latents.eval.report import read_stats
+    from unified_latents.training.loop import _truncate_stats
+
+    path = tmp_path / "stats.jsonl"
+    path.write_text('{"samples": 64, "loss": 1.5}\n{"samples": 128, "loss": 1.25}\n{"samples": 192, "lo')
+    assert read_stats(path) == [{"samples": 64, "loss": 1.5}, {"samples": 128, "loss": 1.25}]
+    assert "skipped 1 unreadable line" in capsys.readouterr().err
+    _truncate_stats(path, 100)  # resuming from the checkpoint at 64 samples
+    assert read_stats(path) == [{"samples": 64, "loss": 1.5}]
+
+
+def test_compare_runs_names_config_changes_and_catches_weight_changes(tmp_path):
+    import importlib.util
+
+    from unified_latents.training.checkpoint import save_artifact
+
+    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "scripts" / "compare_runs.py")
+    cmp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmp)
+    w = {"net.w": torch.randn(4, 3)}
+    for name, cfg, tensors in (("a", {"train": {"lr": 1.0}}, w), ("b", {"train": {"lr": 1.0, "new": 0}}, w),
+                               ("c", {"train": {"lr": 1.0}}, {"net.w": w["net.w"] + 1e-6})):
+        save_artifact(tmp_path / name / "latents" / "artifact.safetensors", tensors, cfg, "model")
+        (tmp_path / name / "eval.json").write_text('{"gfid": 1.5}')
+    ok, lines = cmp.compare_runs(tmp_path / "a", tmp_path / "b")
+    assert ok and any("'train.new': ('<absent>', 0)" in ln for ln in lines)  # a new field, named; same weights
+    ok, lines = cmp.compare_runs(tmp_path / "a", tmp_path / "c")
+    assert not ok and any("tensor bytes equal: False" in ln for ln in lines)
+    (tmp_path / "b" / "eval.json").write_text('{"gfid": 1.6}')
+    assert not cmp.compare_runs(tmp_path / "a", tmp_path / "b")[0]

@@ -3,7 +3,9 @@ safetensors read with a clear error."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,26 @@ def atomic_write(path: Path, write_fn) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines log. A line that does not parse (torn by a kill or a full
+    disk mid-write) is skipped with a warning on stderr rather than failing a resume or a report."""
+    out, bad = [], 0
+    for ln in Path(path).read_text().splitlines():
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+        else:
+            bad += 1
+    if bad:
+        print(f"warning: {path}: skipped {bad} unreadable line(s) (a write cut short?)", file=sys.stderr)
+    return out
 
 
 def read_safetensors(path: Path, error: type[Exception], fix: str) -> tuple[dict[str, torch.Tensor], dict]:

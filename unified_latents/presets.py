@@ -54,12 +54,14 @@ def _rgb32() -> RunConfig:
     colour learnable (README, "RGB photos"): one-group norms, which keep a colour cast that the
     narrow networks' instance-like group norms erase; and a controller that starts at c_lf 17
     with a 4x smaller gain, so the untrained prior's inflated bit estimate (~720 bits) no longer
-    drives c_lf to ~1.2 and collapses the latent in the first 3k samples."""
+    drives c_lf to ~1.2 and collapses the latent in the first 3k samples. The controller aims
+    at 165 bits on training batches: held-out scenes cost ~17% more under the prior (222 bits
+    at a 190-bit target), so the test crops stay at or under the benchmark's 200 bits."""
     cfg = _fmnist()
     cfg.data = DataConfig(source="photos", resolution=32, channels=3, pad=0, num_classes=0)
     for net in (cfg.model.encoder, cfg.model.prior, cfg.model.decoder, cfg.model.base):
         net.norm = "layer"
-    cfg.diffusion.target_bits, cfg.diffusion.loss_factor, cfg.diffusion.controller_rate = 190.0, 17.0, 0.005
+    cfg.diffusion.target_bits, cfg.diffusion.loss_factor, cfg.diffusion.controller_rate = 165.0, 17.0, 0.005
     return cfg
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.modality import Modality, modality_named
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_jsonl
 
 
 def read_stats(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    return read_jsonl(path)
 
 
 def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> None:

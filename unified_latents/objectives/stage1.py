@@ -25,6 +25,7 @@ from ..data.modality import modality_of
 from ..nn import build_denoiser, build_encoder, encoder_grid
 from .base import Losses, autocast, bcast, denoise, elbo_bits, seeded_noise
 
+MEAN_SEED_OFFSET = 3_000_017  # decoder seeds of the j-th sample averaged by reconstruct(mean_of=K)
 
 def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
     """[latent_channels, *grid] that the encoder produces for the configured input size."""
@@ -215,12 +216,19 @@ class UnifiedLatents(nn.Module):
         return model_fn(x, lam_end).clamp(-1, 1)  # final prediction at lam_x_max
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
-        """x -> z_clean -> z0 (fresh noise per seed) -> decoder sample."""
+    def reconstruct(self, x: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None,
+                    mean_of: int = 1):
+        """x -> z_clean -> z0 (fresh noise per seed) -> decoder sample; with `mean_of` K > 1, the
+        mean of K decoder samples of the same z0 (an estimate of E[x | z0], the squared-error
+        optimal reconstruction; sample j uses decoder seeds offset by j * MEAN_SEED_OFFSET)."""
         noise = seeded_noise([s + 1_000_003 for s in seeds], x.device)
         eps = noise.normal(self.z_shape)
         z_clean, _ = self.sample_latent(x, noise.normal(self.z_shape) if self.cfg.diffusion.learned_variance else None)
-        return self.decode(self.noisy_latent(z_clean, eps), seeds, steps, sampler)
+        z0 = self.noisy_latent(z_clean, eps)
+        out = self.decode(z0, seeds, steps, sampler)
+        for j in range(1, mean_of):
+            out = out + self.decode(z0, [s + j * MEAN_SEED_OFFSET for s in seeds], steps, sampler)
+        return out / mean_of
 
     @torch.no_grad()
     def bits(self, x: torch.Tensor, seeds: list[int], n_t: int = 8) -> torch.Tensor:

@@ -30,6 +30,7 @@ from ..config import RunConfig, incompatible_changes, to_dict
 from ..data import DataOrder
 from ..errors import ConfigError, ResumeError, TrainingError
 from .checkpoint import atomic_write_text, list_states, load_state, save_artifact, save_state
+from ..files import read_jsonl
 from .ema import EMA
 
 
@@ -331,6 +332,6 @@ def _truncate_stats(path: Path, samples: int) -> None:
     """Drop stats lines past the resumed position (written after the last checkpoint)."""
     if not path.exists() or not dist.is_main():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("samples", 0) <= samples]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+    keep = [rec for rec in read_jsonl(path) if rec.get("samples", 0) <= samples]  # a torn line is dropped
+    atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in keep))
 
