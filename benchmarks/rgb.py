@@ -2,6 +2,7 @@
 
     python benchmarks/rgb.py [--preset rgb32] [--variants ul] [--set KEY=VALUE ...]
         [--check-every 16000] [--recon 500] [--mean-of 8] [--outdir runs/rgb]
+    python benchmarks/rgb.py --fid-floor    # FID of real training crops vs the test crops
 
 Data: `data.source=photos` (unified_latents/data/photos.py): 20,000 training crops of 25
 photographed scenes (33 photos) and 2,000 test crops of 7 other scenes (whole photos held out),
@@ -30,12 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unified_latents.config import apply_overrides  # noqa: E402
+from unified_latents.config import apply_overrides, to_dict  # noqa: E402
 from unified_latents.data import load_images, to_float  # noqa: E402
 from unified_latents.data.grids import save_grid  # noqa: E402
 from unified_latents.eval import evaluate_reconstruction  # noqa: E402
 from unified_latents.eval.codec import PCACodec  # noqa: E402
 from unified_latents.eval.colour import colour_report  # noqa: E402
+from unified_latents.files import read_jsonl  # noqa: E402
 from unified_latents.objectives.registry import load_model  # noqa: E402
 from unified_latents.presets import get_preset  # noqa: E402
 from unified_latents.stages import train_stage  # noqa: E402
@@ -83,12 +85,34 @@ def _train_logged(cfg, run: Path, every: int, probe: torch.Tensor, device) -> li
     return logged
 
 
+def _check_same_settings(run: Path, cfg) -> None:
+    """A run folder trained with other settings (e.g. an older preset) is never reused silently."""
+    path = run / "config.json"
+    if not path.exists():
+        return
+    old, new = _flat(json.loads(path.read_text())), _flat(to_dict(cfg))
+    changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+    if changed:
+        raise SystemExit(f"{run} was trained with other settings ({', '.join(f'{k}={old[k]!r}' for k in changed[:4])}); "
+                         f"pass another --outdir or delete the folder")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
 def run_variant(name: str, overrides: list[str], args, codec: PCACodec, test: torch.Tensor, device) -> dict:
     cfg = apply_overrides(get_preset(args.preset), [*overrides, *args.set])
     run = args.outdir / name
     result_path = run / "rgb.json"
-    if result_path.exists() and "psnr_mean" in (done := json.loads(result_path.read_text())):
-        return done  # finished (a record from before the mean-of-K column is re-evaluated, not retrained)
+    _check_same_settings(run, cfg)
+    if result_path.exists():
+        done = json.loads(result_path.read_text())
+        if (done.get("mean_of"), done.get("recon")) == (args.mean_of, args.recon):
+            return done  # finished; other --mean-of / --recon re-evaluate the trained model
     print(f"== {name}: {' '.join(overrides + args.set) or '(preset)'}", flush=True)
     log = _train_logged(cfg, run, args.check_every, to_float(test[:64]), device)
     model, _ = load_model(run / "artifact.safetensors", device, stage="latents")
@@ -97,7 +121,7 @@ def run_variant(name: str, overrides: list[str], args, codec: PCACodec, test: to
     save_grid(torch.cat([test[:32], recs[:32], mrecs[:32]]), run / "rgb-reconstructions.png", nrow=16)
     later = [r["colour_sensitivity"] for r in log if r["samples"] > 0.1 * cfg.train.total_samples]
     pca = codec.psnr_at_bits(test[: args.recon], m["bits_per_image"])
-    minutes = sum(json.loads(ln).get("sec", 0) for ln in (run / "stats.jsonl").read_text().splitlines()) / 60
+    minutes = sum(rec.get("sec", 0) for rec in read_jsonl(run / "stats.jsonl")) / 60
     res = {"variant": name, "overrides": overrides + args.set, "bits_per_image": m["bits_per_image"],
            "psnr": m["psnr"], "psnr_mean": mm["psnr"], "mean_of": args.mean_of, "pca_psnr": pca,
            "gap_db": m["psnr"] - pca, "gap_mean_db": mm["psnr"] - pca, "colour_end": log[-1]["colour_sensitivity"],
@@ -105,6 +129,20 @@ def run_variant(name: str, overrides: list[str], args, codec: PCACodec, test: to
            "samples": cfg.train.total_samples, "recon": args.recon}
     atomic_write_text(result_path, json.dumps(res, indent=2))
     return res
+
+
+def fid_floor(data_cfg, test: torch.Tensor, n: int = 2000) -> str:
+    """FID of n real training crops (random, seed 0) against the first n test crops: what a
+    generator that reproduced the training photos perfectly would score on this split."""
+    from unified_latents.eval.fid import InceptionFeatures, fid_from_features, kid
+
+    train = load_images(data_cfg).images
+    pick = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    net = InceptionFeatures(None, "cpu")
+    f_train, f_test = net(train[pick], progress=True), net(test[:n], progress=True)
+    k, k_std = kid(f_train, f_test, subset_size=min(1000, n))
+    return (f"FID floor of the split: {n} training crops vs {n} test crops: {fid_from_features(f_train, f_test):.2f} "
+            f"(KID x 1e3 {k * 1e3:.1f} +- {k_std * 1e3:.1f})")
 
 
 def main() -> None:
@@ -116,9 +154,13 @@ def main() -> None:
     ap.add_argument("--recon", type=int, default=500, help="test crops reconstructed")
     ap.add_argument("--mean-of", type=int, default=8, help="decoder samples averaged for the posterior-mean PSNR")
     ap.add_argument("--outdir", type=Path, default=Path("runs/rgb"))
+    ap.add_argument("--fid-floor", action="store_true", help="only print the FID of real training crops vs test crops")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data_cfg = get_preset(args.preset).data
+    if args.fid_floor:
+        print(fid_floor(data_cfg, load_images(data_cfg, split="test").images))
+        return
     print(f"fitting the PCA codec on the training crops ({data_cfg.resolution}x{data_cfg.resolution}) ...", flush=True)
     codec = PCACodec(load_images(data_cfg).images)
     test = load_images(data_cfg, split="test").images

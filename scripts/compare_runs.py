@@ -3,7 +3,7 @@
     python scripts/compare_runs.py RUN_A RUN_B
 
 For every artifact (`*/artifact.safetensors` and `artifact.safetensors`) present in both, it
-reports whether the files are byte-equal, whether the tensor bytes and the tensor index are
+reports whether the files are byte-equal (a file in one run only is a difference), whether the tensor bytes and the tensor index are
 equal, and which metadata differ (configs compared field by field, so a new config field with
 its default shows up by name). Then whether each `eval.json` is byte-equal, with the differing
 values if not. Exit status 0 when every tensor and every eval.json is equal, 1 otherwise.
@@ -67,15 +67,23 @@ def compare_artifacts(a: Path, b: Path) -> tuple[bool, list[str]]:
     return same, lines
 
 
+def _both(a: Path, b: Path, name: str, lines: list[str]) -> tuple[list[Path], bool]:
+    """Relative paths of `name` files in both runs; those in one run only are reported as a difference."""
+    in_a, in_b = {p.relative_to(a) for p in a.rglob(name)}, {p.relative_to(b) for p in b.rglob(name)}
+    for rel in sorted(in_a ^ in_b):
+        lines.append(f"{rel}: only in {a if rel in in_a else b}")
+    return sorted(in_a & in_b), in_a == in_b
+
+
 def compare_runs(a: Path, b: Path) -> tuple[bool, list[str]]:
-    ok, lines = True, []
-    arts = sorted({p.relative_to(a) for p in a.rglob("artifact.safetensors")}
-                  & {p.relative_to(b) for p in b.rglob("artifact.safetensors")})
+    lines: list[str] = []
+    arts, ok = _both(a, b, "artifact.safetensors", lines)
+    evals, same_evals = _both(a, b, "eval.json", lines)
+    ok &= same_evals
     for rel in arts:
         same, sub = compare_artifacts(a / rel, b / rel)
         ok &= same
         lines += [f"{rel}:"] + [f"  {s}" for s in sub]
-    evals = sorted({p.relative_to(a) for p in a.rglob("eval.json")} & {p.relative_to(b) for p in b.rglob("eval.json")})
     for rel in evals:
         ea, eb = (a / rel).read_bytes(), (b / rel).read_bytes()
         ok &= ea == eb

@@ -273,3 +273,23 @@ def test_found_inception_file_must_match_its_pinned_hash(tmp_path):
     with pytest.raises(UserError, match="pinned"):
         check_pinned(f)
     assert check_pinned(f, hashlib.sha256(b"not the network").hexdigest()) == f
+
+
+def test_batch_sizes_come_from_request_then_config_then_data(tiny_cfg):
+    from types import SimpleNamespace
+
+    from unified_latents.config import pick_batch
+    from unified_latents.data.modality import modality_of
+    from unified_latents.errors import ConfigError
+    from unified_latents.eval.evaluate import EvalRequest, _Context
+
+    m = modality_of(tiny_cfg.data)
+    ctx = lambda req_batch, cfg_batch: _Context(  # noqa: E731
+        SimpleNamespace(modality=m, cfg=SimpleNamespace(eval=SimpleNamespace(batch=cfg_batch))),
+        EvalRequest(batch=req_batch), tiny_cfg.sample, None, None, None)
+    assert (ctx(None, 0).batch, ctx(None, 0).encode_batch) == (m.batch, m.eval_encode_batch)
+    assert (ctx(None, 7).batch, ctx(None, 7).encode_batch) == (7, 7)
+    assert (ctx(3, 7).batch, ctx(3, 7).encode_batch) == (3, 3)
+    with pytest.raises(ConfigError, match="eval.batch=-2"):
+        ctx(None, -2).batch
+    assert pick_batch("sample.batch", 0, 16) == 16 and pick_batch("sample.batch", 5, 16) == 5

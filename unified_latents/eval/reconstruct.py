@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..config import pick_batch
 from ..data import eval_source, load_images
 from ..data.transforms import crop_pad, to_float, to_uint8
 from ..objectives.registry import load_model
@@ -68,7 +69,7 @@ def evaluate_reconstruction(
 
 def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int = 500, steps: int | None = None,
                 sampler: str | None = None, device: torch.device | str = "cpu", progress: bool = True,
-                mean_of: int = 1) -> dict[str, float]:
+                mean_of: int = 1, batch: int | None = None) -> dict[str, float]:
     """`ul reconstruct`: reconstruct `count` held-out examples; originals above reconstructions in a PNG."""
     model, cfg = load_model(artifact, device, stage="latents")
     if data:
@@ -78,7 +79,8 @@ def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int =
         held = load_images(cfg.data, src, split)
     images = held.images[:count]
     m = model.modality
-    metrics, recs = evaluate_reconstruction(model, images, cfg.data.pad, batch=m.batch, steps=steps, sampler=sampler,
+    batch = batch or pick_batch("eval.batch", cfg.eval.batch, m.batch)
+    metrics, recs = evaluate_reconstruction(model, images, cfg.data.pad, batch=batch, steps=steps, sampler=sampler,
                                             device=device, progress=progress, mean_of=mean_of)
     if out is not None:
         m.save_reconstructions(images, recs, out, min(16, images.shape[0]))

@@ -27,6 +27,7 @@ from .base import Losses, autocast, bcast, denoise, elbo_bits, seeded_noise
 
 MEAN_SEED_OFFSET = 3_000_017  # decoder seeds of the j-th sample averaged by reconstruct(mean_of=K)
 
+
 def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
     """[latent_channels, *grid] that the encoder produces for the configured input size."""
     m = modality_of(cfg.data)
@@ -221,11 +222,15 @@ class UnifiedLatents(nn.Module):
         """x -> z_clean -> z0 (fresh noise per seed) -> decoder sample; with `mean_of` K > 1, the
         mean of K decoder samples of the same z0 (an estimate of E[x | z0], the squared-error
         optimal reconstruction; sample j uses decoder seeds offset by j * MEAN_SEED_OFFSET)."""
+        if mean_of < 1:
+            raise ValueError(f"mean_of={mean_of}: the number of decoder samples to average must be 1 or more")
         noise = seeded_noise([s + 1_000_003 for s in seeds], x.device)
         eps = noise.normal(self.z_shape)
         z_clean, _ = self.sample_latent(x, noise.normal(self.z_shape) if self.cfg.diffusion.learned_variance else None)
         z0 = self.noisy_latent(z_clean, eps)
         out = self.decode(z0, seeds, steps, sampler)
+        if self.cfg.diffusion.decoder_kind == "mse":
+            return out  # a regression decoder is deterministic: every sample is this one
         for j in range(1, mean_of):
             out = out + self.decode(z0, [s + j * MEAN_SEED_OFFSET for s in seeds], steps, sampler)
         return out / mean_of

@@ -47,22 +47,28 @@ def save_artifact(path: Path, tensors: dict[str, torch.Tensor], config: dict, ki
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    blob = canonical_header(save(tensors, metadata=meta))
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+    blob = save(tensors, metadata=meta)
+
+    def write(tmp) -> None:
+        with open(tmp, "wb") as f:
+            for part in canonical_header(blob):
+                f.write(part)
+
+    atomic_write(path, write)
 
 
-def canonical_header(blob: bytes) -> bytes:
-    """The same safetensors file with its JSON header's keys sorted. safetensors writes the
-    metadata in hash-map order, which changes from process to process; sorted, equal weights and
-    config give equal bytes (so a file's hash names its content). Data offsets are explicit in
-    the header, so the tensor bytes do not move; the header keeps its length (padded with spaces,
-    as the format allows)."""
+def canonical_header(blob: bytes) -> tuple:
+    """The parts of the same safetensors file with its JSON header's keys sorted. safetensors
+    writes the metadata in hash-map order, which changes from process to process; sorted, equal
+    weights and config give equal bytes (so an artifact's hash names its content). Data offsets
+    are explicit in the header, so the tensor bytes do not move; the header keeps its length
+    (padded with spaces, as the format allows) and so its 8-byte alignment."""
     n = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8 : 8 + n])
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     if len(text) > n:  # cannot happen for a header that we parsed: same content, same separators
-        return blob
-    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n :]
+        return (blob,)
+    return blob[:8], text, b" " * (n - len(text)), memoryview(blob)[8 + n :]
 
 
 def load_artifact(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:

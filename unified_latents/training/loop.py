@@ -29,8 +29,8 @@ from .. import dist
 from ..config import RunConfig, incompatible_changes, to_dict
 from ..data import DataOrder
 from ..errors import ConfigError, ResumeError, TrainingError
-from .checkpoint import atomic_write_text, list_states, load_state, save_artifact, save_state
 from ..files import read_jsonl
+from .checkpoint import atomic_write_text, list_states, load_state, save_artifact, save_state
 from .ema import EMA
 
 
@@ -223,7 +223,7 @@ def _setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device
         run.samples, run.bad_total = int(st["samples"]), int(st.get("bad_steps", 0))
         run.metrics = json.loads(st.get("metrics", "{}"))  # the last step's, for a run that is already done
         dist.print0(f"resuming {outdir} at {run.samples:,} samples seen")
-        _truncate_stats(outdir / "stats.jsonl", run.samples)
+    _truncate_stats(outdir / "stats.jsonl", run.samples)  # lines after the checkpoint (or a torn one) go
     if dist.world() > 1:
         run.ddp = DDP(model, find_unused_parameters=model.has_unused_parameters)
     return run
