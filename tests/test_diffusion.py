@@ -103,7 +103,7 @@ def test_prior_loss_is_sum_over_dimensions(tiny_cfg):
     torch.testing.assert_close(whole, parts, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm++2m"])
 def test_sampler_reproduces_gaussian_target(sampler):
     mu, std = 0.7, 0.5
     oracle = GaussianOracle(std, mu)
@@ -115,6 +115,33 @@ def test_sampler_reproduces_gaussian_target(sampler):
     out = run_sampler(oracle.x_hat, z, lams, sampler, noise_fn)
     assert abs(out.mean().item() - mu) < 0.01
     assert abs(out.std().item() - std) < 0.01
+
+
+def _flow_error(sampler: str, steps: int) -> float:
+    """Largest error against the exact probability-flow map of Gaussian data N(mu, std^2): the
+    flow keeps each z's standardised value, (z - alpha mu) / sqrt(alpha^2 std^2 + sigma^2)."""
+    mu, std = 0.7, 0.5
+    sched = CosineSchedule(-10.0, 5.0)
+    lams = sample_lams(sched, steps).double()
+    z0 = torch.linspace(-3, 3, 101, dtype=torch.float64)[:, None]
+    out = run_sampler(GaussianOracle(std, mu).x_hat, z0, lams, sampler, torch.zeros_like)
+    (a0, s0), (a1, s1) = alpha_sigma(lams[0]), alpha_sigma(lams[-1])
+    exact = a1 * mu + (z0 - a0 * mu) * (a1**2 * std**2 + s1**2).sqrt() / (a0**2 * std**2 + s0**2).sqrt()
+    return (out - exact).abs().max().item()
+
+
+def test_dpm_solver_is_second_order_and_beats_ddim_at_equal_calls():
+    from unified_latents.cli.main import SAMPLER_NAMES
+    from unified_latents.diffusion import SAMPLERS
+
+    assert sorted(SAMPLER_NAMES) == sorted(SAMPLERS)
+    # one step: no history yet, so DPM-Solver++(2M) is DDIM, ending exactly at the grid's end
+    assert _flow_error("dpm++2m", 1) == pytest.approx(_flow_error("ddim", 1), abs=1e-12)
+    e16, e32, e64 = (_flow_error("dpm++2m", n) for n in (16, 32, 64))
+    d16, d32 = _flow_error("ddim", 16), _flow_error("ddim", 32)
+    assert e16 < d16 / 3 and e32 < d32 / 5  # closer at the same number of network calls
+    assert 3.0 < e32 / e64 < 5.5  # halving the step quarters the error: second order
+    assert 1.6 < d16 / d32 < 2.6  # DDIM: first order
 
 
 def test_elbo_integrand_weight_is_sigmoid_of_b_minus_lam():

@@ -128,7 +128,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ancestral"  # "ancestral" or "ddim"
+    sampler: str = "ancestral"  # "ancestral", "ddim" or "dpm++2m" (deterministic, second order)
     decoder_steps: int = 32
     base_steps: int = 64
     guidance: float = 1.0  # classifier-free guidance scale; 1 = no guidance

