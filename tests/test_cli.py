@@ -103,6 +103,25 @@ def test_error_unknown_key_and_wrong_type(tmp_path):
     _clear_error(run_ul("train", *FAST, "--set", "train.batch=2.5", "--outdir", str(tmp_path)), "train.batch", "expected int")
 
 
+@pytest.mark.parametrize("override,rule", [("train.batch=0", "greater than 0"), ("train.lr=-1e-3", "greater than 0"),
+                                           ("train.lr=.nan", "finite"), ("sample.guidance=-2", "0 or more"),
+                                           ("model.decoder.dropout=1", "in [0, 1)"),
+                                           ("diffusion.lam_x_min=20", "below diffusion.lam_x_max")])
+def test_error_value_out_of_range(tmp_path, override, rule):
+    # refused where the config is parsed, before anything is written
+    _clear_error(run_ul("train", *FAST, "--set", override, "--outdir", str(tmp_path / "o")), override.split("=")[0], rule)
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_preset_passes_the_range_checks():
+    from unified_latents.config import check_ranges
+    from unified_latents.presets import PRESETS, get_preset
+
+    for name in PRESETS:
+        for stage in ("latents", "base"):
+            check_ranges(get_preset(name, stage))
+
+
 def test_error_incompatible_resume(tmp_path):
     data = make_npz(tmp_path / "d.npz", n=32)
     out = tmp_path / "run"
