@@ -170,6 +170,8 @@ def test_stage2_end_to_end_cli(tmp_path):
                "--guidance", "2", "--guidance-interval=-5,5", "--base-steps", "3", "--decoder-steps", "3")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "grid.png").exists() and len(list((tmp_path / "out").glob("0000*.png"))) == 12
+    manifest = json.loads((tmp_path / "out" / "samples.json").read_text())  # written last: the set is complete
+    assert manifest["complete"] and manifest["seeds"] == list(range(12)) and manifest["sampling"]["guidance"] == 2.0
     r = run_ul("sample", "--artifact", str(art2), "--seeds", "0-3", "--outdir", str(tmp_path / "npz"), "--npz",
                "--classes", "3")
     assert r.returncode == 0, r.stderr

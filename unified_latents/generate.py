@@ -3,6 +3,7 @@ only on seeds[k], labels[k] and, for video continuations, its context clip; neve
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from .config import RunConfig, pick_batch
 from .data import crop_pad, eval_source, load_images, to_float, to_uint8
 from .errors import UserError
+from .files import atomic_write_text
 from .objectives import BaseModel
 from .objectives.registry import load_model
 
@@ -90,20 +92,23 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
                   progress: bool = True) -> dict[str, Path]:
     """`ul sample`: a PNG grid plus individual PNGs (or one .npz) of the given seeds. Video: one
     MP4 per seed and a PNG strip (a row of frames per clip); with `context`, each clip continues
-    the first `context_frames` frames of a context clip (strip rows: context clip, continuation)."""
+    the first `context_frames` frames of a context clip (strip rows: context clip, continuation).
+    samples.json (seeds, labels, settings) is written last: its presence marks a complete set."""
     model, cfg = load_model(artifact, device, stage="base")
     if req.context:
         model.modality.require_video("--context")
     labels = class_labels(seeds, req.classes, model.num_classes)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    manifest = outdir / "samples.json"
+    manifest.unlink(missing_ok=True)  # written last: a folder without it holds an interrupted set
     pad, m = cfg.data.pad, model.modality
     ctx_clips, ctx = None, None
     if req.context:
         ctx_clips, ctx = load_context(model, cfg, req.context, len(seeds), req.context_frames, device)
         ctx_clips = crop_pad(ctx_clips, pad)
-    gen = crop_pad(generate_images(model, seeds, labels, req.batch or pick_batch("sample.batch", cfg.sample.batch, m.batch), progress, context=ctx,
-                                   **req.sampling), pad)
+    batch = req.batch or pick_batch("sample.batch", cfg.sample.batch, m.batch)
+    gen = crop_pad(generate_images(model, seeds, labels, batch, progress, context=ctx, **req.sampling), pad)
     by_class = labels is not None and not req.classes and len(seeds) >= model.num_classes
     paths = m.save_overview(gen, outdir, model.num_classes if by_class else None, ctx_clips)
     if req.npz:
@@ -111,4 +116,9 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
         m.save_npz(gen, seeds, labels, paths["npz"])
     else:
         paths.update(m.save_files(gen, seeds, outdir, req.fps))
+    record = {"complete": True, "artifact": str(artifact), "count": len(seeds), "seeds": seeds,
+              "labels": labels.tolist() if labels is not None else None, "sampling": req.sampling,
+              "context": req.context}
+    atomic_write_text(manifest, json.dumps(record))
+    paths["manifest"] = manifest
     return paths
