@@ -3,6 +3,7 @@
     python benchmarks/rgb.py [--preset rgb32] [--variants ul] [--set KEY=VALUE ...]
         [--check-every 16000] [--recon 500] [--mean-of 8] [--outdir runs/rgb]
     python benchmarks/rgb.py --fid-floor    # FID of real training crops vs the test crops
+    python benchmarks/rgb.py --train-vs-test runs/rgb/ul/artifact.safetensors   # PCA gap, seen vs unseen scenes
 
 Data: `data.source=photos` (unified_latents/data/photos.py): 20,000 training crops of 25
 photographed scenes (33 photos) and 2,000 test crops of 7 other scenes (whole photos held out),
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unified_latents.config import apply_overrides, to_dict  # noqa: E402
+from unified_latents.config import apply_overrides, flatten, to_dict  # noqa: E402
 from unified_latents.data import load_images, to_float  # noqa: E402
 from unified_latents.data.grids import save_grid  # noqa: E402
 from unified_latents.eval import evaluate_reconstruction  # noqa: E402
@@ -90,18 +91,11 @@ def _check_same_settings(run: Path, cfg) -> None:
     path = run / "config.json"
     if not path.exists():
         return
-    old, new = _flat(json.loads(path.read_text())), _flat(to_dict(cfg))
+    old, new = flatten(json.loads(path.read_text())), flatten(to_dict(cfg))
     changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
     if changed:
         raise SystemExit(f"{run} was trained with other settings ({', '.join(f'{k}={old[k]!r}' for k in changed[:4])}); "
                          f"pass another --outdir or delete the folder")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
 
 
 def run_variant(name: str, overrides: list[str], args, codec: PCACodec, test: torch.Tensor, device) -> dict:
@@ -145,6 +139,24 @@ def fid_floor(data_cfg, test: torch.Tensor, n: int = 2000) -> str:
             f"(KID x 1e3 {k * 1e3:.1f} +- {k_std * 1e3:.1f})")
 
 
+def train_vs_test(artifact: Path, codec: PCACodec, data_cfg, test: torch.Tensor, n: int = 300) -> str:
+    """PSNR against the PCA codec on n training crops (random, seed 0) and on the first n test
+    crops, for one decoder sample and for the mean of 8 DDIM-4 samples: how much of the gap is
+    generalisation from the benchmark's few training scenes."""
+    model, _ = load_model(artifact, "cpu", stage="latents")
+    train = load_images(data_cfg).images
+    sets = {"training crops": train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))[:n]],
+            "test crops": test[:n]}
+    lines = ["| crops | bits/image | one sample vs PCA | mean of 8 vs PCA |", "|---|---|---|---|"]
+    for name, x in sets.items():
+        one, _ = evaluate_reconstruction(model, x, progress=False)
+        mean, _ = evaluate_reconstruction(model, x, progress=False, mean_of=8, steps=4, sampler="ddim")
+        pca = codec.psnr_at_bits(x, one["bits_per_image"])
+        lines.append(f"| {name} | {one['bits_per_image']:.1f} | {one['psnr']:.2f} vs {pca:.2f} dB "
+                     f"({one['psnr'] - pca:+.2f}) | {mean['psnr']:.2f} vs {pca:.2f} dB ({mean['psnr'] - pca:+.2f}) |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="rgb32")
@@ -155,6 +167,8 @@ def main() -> None:
     ap.add_argument("--mean-of", type=int, default=8, help="decoder samples averaged for the posterior-mean PSNR")
     ap.add_argument("--outdir", type=Path, default=Path("runs/rgb"))
     ap.add_argument("--fid-floor", action="store_true", help="only print the FID of real training crops vs test crops")
+    ap.add_argument("--train-vs-test", type=Path, metavar="ARTIFACT",
+                    help="only compare a stage-1 artifact with PCA on training crops and on test crops")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data_cfg = get_preset(args.preset).data
@@ -164,6 +178,9 @@ def main() -> None:
     print(f"fitting the PCA codec on the training crops ({data_cfg.resolution}x{data_cfg.resolution}) ...", flush=True)
     codec = PCACodec(load_images(data_cfg).images)
     test = load_images(data_cfg, split="test").images
+    if args.train_vs_test:
+        print(train_vs_test(args.train_vs_test, codec, data_cfg, test))
+        return
     rows = []
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if name not in VARIANTS:

@@ -280,7 +280,7 @@ def test_found_inception_file_must_match_its_pinned_hash(tmp_path):
 def test_batch_sizes_come_from_request_then_config_then_data(tiny_cfg):
     from types import SimpleNamespace
 
-    from unified_latents.config import pick_batch
+    from unified_latents.config import apply_overrides, from_dict, to_dict
     from unified_latents.data.modality import modality_of
     from unified_latents.errors import ConfigError
     from unified_latents.eval.evaluate import EvalRequest, _Context
@@ -292,6 +292,10 @@ def test_batch_sizes_come_from_request_then_config_then_data(tiny_cfg):
     assert (ctx(None, 0).batch, ctx(None, 0).encode_batch) == (m.batch, m.eval_encode_batch)
     assert (ctx(None, 7).batch, ctx(None, 7).encode_batch) == (7, 7)
     assert (ctx(3, 7).batch, ctx(3, 7).encode_batch) == (3, 3)
+    # a negative batch is refused wherever a config is parsed: overrides and artifacts' stored configs alike
     with pytest.raises(ConfigError, match="eval.batch=-2"):
-        ctx(None, -2).batch
-    assert pick_batch("sample.batch", 0, 16) == 16 and pick_batch("sample.batch", 5, 16) == 5
+        apply_overrides(tiny_cfg, ["eval.batch=-2"])
+    stored = to_dict(tiny_cfg)
+    stored["sample"]["batch"] = -1
+    with pytest.raises(ConfigError, match="sample.batch=-1"):
+        from_dict(stored)

@@ -214,7 +214,8 @@ def _from_dict(cls, d: dict, where: str):
 
 
 def from_dict(d: dict) -> RunConfig:
-    return _from_dict(RunConfig, d, "")
+    """A typed RunConfig from a plain dict (overrides, a config file, an artifact), range-checked."""
+    return check_ranges(_from_dict(RunConfig, d, ""))
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -237,14 +238,15 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot parse the value of {key!r}: {raw!r} ({e})") from None
         node[parts[-1]] = value
-    return check_ranges(from_dict(d))
+    return from_dict(d)
 
 
 # ----------------------------------------------------------------------------- value ranges
 
 _NETS = ("encoder", "prior", "decoder", "base")
 _POSITIVE = ("data.resolution", "data.channels", "data.frame_stride", "data.clips", "model.latent_channels",
-             "train.total_samples", "train.batch", "train.lr", "train.log_every", "train.keep", "train.max_bad_steps", "sample.decoder_steps", "sample.base_steps",
+             "train.total_samples", "train.batch", "train.lr", "train.log_every", "train.keep", "train.max_bad_steps",
+             "sample.decoder_steps", "sample.base_steps",
              "diffusion.loss_factor", "diffusion.mse_sigma", "diffusion.controller_min", "diffusion.controller_max",
              *(f"model.{n}.{k}" for n in _NETS for k in ("patch", "patch_t", "width", "heads", "emb_dim")))
 _NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "train.micro_batch", "train.warmup_samples",
@@ -256,18 +258,21 @@ _UNIT = {"train.ema_decay": False, "train.lr_final_frac": True, "base.label_drop
          **{f"model.{n}.dropout": False for n in _NETS}}
 
 
-def _flat_items(d: dict, prefix: str = ""):
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys that `--set` takes."""
+    out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            yield from _flat_items(v, f"{prefix}{k}.")
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            yield prefix + k, v
+            out[prefix + k] = v
+    return out
 
 
 def check_ranges(cfg: RunConfig) -> RunConfig:
     """Refuse values outside their meaning (a batch of 0, a negative learning rate, NaN, ...)
     with one error naming the key, the rule and the default; returns cfg unchanged."""
-    flat, default = dict(_flat_items(to_dict(cfg))), dict(_flat_items(to_dict(RunConfig())))
+    flat, default = flatten(to_dict(cfg)), flatten(to_dict(RunConfig()))
 
     def bad(key: str, rule: str):
         return ConfigError(f"{key}={flat[key]!r}: must be {rule} (default {default.get(key)!r}; "
@@ -307,33 +312,16 @@ INCOMPATIBLE = ("stage", "model", "base.stage1_artifact", "base.context", "data.
 
 
 def incompatible_changes(old: dict, new: dict) -> list[str]:
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict):
-                out.update(flat(v, key + "."))
-            else:
-                out[key] = v
-        return out
-
     try:  # a config saved by an older version lacks newer fields: read them as their defaults
         old = to_dict(from_dict(old))
     except ConfigError:
         pass
-    fo, fn = flat(old), flat(new)
+    fo, fn = flatten(old), flatten(new)
     diffs = []
     for key in sorted(set(fo) | set(fn)):
         if fo.get(key) != fn.get(key) and any(key == p or key.startswith(p + ".") for p in INCOMPATIBLE):
             diffs.append(f"{key}: {fo.get(key)!r} -> {fn.get(key)!r}")
     return diffs
-
-
-def pick_batch(key: str, value: int, default: int) -> int:
-    """A batch-size field (`sample.batch`, `eval.batch`): 0 means `default`; negative is refused."""
-    if value < 0:
-        raise ConfigError(f"{key}={value}: give examples per call, 1 or more (0 = the default, {default})")
-    return value or default
 
 
 def clone(cfg: RunConfig) -> RunConfig:

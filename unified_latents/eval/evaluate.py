@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import SampleConfig, pick_batch
+from ..config import SampleConfig
 from ..data.grids import save_strip
 from ..data import ImageData, crop_pad, encode_images, eval_source, load_images, to_float, to_uint8
 from ..files import atomic_write_text
@@ -144,11 +144,11 @@ class _Context:
     @property
     def batch(self) -> int:
         """Examples per generation or reconstruction call: the request's, the config's, the data's."""
-        return self.req.batch or pick_batch("eval.batch", self.model.cfg.eval.batch, self.m.batch)
+        return self.req.batch or self.model.cfg.eval.batch or self.m.batch
 
     @property
     def encode_batch(self) -> int:
-        return self.req.batch or pick_batch("eval.batch", self.model.cfg.eval.batch, self.m.eval_encode_batch)
+        return self.req.batch or self.model.cfg.eval.batch or self.m.eval_encode_batch
 
 
 def eval_counts(m, samples: int | None, recon: int | None, ref_count: int | None) -> tuple[int, int, int]:

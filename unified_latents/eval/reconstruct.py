@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import pick_batch
 from ..data import eval_source, load_images
 from ..data.transforms import crop_pad, to_float, to_uint8
 from ..objectives.registry import load_model
@@ -79,7 +78,7 @@ def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int =
         held = load_images(cfg.data, src, split)
     images = held.images[:count]
     m = model.modality
-    batch = batch or pick_batch("eval.batch", cfg.eval.batch, m.batch)
+    batch = batch or cfg.eval.batch or m.batch
     metrics, recs = evaluate_reconstruction(model, images, cfg.data.pad, batch=batch, steps=steps, sampler=sampler,
                                             device=device, progress=progress, mean_of=mean_of)
     if out is not None:
