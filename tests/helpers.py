@@ -34,7 +34,10 @@ def run_ul(*args: str, cwd: Path | None = None, env: dict | None = None, module:
 
 
 def load_state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training state folder (state-<samples>/) as full tensors: model, ema, optim, samples, ..."""
+    from unified_latents.training.state import read_state
+
+    return read_state(path)
 
 
 def assert_tree_equal(a, b, exact: bool = True, rtol: float = 0.0, atol: float = 0.0, where: str = ""):

@@ -9,6 +9,7 @@ from unified_latents.config import apply_overrides
 from unified_latents.presets import get_preset
 from unified_latents.errors import ConfigError
 from unified_latents.objectives import UnifiedLatents
+from unified_latents.objectives.noise import BatchNoise
 from test_diffusion import GaussianOracle
 
 
@@ -19,7 +20,7 @@ def _model(*over):
 
 def _batch(model, n=4):
     g = torch.Generator().manual_seed(0)
-    return torch.rand(n, *model.x_shape, generator=g) * 2 - 1, model.draw_noise(n, g, "cpu")
+    return torch.rand(n, *model.x_shape, generator=g) * 2 - 1, model.draw_noise(BatchNoise(int(torch.randint(0, 2**31, (), generator=g)), n))
 
 
 def _encoder_grad(model, loss):
@@ -117,7 +118,7 @@ def test_sweep_writes_table_and_resumes_without_retraining(tmp_path):
 
     cfg = json.loads((tmp_path / "sw" / "lf-2.1" / "latents" / "config.json").read_text())
     assert cfg["diffusion"]["loss_factor"] == 2.1 and cfg["diffusion"]["target_bits"] == 0
-    state = sorted((tmp_path / "sw" / "lf-1.3" / "latents").glob("training-state-*.pt"))[-1]
+    state = sorted((tmp_path / "sw" / "lf-1.3" / "latents").glob("state-*"))[-1]
     before = state.stat().st_mtime_ns
     r = run_ul(*args)  # rerun: finished values are skipped, nothing retrained or re-evaluated
     assert r.returncode == 0 and "evaluating" not in r.stdout and state.stat().st_mtime_ns == before, r.stdout

@@ -13,6 +13,7 @@ from unified_latents.diffusion import alpha_sigma
 from unified_latents.errors import ConfigError
 from unified_latents.objectives import BaseModel, UnifiedLatents
 from unified_latents.objectives.pixel import PixelSpace
+from unified_latents.objectives.noise import BatchNoise
 
 
 def test_pixel_diffusion_is_the_base_model_on_pixels():
@@ -41,7 +42,7 @@ def test_latent_scale_multiplies_latents_before_the_base_model():
     b.net.load_state_dict(a.net.state_dict())
     a.latent_scale.fill_(2.5)
     z = torch.randn(4, *a.z_shape)
-    noise = a.draw_noise(4, torch.Generator().manual_seed(1), "cpu")
+    noise = a.draw_noise(BatchNoise(1, 4))
     torch.testing.assert_close(a(z, None, noise).total, b(2.5 * z, None, noise).total)
     # generation undoes the scale before decoding: the base model's z0 / scale reaches the decoder
     seen = {}

@@ -31,7 +31,7 @@ def test_train_resume_reconstruct_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_ul("train", *FAST, "--data", str(data), "--eval-data", str(held), "--outdir", str(out))
     assert r.returncode == 0 and "resuming" in r.stdout and "done: 32 samples" in r.stdout, r.stderr
-    for name in ("config.json", "stats.jsonl", "artifact.safetensors", "training-state-000000000032.pt"):
+    for name in ("config.json", "stats.jsonl", "artifact.safetensors", "state-000000000032"):
         assert (out / name).exists(), name
     assert list(out.glob("preview-*-reconstructions.png"))
     rec = [json.loads(ln) for ln in (out / "stats.jsonl").read_text().splitlines()]

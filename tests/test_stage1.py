@@ -6,12 +6,13 @@ import torch
 
 from unified_latents.objectives import UnifiedLatents
 from unified_latents.objectives.base import seeded_noise
+from unified_latents.objectives.noise import BatchNoise
 
 
 def _batch(model, n=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, *model.x_shape, generator=g) * 2 - 1
-    return x, model.draw_noise(n, g, "cpu")
+    return x, model.draw_noise(BatchNoise(int(torch.randint(0, 2**31, (), generator=g)), n))
 
 
 def _enc_grad(model, loss):

@@ -17,6 +17,7 @@ from unified_latents.eval.fid import find_inception, fid_from_features, frechet_
 from unified_latents.objectives import BaseModel, UnifiedLatents, encoder_fingerprint
 from unified_latents.cli.main import parse_seeds
 from unified_latents.generate import class_labels, generate_images
+from unified_latents.objectives.noise import BatchNoise
 
 
 def _base(seed=0):
@@ -78,7 +79,7 @@ def test_samples_independent_of_batch_size():
 def test_label_dropout_uses_null_class():
     base = _base()
     z = torch.randn(4, *base.z_shape)
-    noise = base.draw_noise(4, torch.Generator().manual_seed(0), "cpu")
+    noise = base.draw_noise(BatchNoise(0, 4))
     noise["drop"] = torch.tensor([0.0, 0.5, 0.05, 0.9])  # < 0.1 -> dropped
     seen = {}
     orig = base.net.forward

@@ -26,11 +26,11 @@ def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_ul("train", *ARGS, "--data", str(data), "--outdir", str(b), "--until", "32")
     assert r.returncode == 0 and "paused: 32 samples" in r.stdout, r.stderr
-    assert not (b / "training-state-000000000064.pt").exists()
+    assert not (b / "state-000000000064").exists()
     r = run_ul("train", *ARGS, "--data", str(data), "--outdir", str(b))  # the same command resumes
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
-    sa, sb = load_state(a / "training-state-000000000064.pt"), load_state(b / "training-state-000000000064.pt")
-    for key in ("model", "ema", "optimizer", "samples"):
+    sa, sb = load_state(a / "state-000000000064"), load_state(b / "state-000000000064")
+    for key in ("model", "ema", "optim", "samples"):
         assert_tree_equal(sa[key], sb[key], where=key)
     # the stats log holds each step once
     steps = [json.loads(ln)["step"] for ln in (b / "stats.jsonl").read_text().splitlines()]
@@ -46,7 +46,7 @@ def assert_same_optimisation(one, two):
         assert math.isclose(r1["grad_norm"], r2["grad_norm"], rel_tol=1e-5), (r1, r2)
     # Adam turns rounding-level gradient differences of near-zero gradients into up to ~lr
     # steps, so parameters agree to a fraction of the learning rate, not bitwise.
-    s1, s2 = load_state(one / "training-state-000000000032.pt"), load_state(two / "training-state-000000000032.pt")
+    s1, s2 = load_state(one / "state-000000000032"), load_state(two / "state-000000000032")
     assert_tree_equal(s1["model"], s2["model"], exact=False, rtol=0, atol=2e-3, where="model")
 
 
@@ -101,7 +101,7 @@ def test_non_finite_step_is_skipped_and_counted(tmp_path):
         bad = {2}
 
     res = train(cfg, tmp_path / "run", lambda: M(cfg), data, progress=False)
-    st = load_state(tmp_path / "run" / "training-state-000000000064.pt")
+    st = load_state(tmp_path / "run" / "state-000000000064")
     assert st["bad_steps"] == 1 and res.samples == 64
     assert all(torch.isfinite(v).all() for v in st["model"].values())
 
@@ -115,7 +115,7 @@ def test_repeated_non_finite_steps_stop_and_keep_last_checkpoint(tmp_path):
 
     with pytest.raises(TrainingError, match="non-finite"):
         train(cfg, out, lambda: M(cfg), data, progress=False)
-    st = load_state(out / "training-state-000000000032.pt")
+    st = load_state(out / "state-000000000032")
     assert st["samples"] == 32 and all(torch.isfinite(v).all() for v in st["model"].values())
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 

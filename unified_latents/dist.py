@@ -53,3 +53,32 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
 def print0(*args, **kwargs) -> None:
     if is_main():
         print(*args, **kwargs, flush=True)
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every process (a small picklable value between our own processes)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_agree(flag: bool) -> bool:
+    """True on every process when `flag` is true on every process."""
+    if not dist.is_initialized():
+        return bool(flag)
+    t = torch.tensor([0.0 if flag else 1.0], device=_collective_device())
+    return all_sum(t).item() == 0
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def side_group():
+    """A separate gloo group (all processes must call this together), so a background checkpoint
+    write never shares a communicator with the training step; None in one process."""
+    return dist.new_group(backend="gloo") if dist.is_initialized() else None

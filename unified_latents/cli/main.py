@@ -151,8 +151,9 @@ def _artifact_commands(sub) -> None:
     v.add_argument("--json", action="store_true")
     _common(v)
 
-    i = sub.add_parser("info", help="parameter counts and FLOPs of a preset (no memory allocated)")
+    i = sub.add_parser("info", help="parameter counts, FLOPs and training memory of a preset (no memory allocated)")
     _config_args(i)
+    i.add_argument("--gpus", type=_positive, default=8, help="GPU count of the memory estimate (default 8)")
     i.add_argument("--json", action="store_true")
     _common(i)
 
@@ -301,20 +302,35 @@ def cmd_info(args) -> None:
     import torch
 
     from ..eval import stage1_report
+    from ..eval.memory import training_memory
     from ..objectives.registry import build_model
 
     cfg = _resolve_config(args)
-    with torch.device("meta"):
-        model = build_model(cfg)
+    def meta_model():
+        with torch.device("meta"):
+            return build_model(cfg)
+
+    model = meta_model()
     rep = stage1_report(model)
+    mem = training_memory(meta_model, model.x_shape, cfg, args.gpus)
     if args.json:
-        print(json.dumps(rep))
+        print(json.dumps({**rep, "memory": mem}))
         return
     print(f"preset {args.preset}: input {list(model.x_shape)}, latent {list(model.z_shape)}")
     print(f"{'network':<10} {'params':>14} {'GFLOP/sample (fwd)':>20}")
     for k, r in rep.items():
         print(f"{k:<10} {r['params']:>14,} {r['forward_flops'] / 1e9:>20.3f}")
     print(f"training cost: {rep['total']['train_flops'] / 1e9:.3f} GFLOP per sample (3x forward)")
+    _print_memory(mem)
+
+
+def _print_memory(m: dict) -> None:
+    print(f"training memory per GPU, {m['gpus']} GPUs, micro-batch {m['micro_batch']} (an estimate: model state "
+          "counted, activations recorded in fp32 on the meta device, allocator overhead not counted):")
+    print(f"{'':<28} {'activations':>12} {'DDP':>9} {'FSDP':>9}   largest micro-batch in {m['budget_gib']:.0f} GiB")
+    for tag, name in (("", "all activations kept"), ("_ckpt", "activation checkpointing")):
+        print(f"{name:<28} {m[f'activations{tag}_gib']:>8.1f} GiB {m[f'ddp{tag}_gib']:>5.1f} GiB {m[f'fsdp{tag}_gib']:>5.1f} GiB"
+              f"   DDP {m[f'ddp{tag}_max_micro']}, FSDP {m[f'fsdp{tag}_max_micro']}")
 
 
 def cmd_pipeline(args) -> None:

@@ -13,6 +13,7 @@ import torch
 from ..diffusion import alpha_sigma, x_from_v
 
 if TYPE_CHECKING:
+    from .noise import BatchNoise
     from ..config import RunConfig
     from ..data.modality import Modality
 
@@ -32,8 +33,9 @@ class Objective(Protocol):
     log_keys: tuple[str, ...]  # loss terms and after_step values worth printing, in order
     has_unused_parameters: bool  # DDP must not wait for gradients of a network left unused
 
-    def draw_noise(self, n: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
-        """Every random number one global batch of n examples needs, drawn from `generator`."""
+    def draw_noise(self, rng: BatchNoise) -> dict[str, torch.Tensor]:
+        """Every random number this process's rows of the global batch need, each tensor [rows, ...]
+        drawn through `rng` (objectives/noise.py), so the rows' numbers do not depend on the rank."""
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
         """forward: per-example loss terms of the examples `x` given their slice of the noise."""

@@ -19,11 +19,11 @@ from ..diffusion import (
     run_sampler,
     sample_lams,
     sigmoid_weight,
-    stratified_uniform,
 )
 from ..data.modality import modality_of
 from ..nn import build_denoiser, build_encoder, encoder_grid
 from .base import Losses, autocast, bcast, denoise, elbo_bits, seeded_noise
+from .noise import BatchNoise
 
 MEAN_SEED_OFFSET = 3_000_017  # decoder seeds of the j-th sample averaged by reconstruct(mean_of=K)
 
@@ -85,18 +85,18 @@ class UnifiedLatents(nn.Module):
 
     # ------------------------------------------------------------------ noise
 
-    def draw_noise(self, n: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
-        """Every random number one global batch of n examples needs, drawn from `generator`."""
+    def draw_noise(self, rng: BatchNoise) -> dict[str, torch.Tensor]:
+        """Every random number this process's rows of the global batch need (objectives/noise.py)."""
         strat = self.cfg.diffusion.stratified
         out = {
-            "t_z": stratified_uniform(n, generator, device, strat),
-            "t_x": stratified_uniform(n, generator, device, strat),
-            "eps_z0": torch.randn((n, *self.z_shape), generator=generator, device=device),
-            "eps_z": torch.randn((n, *self.z_shape), generator=generator, device=device),
-            "eps_x": torch.randn((n, *self.x_shape), generator=generator, device=device),
+            "t_z": rng.stratified(strat),
+            "t_x": rng.stratified(strat),
+            "eps_z0": rng.normal(self.z_shape),
+            "eps_z": rng.normal(self.z_shape),
+            "eps_x": rng.normal(self.x_shape),
         }
         if self.cfg.diffusion.learned_variance:  # drawn last: UL's own stream is unchanged
-            out["eps_var"] = torch.randn((n, *self.z_shape), generator=generator, device=device)
+            out["eps_var"] = rng.normal(self.z_shape)
         return out
 
     # ------------------------------------------------------------------ pieces

@@ -22,11 +22,11 @@ from ..diffusion import (
     run_sampler,
     sample_lams,
     sigmoid_weight,
-    stratified_uniform,
 )
 from ..diffusion.guidance import guided
 from ..nn import build_denoiser
 from .base import Autoencoder, Losses, bcast, denoise, elbo_bits, seeded_noise
+from .noise import BatchNoise
 from .stage1 import UnifiedLatents
 
 DECODER_SEED_OFFSET = 7_919  # decoder noise of sample k uses seed k + offset (base uses k)
@@ -100,15 +100,15 @@ class BaseModel(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def draw_noise(self, n: int, generator: torch.Generator, device) -> dict[str, torch.Tensor]:
+    def draw_noise(self, rng: BatchNoise) -> dict[str, torch.Tensor]:
         out = {
-            "t": stratified_uniform(n, generator, device, self.stage1.cfg.diffusion.stratified),
-            "eps": torch.randn((n, *self.z_shape), generator=generator, device=device),
-            "drop": torch.rand(n, generator=generator, device=device),
+            "t": rng.stratified(self.stage1.cfg.diffusion.stratified),
+            "eps": rng.normal(self.z_shape),
+            "drop": rng.uniform(),
         }
         if self.context:  # drawn last: the image stream is unchanged
-            out["ctx_k"] = torch.randint(0, self.z_shape[1], (n,), generator=generator, device=device)
-            out["eps_ctx"] = torch.randn((n, *self.z_shape), generator=generator, device=device)
+            out["ctx_k"] = rng.randint(self.z_shape[1])
+            out["eps_ctx"] = rng.normal(self.z_shape)
         return out
 
     # ------------------------------------------------------------------ context (video)

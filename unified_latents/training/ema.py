@@ -1,4 +1,10 @@
-"""Exponential moving average of a module's parameters and buffers."""
+"""Exponential moving average of a model's trainable parameters.
+
+The EMA model is a copy of the model that shares its frozen parameters (stage 1 inside a base
+model) instead of copying them: they never change, so the copy costs memory only for what is
+trained, and the update touches only that. Buffers (the loss-factor controller's state) are
+copied from the model after each update. Sharded (FSDP) models are averaged shard by shard.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +14,32 @@ import torch
 from torch import nn
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
+        self.model = copy.deepcopy(model, memo=dict(frozen)).eval()
+        for p in self.model.parameters():
+            if id(p) not in frozen:
+                p.requires_grad_(False)
+
+    @staticmethod
+    def trainable(model: nn.Module) -> list[str]:
+        return [name for name, p in model.named_parameters() if p.requires_grad]
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         # Warm-up: average uniformly over the first steps, then at the configured decay.
         d = min(self.decay, (1 + step) / (10 + step))
-        for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1 - d)
+        src = dict(model.named_parameters())
+        dst = dict(self.model.named_parameters())
+        names = [n for n in self.trainable(model) if n in dst]
+        if names:
+            torch._foreach_lerp_([_local(dst[n]) for n in names], [_local(src[n].detach()) for n in names], 1 - d)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
-
-    def state_dict(self) -> dict:
-        return self.model.state_dict()
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd)

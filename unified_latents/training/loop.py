@@ -16,22 +16,22 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .. import dist
 from ..config import RunConfig, incompatible_changes, to_dict
 from ..data import DataOrder
 from ..errors import ConfigError, ResumeError, TrainingError
+from ..objectives.noise import BatchNoise, step_key
 from ..files import read_jsonl
-from .checkpoint import atomic_write_text, list_states, load_state, save_artifact, save_state
-from .ema import EMA
+from .checkpoint import atomic_write_text
+from .run import Run, artifact_samples, checkpoint, finish_pending, setup
 
 
 @dataclass
@@ -112,38 +112,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-@dataclass
-class _Run:
-    """One training run's objects and counters (what `train` sets up and each step advances)."""
-
-    cfg: RunConfig
-    outdir: Path
-    model: nn.Module  # an Objective (objectives/base.py)
-    ema: EMA
-    opt: torch.optim.Optimizer
-    data: object
-    device: torch.device
-    artifact_kind: str
-    per_rank: int
-    micro: int
-    ddp: DDP | None = None
-    samples: int = 0
-    bad_total: int = 0
-    consecutive_bad: int = 0
-    metrics: dict = field(default_factory=dict)
-
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "samples": self.samples,
-            "bad_steps": self.bad_total,
-            "metrics": json.dumps(self.metrics),
-            "config": json.dumps(to_dict(self.cfg)),
-        }
-
-
 def train(
     cfg: RunConfig,
     outdir: Path,
@@ -162,8 +130,12 @@ def train(
     start = run.samples
 
     def preview() -> None:
-        if dist.is_main() and preview_x is not None and save_previews is not None:
-            save_previews(run.ema.model.previews(preview_x.to(run.device)), run.outdir / f"preview-{run.samples:012d}")
+        if preview_x is None or save_previews is None:
+            return
+        if run.layout.sharded or dist.is_main():  # a sharded EMA model needs every process in its forward
+            pics = run.ema.model.previews(preview_x.to(run.device))
+            if dist.is_main():
+                save_previews(pics, run.outdir / f"preview-{run.samples:012d}")
 
     show = dist.is_main() and (sys.stderr.isatty() if progress is None else progress)
     bar = tqdm(total=t.total_samples, initial=run.samples, unit="img", disable=not show, dynamic_ncols=True)
@@ -185,51 +157,32 @@ def train(
                 _after_step(run, flag, preview)
     except KeyboardInterrupt:
         bar.close()
+        finish_pending(run)
         dist.print0(f"\ninterrupted at {run.samples:,} samples; state saved in {run.outdir}. Rerun the same command to resume.")
         raise
     finally:
         bar.close()
         if stats_f:
             stats_f.close()
-    art = run.outdir / "artifact.safetensors"
-    if run.samples == start and art.exists():
-        return TrainResult(art, run.samples, run.metrics)  # already finished: rewrite nothing
-    art = _checkpoint(run)
+    if run.samples == start and artifact_samples(run.artifact) == run.samples:
+        return TrainResult(run.artifact, run.samples, run.metrics)  # already finished: rewrite nothing
+    art = checkpoint(run)
+    finish_pending(run)
     if run.samples >= t.total_samples and not (t.image_every > 0 and run.samples % t.image_every == 0):
         preview()
     return TrainResult(art, run.samples, run.metrics)
 
 
-def _setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device, artifact_kind: str) -> _Run:
-    """Model, EMA and optimizer, restored from the newest training state when there is one."""
-    t = cfg.train
+def _setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device, artifact_kind: str) -> Run:
     per_rank, micro = _check_batch(cfg, dist.world())
     _prepare_outdir(cfg, outdir)
     dist.barrier()
-    torch.manual_seed(t.seed)  # identical initial weights on every process
-    model = build_model().to(device)
-    ema = EMA(model, t.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    run = _Run(cfg, outdir, model, ema, opt, data, device, artifact_kind, per_rank, micro)
-    states = list_states(outdir)
-    if states:
-        st = load_state(states[-1])
-        try:
-            model.load_state_dict(st["model"])
-            ema.load_state_dict(st["ema"])
-            opt.load_state_dict(st["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise ResumeError(f"{states[-1]} does not fit this model ({e}); pass a new --outdir") from None
-        run.samples, run.bad_total = int(st["samples"]), int(st.get("bad_steps", 0))
-        run.metrics = json.loads(st.get("metrics", "{}"))  # the last step's, for a run that is already done
-        dist.print0(f"resuming {outdir} at {run.samples:,} samples seen")
+    run = setup(cfg, outdir, build_model, data, device, artifact_kind, per_rank, micro)
     _truncate_stats(outdir / "stats.jsonl", run.samples)  # lines after the checkpoint (or a torn one) go
-    if dist.world() > 1:
-        run.ddp = DDP(model, find_unused_parameters=model.has_unused_parameters)
     return run
 
 
-def _step(run: _Run, order: DataOrder) -> tuple[int, float, torch.Tensor]:
+def _step(run: Run, order: DataOrder) -> tuple[int, float, torch.Tensor]:
     """One optimizer step on the global batch at run.samples: (step index, lr, gradient norm)."""
     t, model, device = run.cfg.train, run.model, run.device
     world, rank, per_rank = dist.world(), dist.rank(), run.per_rank
@@ -238,9 +191,8 @@ def _step(run: _Run, order: DataOrder) -> tuple[int, float, torch.Tensor]:
     for g in run.opt.param_groups:
         g["lr"] = lr
     idx = order.indices(run.samples, t.batch)[rank * per_rank : (rank + 1) * per_rank]
-    gen = torch.Generator(device=device).manual_seed(t.seed * 1_000_003 + step)
-    noise = model.draw_noise(t.batch, gen, device)
-    noise = {k: v[rank * per_rank : (rank + 1) * per_rank] for k, v in noise.items()}
+    # This process draws only its own rows' noise, each row from its own (seed, step, row) stream.
+    noise = model.draw_noise(BatchNoise(step_key(t.seed, step), t.batch, rank * per_rank, (rank + 1) * per_rank, device))
     torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + rank)  # dropout
     model.train()
     sums = _accumulate(run, idx, noise)
@@ -248,6 +200,7 @@ def _step(run: _Run, order: DataOrder) -> tuple[int, float, torch.Tensor]:
     red = dist.all_sum(torch.stack([sums[k] for k in keys]).to(device)) / t.batch
     run.metrics = {k: float(v) for k, v in zip(keys, red)}
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a replicated DTensor
     if math.isfinite(run.metrics["loss"]) and bool(torch.isfinite(gnorm)):
         run.opt.step()
         run.ema.update(model, step)
@@ -267,50 +220,42 @@ def _step(run: _Run, order: DataOrder) -> tuple[int, float, torch.Tensor]:
     return step, lr, gnorm
 
 
-def _accumulate(run: _Run, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _accumulate(run: Run, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Forward and backward over this process's micro-batches; sums of each logged term."""
     t, device, micro, per_rank = run.cfg.train, run.device, run.micro, run.per_rank
     use_amp = t.amp and device.type == "cuda"
-    fwd = run.ddp or run.model
+    fwd = run.layout.forward
     sums: dict[str, torch.Tensor] = {}
     for m0 in range(0, per_rank, micro):
         sl = slice(m0, m0 + micro)
         x, labels = run.data.get(idx[sl])
         x, labels = x.to(device), (labels.to(device) if labels is not None else None)
         last = m0 + micro >= per_rank
-        ctx = run.ddp.no_sync() if (run.ddp is not None and not last) else nullcontext()
-        with ctx:
+        with nullcontext() if last else run.layout.no_sync():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 losses = fwd(x, labels, {k: v[sl] for k, v in noise.items()})
-            # DDP averages gradients over processes: scale so the result is the mean over the global batch.
+            # DDP and FSDP average gradients over processes: scale so the result is the mean over the global batch.
             (losses.total.sum() * (dist.world() / t.batch)).backward()
         for k, v in [("loss", losses.total.detach()), *losses.terms.items()]:
             sums[k] = sums.get(k, 0) + v.double().sum()
     return sums
 
 
-def _after_step(run: _Run, flag: _StopFlag, preview: Callable[[], None]) -> None:
+def _after_step(run: Run, flag: _StopFlag, preview: Callable[[], None]) -> None:
     """Previews and checkpoints when their sample counts are crossed; a requested stop checkpoints first."""
     t, samples = run.cfg.train, run.samples
     crossed = lambda every: every > 0 and samples // every != (samples - t.batch) // every  # noqa: E731
     if crossed(t.image_every):
         preview()
-    stop = torch.tensor([float(flag.stop)], device=run.device)
-    if crossed(t.ckpt_every) or dist.all_sum(stop).item() > 0:
-        _checkpoint(run)
-    if flag.stop:
+    timed = t.ckpt_minutes > 0 and time.monotonic() - run.saved_time >= 60 * t.ckpt_minutes
+    # Rank 0's clock decides a timed checkpoint; any process's signal stops all of them.
+    due = torch.tensor([float(flag.stop), float(timed and dist.is_main())], device=run.device)
+    stop, timed = (dist.all_sum(due) > 0).tolist()
+    if crossed(t.ckpt_every) or stop or timed:
+        checkpoint(run)
+    if stop:
+        finish_pending(run)
         raise KeyboardInterrupt
-
-
-def _checkpoint(run: _Run) -> Path:
-    """Training state (kept `train.keep`) and the EMA artifact, written atomically by rank 0."""
-    art = run.outdir / "artifact.safetensors"
-    if dist.is_main():
-        save_state(run.outdir, run.samples, run.state_dict(), run.cfg.train.keep)
-        extra = {"samples": run.samples, "metrics": run.metrics, **run.model.artifact_metadata()}
-        save_artifact(art, run.ema.model.state_dict(), to_dict(run.cfg), run.artifact_kind, extra)
-    dist.barrier()
-    return art
 
 
 def _log(rec: dict, log_keys: tuple[str, ...], total: int, stats_f, bar, show: bool) -> None:

@@ -1,0 +1,126 @@
+"""Training state on disk: artifact before state, fallback past a damaged state, stale temporaries,
+wall-clock checkpoints, one final write, and states of the earlier format."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import assert_tree_equal, load_state, make_npz
+from unified_latents.config import apply_overrides
+from unified_latents.data import load_images
+from unified_latents.errors import ResumeError
+from unified_latents.objectives import UnifiedLatents
+from unified_latents.presets import get_preset
+from unified_latents.training import run as run_mod
+from unified_latents.training import train
+from unified_latents.training.run import setup
+
+
+def _cfg(tmp_path, **over):
+    over = {"train.image_every": 0, "train.ckpt_every": 32, "train.total_samples": 64, **over}
+    cfg = apply_overrides(get_preset("tiny"), [f"data.source={make_npz(tmp_path / 'd.npz')}",
+                                               *[f"{k}={v}" for k, v in over.items()]])
+    return cfg, load_images(cfg.data)
+
+
+def _train(cfg, data, out, **kw):
+    return train(cfg, out, lambda: UnifiedLatents(cfg), data, progress=False, **kw)
+
+
+def test_kill_between_artifact_and_state_never_leaves_a_stale_artifact(tmp_path, monkeypatch):
+    cfg, data = _cfg(tmp_path)
+    _train(cfg, data, tmp_path / "straight")
+    real = run_mod.save_state
+
+    def killed_at_the_end(outdir, samples, *a, **k):
+        if samples == 64:
+            raise KeyboardInterrupt  # the process dies after the artifact, before the state
+        return real(outdir, samples, *a, **k)
+
+    monkeypatch.setattr(run_mod, "save_state", killed_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        _train(cfg, data, tmp_path / "killed")
+    monkeypatch.setattr(run_mod, "save_state", real)
+    res = _train(cfg, data, tmp_path / "killed")  # resumes from 32 and trains to 64 again
+    assert res.samples == 64
+    a, b = load_file(tmp_path / "straight" / "artifact.safetensors"), load_file(res.artifact)
+    assert_tree_equal(a, b)
+    # A finished state beside an older artifact (e.g. an earlier version's write order, killed
+    # between its state and its artifact): the rerun writes the artifact again, trains nothing.
+    _train(cfg, data, tmp_path / "half", until=32)
+    shutil.copy(tmp_path / "half" / "artifact.safetensors", res.artifact)
+    res = _train(cfg, data, tmp_path / "killed")
+    assert_tree_equal(a, load_file(res.artifact))
+
+
+def test_damaged_newest_state_falls_back_to_the_previous_one(tmp_path, capsys):
+    cfg, data = _cfg(tmp_path, **{"train.keep": 3})
+    _train(cfg, data, tmp_path / "straight")
+    out = tmp_path / "run"
+    _train(cfg, data, out, until=64)
+    shard = next((out / "state-000000000064").glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated by a crash or a full disk
+    capsys.readouterr()
+    res = _train(cfg, data, out)
+    msg = capsys.readouterr().out
+    assert "warning" in msg and "state-000000000064" in msg and "resuming" in msg and "at 32 samples" in msg
+    a, b = load_state(tmp_path / "straight" / "state-000000000064"), load_state(out / "state-000000000064")
+    for key in ("model", "ema", "optim"):
+        assert_tree_equal(a[key], b[key], where=key)
+    assert res.samples == 64
+
+
+def test_no_readable_state_is_one_clear_error(tmp_path):
+    cfg, data = _cfg(tmp_path, **{"train.total_samples": 32})
+    out = tmp_path / "run"
+    _train(cfg, data, out)
+    for f in (out / "state-000000000032").glob("*.safetensors"):
+        f.write_bytes(b"garbage")
+    with pytest.raises(ResumeError, match="No readable training state"):
+        _train(cfg, data, out)
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_at_start(tmp_path, capsys):
+    cfg, data = _cfg(tmp_path, **{"train.total_samples": 32})
+    out = tmp_path / "run"
+    _train(cfg, data, out)
+    (out / ".state-000000000064.tmp").mkdir()
+    (out / ".state-000000000064.tmp" / "shard-00001.safetensors").write_bytes(b"partial")
+    (out / ".artifact.safetensors.abc.tmp").write_bytes(b"partial")
+    _train(cfg, data, out)
+    assert not list(out.glob(".*.tmp")) and "interrupted checkpoint write" in capsys.readouterr().out
+
+
+def test_every_state_is_written_once_and_wall_clock_checkpoints(tmp_path, monkeypatch):
+    cfg, data = _cfg(tmp_path)
+    written = []
+    real = run_mod.save_state
+    monkeypatch.setattr(run_mod, "save_state", lambda o, s, *a, **k: written.append(s) or real(o, s, *a, **k))
+    _train(cfg, data, tmp_path / "a")  # the last step crosses ckpt_every: the final state is that one
+    assert written == [32, 64]
+    written.clear()
+    timed, _ = _cfg(tmp_path, **{"train.ckpt_every": 0, "train.ckpt_minutes": 1e-9, "train.keep": 100})
+    _train(timed, data, tmp_path / "b")
+    assert written == list(range(8, 65, 8))  # every step is past the (tiny) interval
+    assert json.loads((tmp_path / "b" / "state-000000000064" / "state.json").read_text())["samples"] == 64
+
+
+def test_a_state_of_the_earlier_format_is_resumed(tmp_path):
+    cfg, data = _cfg(tmp_path)
+    _train(cfg, data, tmp_path / "straight")
+    out = tmp_path / "old"
+    _train(cfg, data, out, until=32)
+    torch.manual_seed(0)
+    run = setup(cfg, out, lambda: UnifiedLatents(cfg), data, torch.device("cpu"), "ul-latents", 8, 8)
+    legacy = {"model": run.model.state_dict(), "ema": run.ema.model.state_dict(), "optimizer": run.opt.state_dict(),
+              "samples": 32, "bad_steps": 0, "metrics": json.dumps(run.metrics)}
+    torch.save(legacy, out / "training-state-000000000032.pt")
+    for p in out.glob("state-*"):
+        shutil.rmtree(p)
+    _train(cfg, data, out)
+    a, b = load_state(tmp_path / "straight" / "state-000000000064"), load_state(out / "state-000000000064")
+    for key in ("model", "ema", "optim"):
+        assert_tree_equal(a[key], b[key], where=key)

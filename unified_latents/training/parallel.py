@@ -1,0 +1,133 @@
+"""How a model is laid out on the devices: DDP or FSDP2, activation checkpointing, torch.compile,
+channels_last, TF32 and the optimizer. The loop calls `prepare` and then only uses what it returns.
+
+Units of sharding, checkpointing and compilation are the networks' blocks (nn/layers.py ResBlock
+and TransformerBlock) inside the trainable top-level networks of the objective (encoder, prior,
+decoder; the base model's `net`). Frozen networks (stage 1 inside a base model) stay whole on
+every device, outside the optimizer and the EMA.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.checkpoint import checkpoint
+
+from .. import dist
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..nn.layers import ResBlock, TransformerBlock
+from .ema import EMA
+
+BLOCKS = (ResBlock, TransformerBlock)
+SHARDS = ("ddp", "fsdp")
+
+
+def blocks(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, BLOCKS)]
+
+
+def trainable_networks(model: nn.Module) -> list[nn.Module]:
+    """The top-level children that hold trainable parameters. Refuses a model whose trainable
+    parameters sit elsewhere (directly on the root, or mixed with frozen ones in one child):
+    they would be neither sharded nor synchronised."""
+    nets = [c for c in model.children() if any(p.requires_grad for p in c.parameters())]
+    covered = {id(p) for c in nets for p in c.parameters()}
+    stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+    mixed = [n for n, p in model.named_parameters() if not p.requires_grad and id(p) in covered]
+    if stray or mixed:
+        raise ConfigError(f"cannot shard this model: parameter {(stray or mixed)[0]!r} is not in a wholly trainable "
+                          "top-level network; use train.shard=ddp")
+    return nets
+
+
+@dataclass
+class Layout:
+    """What `prepare` returns: the module to call in training, the optimizer, and how to skip
+    gradient synchronisation on all but the last micro-batch."""
+
+    forward: nn.Module
+    opt: torch.optim.Optimizer
+    ddp: DDP | None = None
+    fsdp_units: list[nn.Module] = field(default_factory=list)
+    sharded: bool = False
+
+    @contextmanager
+    def no_sync(self):
+        with ExitStack() as stack:
+            if self.ddp is not None:
+                stack.enter_context(self.ddp.no_sync())
+            for unit in self.fsdp_units:
+                unit.set_requires_gradient_sync(False, recurse=False)
+            try:
+                yield
+            finally:
+                for unit in self.fsdp_units:
+                    unit.set_requires_gradient_sync(True, recurse=False)
+
+
+def prepare(cfg: RunConfig, model: nn.Module, ema: EMA, device: torch.device) -> Layout:
+    """Lay `model` (and the EMA copy) out for training on this process; returns the Layout."""
+    t = cfg.train
+    if t.shard not in SHARDS:
+        raise ConfigError(f"train.shard must be one of {', '.join(SHARDS)}, got {t.shard!r}")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls (convolutions use TF32 by default)
+        model.to(memory_format=torch.channels_last)  # 4-D conv weights; 5-D (video) ones stay as they are
+    nets = trainable_networks(model)
+    if t.activation_checkpointing:
+        checkpoint_blocks(nets)
+    if t.compile:
+        for b in (b for n in nets for b in blocks(n)):
+            b.compile()
+    layout_ddp, units = None, []
+    if dist.world() > 1 and t.shard == "fsdp":
+        units = _fully_shard(nets, device, mixed=t.amp and device.type == "cuda")
+        _fully_shard(trainable_networks_like(ema.model, nets, model), device, mixed=False)
+    elif dist.world() > 1:
+        layout_ddp = DDP(model, find_unused_parameters=model.has_unused_parameters)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+                            fused=device.type == "cuda")
+    return Layout(layout_ddp or model, opt, layout_ddp, units, sharded=bool(units))
+
+
+def checkpoint_blocks(nets: list[nn.Module]) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them."""
+    for b in (b for n in nets for b in blocks(n)):
+        b.forward = functools.partial(checkpoint, b.forward, use_reentrant=False)
+
+
+def trainable_networks_like(copy: nn.Module, nets: list[nn.Module], model: nn.Module) -> list[nn.Module]:
+    """The children of `copy` (the EMA model) at the names of `nets` in `model`."""
+    names = [n for n, c in model.named_children() if any(c is m for m in nets)]
+    return [getattr(copy, n) for n in names]
+
+
+def _fully_shard(nets: list[nn.Module], device: torch.device, mixed: bool) -> list[nn.Module]:
+    """FSDP2 per block, then per network (its remaining parameters); returns the sharded units."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
+    units = []
+    for net in nets:
+        for b in blocks(net):
+            fully_shard(b, mp_policy=policy)
+            units.append(b)
+        fully_shard(net, mp_policy=policy)
+        units.append(net)
+    return units
+
+
+def full_state(module: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """The whole state dict on rank 0 (gathered from the shards under FSDP: every rank must call)."""
+    if not sharded:
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

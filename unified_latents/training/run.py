@@ -1,0 +1,200 @@
+"""One training run's objects, and saving/restoring them: `setup` builds (or resumes) a Run,
+`checkpoint` writes the EMA artifact and then the training state.
+
+Resume: rank 0 lists the complete states and broadcasts the list, so every process restores the
+same one; a state that cannot be read is skipped with a warning for the one before it. States
+written by earlier versions (`training-state-*.pt`, one torch.save with weights_only loading)
+are still resumed from when the run is not sharded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from .. import dist
+from ..config import RunConfig, to_dict
+from ..errors import ResumeError
+from .checkpoint import load_state as load_legacy_state
+from .checkpoint import save_artifact
+from .ema import EMA
+from .parallel import Layout, full_state, prepare
+from .state import PendingSave, list_states, load_tensors, remove_stale, save_state
+
+LEGACY_RE = re.compile(r"training-state-(\d{12})\.pt$")
+
+
+@dataclass
+class Run:
+    """A training run's objects and counters (what `setup` builds and each step advances)."""
+
+    cfg: RunConfig
+    outdir: Path
+    model: nn.Module  # an Objective (objectives/base.py), sharded in place under FSDP
+    ema: EMA
+    layout: Layout
+    data: object
+    device: torch.device
+    artifact_kind: str
+    per_rank: int
+    micro: int
+    samples: int = 0
+    bad_total: int = 0
+    consecutive_bad: int = 0
+    metrics: dict = field(default_factory=dict)
+    saved_at: int = -1  # sample count of the last state written
+    saved_time: float = field(default_factory=time.monotonic)
+    pending: PendingSave | None = None
+    ckpt_group: object = None  # the gloo group of background state writes (train.async_checkpoint)
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.layout.opt
+
+    @property
+    def artifact(self) -> Path:
+        return self.outdir / "artifact.safetensors"
+
+    def frozen(self) -> set[str]:
+        return {n for n, p in self.model.named_parameters() if not p.requires_grad}
+
+    def state_tensors(self) -> tuple[dict, list]:
+        """({"model", "ema", "optim"} tensors, optimizer param_groups), frozen parameters left out."""
+        msd, osd = get_state_dict(self.model, self.opt)
+        esd = get_model_state_dict(self.ema.model)
+        frozen = self.frozen()
+        keep = lambda sd: {k: v for k, v in sd.items() if k not in frozen}  # noqa: E731
+        return {"model": keep(msd), "ema": keep(esd), "optim": {"state": osd["state"]}}, osd["param_groups"]
+
+    def meta(self) -> dict:
+        return {"bad_steps": self.bad_total, "metrics": self.metrics, "config": to_dict(self.cfg)}
+
+
+def setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device, artifact_kind: str,
+          per_rank: int, micro: int) -> Run:
+    """Model, EMA, layout and optimizer, restored from the newest readable state when there is one."""
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
+    model = build_model().to(device)
+    ema = EMA(model, cfg.train.ema_decay)
+    layout = prepare(cfg, model, ema, device)
+    run = Run(cfg, outdir, model, ema, layout, data, device, artifact_kind, per_rank, micro)
+    if cfg.train.async_checkpoint and dist.world() > 1:
+        run.ckpt_group = dist.side_group()
+    if dist.is_main():
+        for p in remove_stale(outdir):
+            print(f"removed {p.name}, left by an interrupted checkpoint write", flush=True)
+    dist.barrier()
+    _resume(run)
+    return run
+
+
+def _candidates(outdir: Path) -> list[str]:
+    """Names of the states to try, newest first (rank 0's listing, the same on every process)."""
+    found = {int(p.name[-12:]): p.name for p in list_states(outdir)}
+    for p in Path(outdir).glob("training-state-*.pt"):
+        m = LEGACY_RE.search(p.name)
+        if m and int(m.group(1)) not in found:
+            found[int(m.group(1))] = p.name
+    names = [found[k] for k in sorted(found, reverse=True)] if dist.is_main() else None
+    return dist.broadcast_object(names)
+
+
+def _resume(run: Run) -> None:
+    names = _candidates(run.outdir)
+    for i, name in enumerate(names):
+        path = run.outdir / name
+        if not dist.all_agree(path.exists()):
+            raise ResumeError(f"{path} is not visible on every process: --outdir must be a folder that all "
+                              "nodes share (the same path on each)")
+        try:
+            meta = _load_legacy(run, path) if name.endswith(".pt") else _load(run, path)
+        except ResumeError as e:
+            if i + 1 == len(names):
+                raise ResumeError(f"{e}. No readable training state is left in {run.outdir}: "
+                                  "restore one or pass a new --outdir") from None
+            dist.print0(f"warning: {e}; resuming from the state before it ({names[i + 1]})")
+            continue
+        run.samples, run.bad_total = int(meta["samples"]), int(meta.get("bad_steps", 0))
+        run.metrics = meta.get("metrics", {})  # the last step's, for a run that is already done
+        run.saved_at = run.samples
+        dist.print0(f"resuming {run.outdir} at {run.samples:,} samples seen")
+        return
+
+
+def _load(run: Run, path: Path) -> dict:
+    tensors, groups = run.state_tensors()  # templates laid out like this run (sharded or not)
+    meta = load_tensors(path, tensors)
+    if not dist.all_agree(True):
+        raise ResumeError(f"{path} could not be read on every process")
+    opts = StateDictOptions(strict=False)  # frozen parameters are not in the state
+    try:
+        set_state_dict(run.model, run.opt, model_state_dict=tensors["model"],
+                       optim_state_dict={"state": tensors["optim"]["state"], "param_groups": groups}, options=opts)
+        set_model_state_dict(run.ema.model, tensors["ema"], options=opts)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ResumeError(f"{path} does not fit this model ({e}); pass a new --outdir") from None
+    return meta
+
+
+def _load_legacy(run: Run, path: Path) -> dict:
+    if run.layout.sharded:
+        raise ResumeError(f"{path} was written by an earlier version; resume it with train.shard=ddp")
+    st = load_legacy_state(path)
+    try:
+        run.model.load_state_dict(st["model"])
+        run.ema.model.load_state_dict(st["ema"])
+        run.opt.load_state_dict(st["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ResumeError(f"{path} does not fit this model ({e}); pass a new --outdir") from None
+    return {"samples": st["samples"], "bad_steps": st.get("bad_steps", 0), "metrics": json.loads(st.get("metrics", "{}"))}
+
+
+def checkpoint(run: Run) -> Path:
+    """The EMA artifact, then the training state (so a state never outlives its artifact). A state
+    at this sample count that exists already is not written again. Written in the background under
+    torchrun (train.async_checkpoint): finished before the next one starts and before training
+    ends or pauses (`finish_pending`)."""
+    if run.saved_at == run.samples and artifact_samples(run.artifact) == run.samples:
+        return run.artifact
+    finish_pending(run)
+    weights = full_state(run.ema.model, run.layout.sharded)  # gathered on rank 0 under FSDP
+    if dist.is_main():
+        extra = {"samples": run.samples, "metrics": run.metrics, **run.model.artifact_metadata()}
+        save_artifact(run.artifact, weights, to_dict(run.cfg), run.artifact_kind, extra)
+    dist.barrier()
+    if run.saved_at != run.samples:
+        tensors, _ = run.state_tensors()
+        run.pending = save_state(run.outdir, run.samples, tensors, run.meta(), run.cfg.train.keep, run.ckpt_group)
+        if run.pending.future is None:
+            finish_pending(run)
+    run.saved_at, run.saved_time = run.samples, time.monotonic()
+    return run.artifact
+
+
+def finish_pending(run: Run) -> None:
+    if run.pending is not None:
+        run.pending.finish()
+        run.pending = None
+
+
+def artifact_samples(path: Path) -> int | None:
+    """The sample count written into an artifact's metadata (None when absent or unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(json.loads((f.metadata() or {})["samples"]))
+    except Exception:  # missing, damaged, or written by something else: treat as absent
+        return None

@@ -1,0 +1,147 @@
+"""Training state on disk: torch.distributed.checkpoint (DCP) folders in safetensors.
+
+A state is the folder `state-<samples>/`: every process writes its own part of the sharded
+tensors (FSDP shards; replicated tensors are written once), then rank 0 writes `state.json`
+(sample count, metrics, config) and renames the folder from its temporary name. A folder
+without that name or without `state.json` is an interrupted write and is never read; stale
+temporaries are removed when a run starts. The files are safetensors and JSON only (DCP's
+HuggingFace storage), so reading a state runs no code from it (DCP's default format pickles
+its metadata).
+
+Tensors are those of `{"model": ..., "ema": ..., "optim": {"state": ...}}`, as returned by
+torch.distributed.checkpoint.state_dict; frozen parameters (stage 1 inside a base model) are
+not stored: they come from their own artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import warnings
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.api import CheckpointException
+
+from .. import dist
+from ..errors import ResumeError
+from ..files import atomic_write_text
+
+STATE_RE = re.compile(r"state-(\d{12})$")
+META = "state.json"
+
+
+def state_path(outdir: Path, samples: int) -> Path:
+    return Path(outdir) / f"state-{samples:012d}"
+
+
+def list_states(outdir: Path) -> list[Path]:
+    """Complete states, oldest first."""
+    found = [p for p in Path(outdir).glob("state-*") if STATE_RE.fullmatch(p.name) and (p / META).is_file()]
+    return sorted(found)
+
+
+def remove_stale(outdir: Path) -> list[Path]:
+    """Delete what a killed write left behind (temporary state folders and atomic-write temps)."""
+    gone = [p for p in Path(outdir).glob(".state-*.tmp")] + [p for p in Path(outdir).glob(".*.tmp") if p.is_file()]
+    for p in gone:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return gone
+
+
+@contextmanager
+def _quiet():
+    """DCP warns that it runs in one process when no process group exists: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+@dataclass
+class PendingSave:
+    """A state being written (in the background under torchrun); `finish` makes it the newest state."""
+
+    tmp: Path
+    final: Path
+    meta: dict
+    keep: int
+    future: Future | None = None
+
+    def finish(self) -> Path:
+        if self.future is not None:
+            self.future.result()
+        dist.barrier()  # every process's part is on disk
+        if dist.is_main():
+            atomic_write_text(self.tmp / META, json.dumps(self.meta))
+            if self.final.exists():  # the same sample count written before (an interrupted run's rerun)
+                shutil.rmtree(self.final)
+            self.tmp.rename(self.final)
+            for old in list_states(self.final.parent)[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        return self.final
+
+
+def save_state(outdir: Path, samples: int, tensors: dict, meta: dict, keep: int, group=None) -> PendingSave:
+    """Start writing a state; call `.finish()` on the result (at once, or before the next save).
+    With a process `group` (dist.side_group) the write runs in a background thread after the
+    tensors are copied to CPU memory (DCP async_save); otherwise it is done on return."""
+    final = state_path(outdir, samples)
+    tmp = final.parent / f".{final.name}.tmp"
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    writer = HuggingFaceStorageWriter(str(tmp), save_distributed=True)
+    pending = PendingSave(tmp, final, {"samples": samples, **meta}, keep)
+    if group is not None:
+        pending.future = dcp.async_save(tensors, storage_writer=writer, process_group=group)
+    else:
+        with _quiet():
+            dcp.save(tensors, storage_writer=writer, no_dist=dist.world() == 1)
+    return pending
+
+
+def load_tensors(path: Path, tensors: dict) -> dict:
+    """Fill `tensors` (a template of the same keys, sharded like this run) in place from the state
+    at `path`; returns its state.json. Raises ResumeError when it is missing or damaged."""
+    meta_file = Path(path) / META
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ResumeError(f"cannot read {meta_file} ({e})") from None
+    try:
+        with _quiet():
+            dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=dist.world() == 1)
+    except (Exception, CheckpointException) as e:  # a truncated or missing shard, another shape, ...
+        raise ResumeError(f"cannot read training state {path}: {_reason(e)}") from None
+    return meta
+
+
+def _reason(e: BaseException) -> str:
+    """The last line of DCP's collected per-rank tracebacks (or of the error itself)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:300]
+
+
+def read_state(path: Path) -> dict:
+    """A state as full tensors in one process: {"model": {name: tensor}, "ema": ..., "optim": ...,
+    **state.json}. For tools and tests; training loads through `load_tensors`."""
+    reader = HuggingFaceStorageReader(str(path))
+    md = reader.read_metadata()
+    flat = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in md.state_dict_metadata.items()}
+    with _quiet():
+        dcp.load(flat, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=True)
+    out: dict = json.loads((Path(path) / META).read_text())
+    for key, t in flat.items():
+        group, name = key.split(".", 1)
+        if group == "optim":
+            name = name.removeprefix("state.")
+        out.setdefault(group, {})[name] = t
+    return out
