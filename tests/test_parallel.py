@@ -157,11 +157,12 @@ def test_fsdp_two_processes_match_ddp_and_one_process_and_resume_bitwise(tmp_pat
     data = make_npz(tmp_path / "d.npz")
     common = [*ARGS, "--data", str(data), "--set", "train.total_samples=64"]
     fsdp = [*common, "--set", "train.shard=fsdp"]
-    one, ddp, fs, fs_resumed = (tmp_path / n for n in ("one", "ddp", "fsdp", "fsdp-resumed"))
+    one, ddp, fs, fs_micro, fs_resumed = (tmp_path / n for n in ("one", "ddp", "fsdp", "fsdp-micro", "fsdp-resumed"))
     assert run_ul("train", *common, "--outdir", str(one)).returncode == 0
     _torchrun(*common, "--outdir", str(ddp))
     _torchrun(*fsdp, "--outdir", str(fs))
-    for other in (one, ddp):
+    _torchrun(*fsdp, "--set", "train.micro_batch=2", "--outdir", str(fs_micro))  # accumulation without sync
+    for other in (one, ddp, fs_micro):
         for r1, r2 in zip(_stats(fs), _stats(other), strict=True):
             assert math.isclose(r1["loss"], r2["loss"], rel_tol=1e-5), (r1, r2)
             assert math.isclose(r1["grad_norm"], r2["grad_norm"], rel_tol=1e-4), (r1, r2)

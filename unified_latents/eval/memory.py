@@ -34,7 +34,8 @@ class MetaNoise:
     def normal(self, shape):
         return torch.zeros(self.rows, *shape, device="meta")
 
-    uniform = normal
+    def uniform(self, shape=()):
+        return torch.zeros(self.rows, *shape, device="meta")
 
     def randint(self, high):
         return torch.zeros(self.rows, dtype=torch.long, device="meta")

@@ -2,10 +2,12 @@
 (objectives/base.py: draw_noise, forward -> Losses, after_step, previews, log_keys,
 has_unused_parameters, artifact_metadata). `train` sets up, then steps and checkpoints.
 
-Progress is counted in samples seen (global). Resume = rerun the same command: the state
-file holds weights, EMA, optimizer, the objective's buffers and the sample count; data order
-and every random number are functions of (seed, samples seen), so a resumed run replays
-exactly what a straight run would have done.
+Progress is counted in samples seen (global). Resume = rerun the same command: the training
+state (training/run.py, training/state.py) holds weights, EMA, optimizer, the objective's
+buffers and the sample count; data order and every random number are functions of (seed,
+samples seen, row), so a resumed run replays exactly what a straight run would have done, on
+any number of processes. How the model is laid out (DDP, FSDP2, compile, activation
+checkpointing) is training/parallel.py's business.
 """
 
 from __future__ import annotations
