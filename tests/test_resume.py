@@ -30,7 +30,7 @@ def _train(cfg, data, out, **kw):
     return train(cfg, out, lambda: UnifiedLatents(cfg), data, progress=False, **kw)
 
 
-def test_kill_between_artifact_and_state_never_leaves_a_stale_artifact(tmp_path, monkeypatch):
+def test_kill_between_artifact_and_state_never_leaves_a_stale_artifact(tmp_path, monkeypatch, capsys):
     cfg, data = _cfg(tmp_path)
     _train(cfg, data, tmp_path / "straight")
     real = run_mod.save_state
@@ -44,8 +44,10 @@ def test_kill_between_artifact_and_state_never_leaves_a_stale_artifact(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         _train(cfg, data, tmp_path / "killed")
     monkeypatch.setattr(run_mod, "save_state", real)
+    capsys.readouterr()
     res = _train(cfg, data, tmp_path / "killed")  # resumes from 32 and trains to 64 again
-    assert res.samples == 64
+    assert res.samples == 64 and "at 32 samples" in capsys.readouterr().out
+    assert (tmp_path / "killed" / "state-000000000064" / "state.json").exists()
     a, b = load_file(tmp_path / "straight" / "artifact.safetensors"), load_file(res.artifact)
     assert_tree_equal(a, b)
     # A finished state beside an older artifact (e.g. an earlier version's write order, killed
@@ -63,10 +65,12 @@ def test_damaged_newest_state_falls_back_to_the_previous_one(tmp_path, capsys):
     _train(cfg, data, out, until=64)
     shard = next((out / "state-000000000064").glob("*.safetensors"))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated by a crash or a full disk
+    aside, size = out / "damaged-state-000000000064" / shard.name, shard.stat().st_size
     capsys.readouterr()
     res = _train(cfg, data, out)
     msg = capsys.readouterr().out
     assert "warning" in msg and "state-000000000064" in msg and "resuming" in msg and "at 32 samples" in msg
+    assert aside.stat().st_size == size  # the damaged state is kept, set aside, not tried again
     a, b = load_state(tmp_path / "straight" / "state-000000000064"), load_state(out / "state-000000000064")
     for key in ("model", "ema", "optim"):
         assert_tree_equal(a[key], b[key], where=key)
@@ -124,3 +128,20 @@ def test_a_state_of_the_earlier_format_is_resumed(tmp_path):
     a, b = load_state(tmp_path / "straight" / "state-000000000064"), load_state(out / "state-000000000064")
     for key in ("model", "ema", "optim"):
         assert_tree_equal(a[key], b[key], where=key)
+
+
+def test_earlier_optimizer_state_of_a_base_model_keeps_only_trainable_entries():
+    # Earlier versions built AdamW over every parameter of a base model, frozen stage 1 included.
+    from unified_latents.objectives import BaseModel
+    from unified_latents.training.run import legacy_optimizer_state
+
+    torch.manual_seed(0)
+    model = BaseModel(get_preset("tiny", "base"), UnifiedLatents(get_preset("tiny")))
+    old = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for p in model.net.parameters():
+        p.grad = torch.randn_like(p)
+    old.step()
+    new = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    new.load_state_dict(legacy_optimizer_state(old.state_dict(), model))
+    for p in model.net.parameters():
+        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])

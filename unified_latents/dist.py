@@ -8,6 +8,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .errors import TrainingError
+
 
 def init() -> torch.device:
     """Join the process group if launched by torchrun; return this process's device."""
@@ -82,3 +84,18 @@ def side_group():
     """A separate gloo group (all processes must call this together), so a background checkpoint
     write never shares a communicator with the training step; None in one process."""
     return dist.new_group(backend="gloo") if dist.is_initialized() else None
+
+
+def on_main(fn, what: str):
+    """Run `fn()` on rank 0 only; every process learns whether it worked, so a failure there
+    (a full disk) raises everywhere instead of leaving the others waiting in a collective."""
+    err = None
+    if is_main():
+        try:
+            fn()
+        except Exception as e:  # re-raised below on rank 0; reported on the others
+            err = e
+    if not all_agree(err is None):
+        if err is not None:
+            raise err
+        raise TrainingError(f"rank 0 failed while {what}; see its message")

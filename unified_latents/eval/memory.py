@@ -105,7 +105,7 @@ def training_memory(model_fn, x_shape: tuple[int, ...], cfg: RunConfig, gpus: in
     model = model_fn()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    units = sorted(sum(p.numel() for p in b.parameters()) for b in blocks(model)) or [0]
+    units = sorted(sum(p.numel() for p in b.parameters()) for n in trainable_networks(model) for b in blocks(n)) or [0]
     gib = 2.0**30
     state = {"ddp": (20 * trainable + 4 * frozen) / gib,
              "fsdp": (20 * trainable / gpus + 4 * frozen + 2 * sum(units[-2:]) + 4 * units[-1]) / gib}

@@ -5,8 +5,8 @@ has_unused_parameters, artifact_metadata). `train` sets up, then steps and check
 Progress is counted in samples seen (global). Resume = rerun the same command: the training
 state (training/run.py, training/state.py) holds weights, EMA, optimizer, the objective's
 buffers and the sample count; data order and every random number are functions of (seed,
-samples seen, row), so a resumed run replays exactly what a straight run would have done, on
-any number of processes. How the model is laid out (DDP, FSDP2, compile, activation
+samples seen, row), so a resumed run replays exactly what a straight run would have done, and
+any number of processes optimises the same (dropout masks aside: they are drawn per process). How the model is laid out (DDP, FSDP2, compile, activation
 checkpointing) is training/parallel.py's business.
 """
 
@@ -33,7 +33,7 @@ from ..errors import ConfigError, ResumeError, TrainingError
 from ..objectives.noise import BatchNoise, step_key
 from ..files import read_jsonl
 from .checkpoint import atomic_write_text
-from .run import Run, artifact_samples, checkpoint, finish_pending, setup
+from .run import Run, checkpoint, finish_pending, setup
 
 
 @dataclass
@@ -94,6 +94,7 @@ class _StopFlag:
 
     def __init__(self):
         self.stop = False
+        self.forced = False  # a second signal: out at once, wherever the process was
         self._old = {}
 
     def __enter__(self):
@@ -106,6 +107,7 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         if self.stop:  # second signal: give up at once
+            self.forced = True
             raise KeyboardInterrupt
         self.stop = True
 
@@ -131,20 +133,14 @@ def train(
     run = _setup(cfg, Path(outdir), build_model, data, device or torch.device("cpu"), artifact_kind)
     start = run.samples
 
-    def preview() -> None:
-        if preview_x is None or save_previews is None:
-            return
-        if run.layout.sharded or dist.is_main():  # a sharded EMA model needs every process in its forward
-            pics = run.ema.model.previews(preview_x.to(run.device))
-            if dist.is_main():
-                save_previews(pics, run.outdir / f"preview-{run.samples:012d}")
-
+    preview = _previewer(run, preview_x, save_previews)
     show = dist.is_main() and (sys.stderr.isatty() if progress is None else progress)
     bar = tqdm(total=t.total_samples, initial=run.samples, unit="img", disable=not show, dynamic_ncols=True)
     stats_f = open(run.outdir / "stats.jsonl", "a") if dist.is_main() else None
     t_last = time.time()
+    flag = _StopFlag()
     try:
-        with _StopFlag() as flag:
+        with flag:
             order = DataOrder(len(data), t.seed)
             end = t.total_samples if until is None else min(until, t.total_samples)
             while run.samples < end:
@@ -159,20 +155,44 @@ def train(
                 _after_step(run, flag, preview)
     except KeyboardInterrupt:
         bar.close()
+        _interrupted(run, flag)
+        raise
+    except TrainingError:  # raised on every process alike: a state being written is still completed
         finish_pending(run)
-        dist.print0(f"\ninterrupted at {run.samples:,} samples; state saved in {run.outdir}. Rerun the same command to resume.")
         raise
     finally:
         bar.close()
         if stats_f:
             stats_f.close()
-    if run.samples == start and artifact_samples(run.artifact) == run.samples:
+    if run.samples == start and run.artifact_at == run.samples:
         return TrainResult(run.artifact, run.samples, run.metrics)  # already finished: rewrite nothing
     art = checkpoint(run)
     finish_pending(run)
     if run.samples >= t.total_samples and not (t.image_every > 0 and run.samples % t.image_every == 0):
         preview()
     return TrainResult(art, run.samples, run.metrics)
+
+
+def _previewer(run: Run, preview_x: torch.Tensor | None, save_previews) -> Callable[[], None]:
+    def preview() -> None:
+        if preview_x is None or save_previews is None:
+            return
+        if run.layout.sharded or dist.is_main():  # a sharded EMA model needs every process in its forward
+            pics = run.ema.model.previews(preview_x.to(run.device))
+            if dist.is_main():
+                save_previews(pics, run.outdir / f"preview-{run.samples:012d}")
+
+    return preview
+
+
+def _interrupted(run: Run, flag: _StopFlag) -> None:
+    """After a stop request: complete the state just started (unless a second signal forced the
+    exit) and say where the run can resume from."""
+    saved = run.saved_at == run.samples and not flag.forced
+    if saved:
+        finish_pending(run)
+    where = "state saved" if saved else f"the last state is at {max(run.saved_at, 0):,} samples"
+    dist.print0(f"\ninterrupted at {run.samples:,} samples; {where} in {run.outdir}. Rerun the same command to resume.")
 
 
 def _setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device, artifact_kind: str) -> Run:

@@ -41,8 +41,8 @@ def trainable_networks(model: nn.Module) -> list[nn.Module]:
     stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
     mixed = [n for n, p in model.named_parameters() if not p.requires_grad and id(p) in covered]
     if stray or mixed:
-        raise ConfigError(f"cannot shard this model: parameter {(stray or mixed)[0]!r} is not in a wholly trainable "
-                          "top-level network; use train.shard=ddp")
+        raise ConfigError(f"parameter {(stray or mixed)[0]!r} is not in a wholly trainable top-level network, which "
+                          "train.shard=fsdp, train.compile and train.activation_checkpointing need; turn them off")
     return nets
 
 
@@ -79,14 +79,15 @@ def prepare(cfg: RunConfig, model: nn.Module, ema: EMA, device: torch.device) ->
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls (convolutions use TF32 by default)
         model.to(memory_format=torch.channels_last)  # 4-D conv weights; 5-D (video) ones stay as they are
-    nets = trainable_networks(model)
+    sharding = dist.world() > 1 and t.shard == "fsdp"
+    nets = trainable_networks(model) if (sharding or t.compile or t.activation_checkpointing) else []
     if t.activation_checkpointing:
         checkpoint_blocks(nets)
     if t.compile:
         for b in (b for n in nets for b in blocks(n)):
             b.compile()
     layout_ddp, units = None, []
-    if dist.world() > 1 and t.shard == "fsdp":
+    if sharding:
         units = _fully_shard(nets, device, mixed=t.amp and device.type == "cuda")
         _fully_shard(trainable_networks_like(ema.model, nets, model), device, mixed=False)
     elif dist.world() > 1:

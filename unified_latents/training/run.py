@@ -33,7 +33,7 @@ from .checkpoint import load_state as load_legacy_state
 from .checkpoint import save_artifact
 from .ema import EMA
 from .parallel import Layout, full_state, prepare
-from .state import PendingSave, list_states, load_tensors, remove_stale, save_state
+from .state import PendingSave, list_states, load_tensors, read_meta, remove_stale, save_state
 
 LEGACY_RE = re.compile(r"training-state-(\d{12})\.pt$")
 
@@ -57,6 +57,7 @@ class Run:
     consecutive_bad: int = 0
     metrics: dict = field(default_factory=dict)
     saved_at: int = -1  # sample count of the last state written
+    artifact_at: int | None = None  # sample count of the artifact on disk (rank 0 reads it; all agree)
     saved_time: float = field(default_factory=time.monotonic)
     pending: PendingSave | None = None
     ckpt_group: object = None  # the gloo group of background state writes (train.async_checkpoint)
@@ -99,6 +100,7 @@ def setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device,
             print(f"removed {p.name}, left by an interrupted checkpoint write", flush=True)
     dist.barrier()
     _resume(run)
+    run.artifact_at = dist.broadcast_object(artifact_samples(run.artifact) if dist.is_main() else None)
     return run
 
 
@@ -128,6 +130,7 @@ def _resume(run: Run) -> None:
                                   "restore one or pass a new --outdir") from None
             dist.print0(f"warning: {e}; resuming from the state before it ({names[i + 1]})")
             continue
+        dist.on_main(lambda: _set_aside(run.outdir, names[:i]), "setting damaged states aside")
         run.samples, run.bad_total = int(meta["samples"]), int(meta.get("bad_steps", 0))
         run.metrics = meta.get("metrics", {})  # the last step's, for a run that is already done
         run.saved_at = run.samples
@@ -135,11 +138,37 @@ def _resume(run: Run) -> None:
         return
 
 
+def _set_aside(outdir: Path, names: list[str]) -> None:
+    """Rename states that could not be read (newer than the one resumed) so that they neither
+    count among the `train.keep` kept nor are tried again; nothing is deleted."""
+    for name in names:
+        src, dst = outdir / name, outdir / f"damaged-{name}"
+        if src.exists() and not dst.exists():
+            src.rename(dst)
+            print(f"set {name} aside as {dst.name}", flush=True)
+
+
+def _everywhere(fn, path: Path):
+    """fn() on every process; ResumeError on every process when it failed on any."""
+    err, out = None, None
+    try:
+        out = fn()
+    except ResumeError as e:
+        err = e
+    if not dist.all_agree(err is None):
+        raise err or ResumeError(f"{path} could not be read on every process")
+    return out
+
+
 def _load(run: Run, path: Path) -> dict:
+    meta = _everywhere(lambda: read_meta(path), path)
     tensors, groups = run.state_tensors()  # templates laid out like this run (sharded or not)
-    meta = load_tensors(path, tensors)
-    if not dist.all_agree(True):
-        raise ResumeError(f"{path} could not be read on every process")
+    load_tensors(path, tensors)  # collective: a read error anywhere raises everywhere
+    _everywhere(lambda: _apply(run, path, tensors, groups), path)
+    return meta
+
+
+def _apply(run: Run, path: Path, tensors: dict, groups: list) -> None:
     opts = StateDictOptions(strict=False)  # frozen parameters are not in the state
     try:
         set_state_dict(run.model, run.opt, model_state_dict=tensors["model"],
@@ -147,20 +176,31 @@ def _load(run: Run, path: Path) -> dict:
         set_model_state_dict(run.ema.model, tensors["ema"], options=opts)
     except (RuntimeError, KeyError, ValueError) as e:
         raise ResumeError(f"{path} does not fit this model ({e}); pass a new --outdir") from None
-    return meta
 
 
 def _load_legacy(run: Run, path: Path) -> dict:
     if run.layout.sharded:
         raise ResumeError(f"{path} was written by an earlier version; resume it with train.shard=ddp")
-    st = load_legacy_state(path)
+    st = _everywhere(lambda: load_legacy_state(path), path)
     try:
         run.model.load_state_dict(st["model"])
         run.ema.model.load_state_dict(st["ema"])
-        run.opt.load_state_dict(st["optimizer"])
+        run.opt.load_state_dict(legacy_optimizer_state(st["optimizer"], run.model))
     except (RuntimeError, KeyError, ValueError) as e:
         raise ResumeError(f"{path} does not fit this model ({e}); pass a new --outdir") from None
     return {"samples": st["samples"], "bad_steps": st.get("bad_steps", 0), "metrics": json.loads(st.get("metrics", "{}"))}
+
+
+def legacy_optimizer_state(sd: dict, model: nn.Module) -> dict:
+    """Earlier versions' optimizer held every parameter (frozen ones too, without state); this
+    one holds the trainable ones, in the same order. Keep their entries, renumbered."""
+    params = list(model.parameters())
+    (group,) = sd["param_groups"]
+    if len(group["params"]) != len(params):
+        return sd  # not of that layout: let load_state_dict say what does not fit
+    keep = [i for i, p in enumerate(params) if p.requires_grad]
+    state = {new: sd["state"][group["params"][old]] for new, old in enumerate(keep) if group["params"][old] in sd["state"]}
+    return {"state": state, "param_groups": [{**group, "params": list(range(len(keep)))}]}
 
 
 def checkpoint(run: Run) -> Path:
@@ -168,14 +208,14 @@ def checkpoint(run: Run) -> Path:
     at this sample count that exists already is not written again. Written in the background under
     torchrun (train.async_checkpoint): finished before the next one starts and before training
     ends or pauses (`finish_pending`)."""
-    if run.saved_at == run.samples and artifact_samples(run.artifact) == run.samples:
+    if run.saved_at == run.samples and run.artifact_at == run.samples:
         return run.artifact
     finish_pending(run)
     weights = full_state(run.ema.model, run.layout.sharded)  # gathered on rank 0 under FSDP
-    if dist.is_main():
-        extra = {"samples": run.samples, "metrics": run.metrics, **run.model.artifact_metadata()}
-        save_artifact(run.artifact, weights, to_dict(run.cfg), run.artifact_kind, extra)
-    dist.barrier()
+    extra = {"samples": run.samples, "metrics": run.metrics, **run.model.artifact_metadata()}
+    dist.on_main(lambda: save_artifact(run.artifact, weights, to_dict(run.cfg), run.artifact_kind, extra),
+                 f"writing {run.artifact}")
+    run.artifact_at = run.samples
     if run.saved_at != run.samples:
         tensors, _ = run.state_tensors()
         run.pending = save_state(run.outdir, run.samples, tensors, run.meta(), run.cfg.train.keep, run.ckpt_group)
@@ -186,9 +226,9 @@ def checkpoint(run: Run) -> Path:
 
 
 def finish_pending(run: Run) -> None:
-    if run.pending is not None:
-        run.pending.finish()
-        run.pending = None
+    pending, run.pending = run.pending, None  # tried once, even if finishing it fails
+    if pending is not None:
+        pending.finish()
 
 
 def artifact_samples(path: Path) -> int | None:

@@ -77,15 +77,22 @@ class PendingSave:
         if self.future is not None:
             self.future.result()
         dist.barrier()  # every process's part is on disk
-        if dist.is_main():
-            atomic_write_text(self.tmp / META, json.dumps(self.meta))
-            if self.final.exists():  # the same sample count written before (an interrupted run's rerun)
-                shutil.rmtree(self.final)
-            self.tmp.rename(self.final)
-            for old in list_states(self.final.parent)[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        dist.barrier()
+        dist.on_main(self._commit, f"finishing training state {self.final}")
         return self.final
+
+    def _commit(self) -> None:
+        atomic_write_text(self.tmp / META, json.dumps(self.meta))
+        if self.final.exists():  # the same sample count written before (an interrupted run's rerun)
+            remove_state(self.final)
+        self.tmp.rename(self.final)
+        for old in list_states(self.final.parent)[: -self.keep]:
+            remove_state(old)
+
+
+def remove_state(path: Path) -> None:
+    """state.json first: a state folder is then incomplete (never read) before any shard goes."""
+    (path / META).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def save_state(outdir: Path, samples: int, tensors: dict, meta: dict, keep: int, group=None) -> PendingSave:
@@ -108,20 +115,23 @@ def save_state(outdir: Path, samples: int, tensors: dict, meta: dict, keep: int,
     return pending
 
 
-def load_tensors(path: Path, tensors: dict) -> dict:
-    """Fill `tensors` (a template of the same keys, sharded like this run) in place from the state
-    at `path`; returns its state.json. Raises ResumeError when it is missing or damaged."""
+def read_meta(path: Path) -> dict:
+    """A state's state.json; ResumeError when it is missing or damaged."""
     meta_file = Path(path) / META
     try:
-        meta = json.loads(meta_file.read_text())
+        return json.loads(meta_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ResumeError(f"cannot read {meta_file} ({e})") from None
+
+
+def load_tensors(path: Path, tensors: dict) -> None:
+    """Fill `tensors` (a template of the same keys, sharded like this run) in place from the state
+    at `path`. Collective: a read error on any process raises ResumeError on every process."""
     try:
         with _quiet():
             dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=dist.world() == 1)
     except (Exception, CheckpointException) as e:  # a truncated or missing shard, another shape, ...
         raise ResumeError(f"cannot read training state {path}: {_reason(e)}") from None
-    return meta
 
 
 def _reason(e: BaseException) -> str:
