@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from .errors import TrainingError
+from .errors import TrainingError, UserError
 
 
-def init() -> torch.device:
-    """Join the process group if launched by torchrun; return this process's device."""
+def init(device: str = "auto") -> torch.device:
+    """Join the process group if launched by torchrun; return this process's device. `device`:
+    "auto" (this process's GPU when there is one, else the CPU), "cuda" or "cpu"."""
+    if device not in ("auto", "cuda", "cpu"):
+        raise UserError(f"--device must be auto, cuda or cpu, got {device!r}")
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
-    if torch.cuda.is_available():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+    if use_cuda:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
@@ -99,3 +105,35 @@ def on_main(fn, what: str):
         if err is not None:
             raise err
         raise TrainingError(f"rank 0 failed while {what}; see its message")
+
+
+def my_share(n: int) -> tuple[int, int]:
+    """This process's contiguous share [lo, hi) of n items (shares differ by at most one)."""
+    w, r = world(), rank()
+    return r * n // w, (r + 1) * n // w
+
+
+def gather_objects(obj) -> list:
+    """Every process's `obj`, in rank order, on every process (small values or CPU tensors)."""
+    if not dist.is_initialized():
+        return [obj]
+    parts = [None] * world()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every process's `t` (its share, same trailing shape) concatenated in rank order, on every
+    process, on the CPU. Shares may differ in length."""
+    parts = gather_objects(t.cpu())
+    return torch.cat([p for p in parts if p.shape[0]] or parts[:1])  # empty shares may lack the trailing shape
+
+
+@contextmanager
+def main_first():
+    """Rank 0 runs the block first (filling a cache, say); the others run it after."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()

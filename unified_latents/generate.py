@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 from tqdm import tqdm
 
+from . import dist
 from .config import RunConfig
 from .data import crop_pad, eval_source, load_images, to_float, to_uint8
 from .errors import UserError
@@ -75,6 +76,17 @@ def load_context(model: BaseModel, cfg: RunConfig, source: str, count: int, fram
     return clips, (torch.cat(z), k)
 
 
+def _share(model: BaseModel, seeds: list[int], labels, ctx, share: tuple[int, int], batch: int, progress: bool,
+           sampling: dict) -> torch.Tensor:
+    """uint8 samples of seeds[lo:hi] (this process's share; empty shares keep the trailing shape)."""
+    lo, hi = share
+    if hi == lo:
+        return torch.empty((0, *model.x_shape), dtype=torch.uint8)
+    lab = labels[lo:hi] if labels is not None else None
+    part = None if ctx is None else (ctx[0][lo:hi], ctx[1])
+    return generate_images(model, seeds[lo:hi], lab, batch, progress, context=part, **sampling)
+
+
 @dataclass
 class SampleRequest:
     """What `ul sample` asks for beyond the artifact, the seeds and the folder."""
@@ -93,29 +105,38 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
     """`ul sample`: a PNG grid plus individual PNGs (or one .npz) of the given seeds. Video: one
     MP4 per seed and a PNG strip (a row of frames per clip); with `context`, each clip continues
     the first `context_frames` frames of a context clip (strip rows: context clip, continuation).
-    samples.json (seeds, labels, settings) is written last: its presence marks a complete set."""
+    samples.json (seeds, labels, settings) is written last: its presence marks a complete set.
+    Under torchrun each process generates and writes the files of its share of the seeds; rank 0
+    gathers them for the grid, the .npz and samples.json (the same bytes as one process writes)."""
     model, cfg = load_model(artifact, device, stage="base")
     if req.context:
         model.modality.require_video("--context")
     labels = class_labels(seeds, req.classes, model.num_classes)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     manifest = outdir / "samples.json"
-    manifest.unlink(missing_ok=True)  # written last: a folder without it holds an interrupted set
+    if dist.is_main():
+        outdir.mkdir(parents=True, exist_ok=True)
+        manifest.unlink(missing_ok=True)  # written last: a folder without it holds an interrupted set
+    dist.barrier()
     pad, m = cfg.data.pad, model.modality
     ctx_clips, ctx = None, None
     if req.context:
         ctx_clips, ctx = load_context(model, cfg, req.context, len(seeds), req.context_frames, device)
         ctx_clips = crop_pad(ctx_clips, pad)
-    batch = req.batch or cfg.sample.batch or m.batch
-    gen = crop_pad(generate_images(model, seeds, labels, batch, progress, context=ctx, **req.sampling), pad)
+    lo, hi = dist.my_share(len(seeds))
+    mine = _share(model, seeds, labels, ctx, (lo, hi), req.batch or cfg.sample.batch or m.batch, progress, req.sampling)
+    if not req.npz and hi > lo:
+        m.save_files(crop_pad(mine, pad), seeds[lo:hi], outdir, req.fps)
+    gen = crop_pad(dist.gather_cat(mine), pad)  # every process's files are written once this returns
+    if not dist.is_main():
+        return {}
     by_class = labels is not None and not req.classes and len(seeds) >= model.num_classes
     paths = m.save_overview(gen, outdir, model.num_classes if by_class else None, ctx_clips)
     if req.npz:
         paths["npz"] = outdir / "samples.npz"
         m.save_npz(gen, seeds, labels, paths["npz"])
-    else:
-        paths.update(m.save_files(gen, seeds, outdir, req.fps))
+    elif m.video:
+        paths["mp4"] = outdir / f"{seeds[0]:06d}.mp4"
     record = {"complete": True, "artifact": str(artifact), "count": len(seeds), "seeds": seeds,
               "labels": labels.tolist() if labels is not None else None, "sampling": req.sampling,
               "context": req.context}

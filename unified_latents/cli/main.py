@@ -15,6 +15,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
+def _device_arg(p: argparse.ArgumentParser, split: bool) -> None:
+    more = (" Under torchrun the seeds are split over the processes; outputs do not depend on how many."
+            if split else " Runs in one process.")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                   help="where the networks run: auto (default: this process's GPU when there is one), cuda or cpu." + more)
+
+
 TRUST = " (TorchScript is a program: pass only a file you trust)"
 SAMPLER_NAMES = ["ancestral", "ddim", "dpm++2m"]  # diffusion/samplers.py SAMPLERS (not imported: keeps --help fast)
 
@@ -78,6 +85,7 @@ def _training_commands(sub) -> None:
                         "(blurrier where the latent leaves detail open; default 1 = one sample)")
     r.add_argument("--out", type=Path, help="PNG grid of originals above reconstructions (default: next to the artifact)")
     r.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _device_arg(r, split=False)
     _common(r)
 
     p = sub.add_parser("pipeline", help="the main job: train, evaluate and write a report (rerun to resume)")
@@ -113,6 +121,7 @@ def _artifact_commands(sub) -> None:
     e.add_argument("--artifact", required=True, type=Path, help="stage-1 artifact")
     e.add_argument("--data", help="images to encode (default: the artifact's training data)")
     e.add_argument("--dest", required=True, type=Path, help="folder or .safetensors file")
+    _device_arg(e, split=False)
     _common(e)
 
     s = sub.add_parser("sample", help="generate images with a base-model artifact")
@@ -132,6 +141,7 @@ def _artifact_commands(sub) -> None:
                         "for the held-out clips); sample k uses clip k (cycled)")
     s.add_argument("--context-frames", type=int, default=5, help="video: how many leading frames of each context clip are given (default 5)")
     s.add_argument("--fps", type=int, default=8, help="video: frame rate of the MP4s (default 8)")
+    _device_arg(s, split=True)
     _common(s)
 
     v = sub.add_parser("eval", help="gFID/KID, rFID, PSNR/SSIM, bitrates and FLOPs of a base-model artifact")
@@ -149,6 +159,7 @@ def _artifact_commands(sub) -> None:
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
     v.add_argument("--batch", type=_positive, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")
     v.add_argument("--json", action="store_true")
+    _device_arg(v, split=True)
     _common(v)
 
     i = sub.add_parser("info", help="parameter counts, FLOPs and training memory of a preset (no memory allocated)")
@@ -227,9 +238,10 @@ def cmd_train(args) -> None:
 def cmd_reconstruct(args) -> None:
     from ..eval.reconstruct import reconstruct
 
+    device = _one_process(args.device, "reconstruct")
     out = args.out or args.artifact.with_name("reconstructions.png")
-    m = reconstruct(args.artifact, args.data, out, args.count, args.steps, args.sampler, progress=sys.stderr.isatty(),
-                    mean_of=args.mean_of, batch=args.batch)
+    m = reconstruct(args.artifact, args.data, out, args.count, args.steps, args.sampler, device=device,
+                    progress=sys.stderr.isatty(), mean_of=args.mean_of, batch=args.batch)
     if args.json:
         print(json.dumps(m))
         return
@@ -239,6 +251,14 @@ def cmd_reconstruct(args) -> None:
     print(f"SSIM             {m['ssim']:.4f}")
     print(f"latent bitrate   {m['bits_per_image']:.1f} bits/image (+- {m['bits_per_image_stderr']:.1f}), {m['bpp']:.4f} bits/pixel")
     print(f"grid             {out}")
+
+
+def _one_process(device: str, command: str):
+    dev = dist.init(device)
+    if dist.world() > 1:
+        raise UserError(f"`ul {command}` runs in one process; start it without torchrun (`ul sample` and `ul eval` "
+                        "split their work over torchrun's processes)")
+    return dev
 
 
 def cmd_sweep(args) -> None:
@@ -259,7 +279,8 @@ def cmd_sweep(args) -> None:
 def cmd_encode(args) -> None:
     from ..stages import encode
 
-    dest = encode(args.artifact, args.data, args.dest, progress=sys.stderr.isatty())
+    dest = encode(args.artifact, args.data, args.dest, device=_one_process(args.device, "encode"),
+                  progress=sys.stderr.isatty())
     print(f"latents: {dest}")
 
 
@@ -276,9 +297,11 @@ def cmd_sample(args) -> None:
     sampling = dict(steps=args.base_steps, decoder_steps=args.decoder_steps, sampler=args.sampler,
                     guidance=args.guidance, interval=interval)
     req = SampleRequest(args.classes, args.batch, args.npz, args.context, args.context_frames, args.fps, sampling)
-    paths = write_samples(args.artifact, parse_seeds(args.seeds), args.outdir, req, progress=sys.stderr.isatty())
+    device = dist.init(args.device)
+    paths = write_samples(args.artifact, parse_seeds(args.seeds), args.outdir, req, device,
+                          progress=dist.is_main() and sys.stderr.isatty())
     for k, p in paths.items():
-        print(f"{k}: {p}")
+        dist.print0(f"{k}: {p}")
 
 
 def cmd_evaluate(args) -> None:
@@ -286,9 +309,13 @@ def cmd_evaluate(args) -> None:
 
     sampling = {k: v for k, v in (("guidance", args.guidance), ("base_steps", args.base_steps),
                                   ("decoder_steps", args.decoder_steps), ("sampler", args.sampler)) if v is not None}
+    device = dist.init(args.device)
     res = evaluate_artifact(args.artifact, EvalRequest(args.samples, args.recon, args.ref_count, args.inception, args.i3d,
-                                                       args.context_frames, sampling, progress=sys.stderr.isatty(),
+                                                       args.context_frames, sampling, device,
+                                                       progress=dist.is_main() and sys.stderr.isatty(),
                                                        out=args.outdir, batch=args.batch))
+    if not dist.is_main():
+        return
     if args.json:
         print(json.dumps(res))
         return
@@ -361,3 +388,5 @@ def main(argv: list[str] | None = None) -> None:
         if args.debug:
             raise
         sys.exit(130)
+    finally:
+        dist.shutdown()

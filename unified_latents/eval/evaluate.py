@@ -11,8 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .. import dist
 from ..config import SampleConfig
 from ..data.grids import save_strip
 from ..data import ImageData, crop_pad, encode_images, eval_source, load_images, to_float, to_uint8
@@ -163,7 +165,11 @@ def evaluate_artifact(artifact: Path, request: EvalRequest) -> dict:
 
 
 def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
+    """Under torchrun, generation and its features are split over the processes (seed k is the
+    same sample whatever their number); the rest runs on every process alike; rank 0 writes."""
     m, cfg = model.modality, model.cfg
+    if not dist.is_main():
+        request = dataclasses.replace(request, out=None, progress=False)
     samples, recon, ref_count = eval_counts(m, request.samples, request.recon, request.ref_count)
     sc = dataclasses.replace(cfg.sample, **request.sampling)
     fvd_net = None
@@ -180,7 +186,8 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
     d = s1cfg.data
     key = json.dumps([src, split, ref_count, d.resolution, d.channels, d.pad, str(request.inception), d.frames,
                       d.frame_stride, m.reference_key(d)])
-    ref = reference_features(key, lambda: m.frames(crop_pad(held.images[:ref_count], d.pad)), net, request.progress)
+    with dist.main_first():  # rank 0 fills the feature cache; the others then read it
+        ref = reference_features(key, lambda: m.frames(crop_pad(held.images[:ref_count], d.pad)), net, request.progress)
     ctx = _Context(model, request, sc, held, ref, net)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames)
     scores = eval_samples(ctx, samples, ref_count, fvd_net)
@@ -200,21 +207,31 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
 def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> SampleScores:
     """gFID and KID (and FVD) of `samples` generated examples, seeds 0..samples-1."""
     model, req, m = ctx.model, ctx.req, ctx.m
-    seeds = list(range(samples))
-    labels = class_labels(seeds, None, model.num_classes)
-    gen = crop_pad(generate_images(model, seeds, labels, batch=ctx.batch, progress=req.progress,
-                                   decoder_steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler,
-                                   **_base_kw(ctx)), ctx.pad)
-    gfeat = ctx.net(m.frames(gen), progress=req.progress, desc="sample features")
+    lo, hi = dist.my_share(samples)  # this process's seeds
+    seeds = list(range(lo, hi))
+    labels = class_labels(list(range(samples)), None, model.num_classes)
+    gen = crop_pad(generate_images(model, seeds, labels[lo:hi] if labels is not None else None, batch=ctx.batch,
+                                   progress=req.progress, decoder_steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler,
+                                   **_base_kw(ctx)), ctx.pad) if hi > lo else torch.empty(0, dtype=torch.uint8)
+    gfeat = _gathered(ctx.net, m.frames(gen) if hi > lo else gen, req.progress, "sample features")
     k, k_std = kid(gfeat, ctx.ref, subset_size=min(1000, gfeat.shape[0], ctx.ref.shape[0]))
     scores = SampleScores(fid_from_features(gfeat, ctx.ref), samples, k, k_std)
     if fvd_net is not None:
-        real = fvd_net(crop_pad(ctx.held.images[:ref_count], ctx.pad), progress=req.progress, desc="I3D real")
-        fake = fvd_net(gen, progress=req.progress, desc="I3D generated")
+        rlo, rhi = dist.my_share(ref_count)
+        real = _gathered(fvd_net, crop_pad(ctx.held.images[rlo:rhi], ctx.pad), req.progress, "I3D real")
+        fake = _gathered(fvd_net, gen, req.progress, "I3D generated")
         scores.fvd, scores.fvd_samples = fid_from_features(fake, real), samples
+    head = dist.gather_cat(gen[: max(0, min(hi, 100) - lo)])  # the first 100 samples, for the sheet
     if req.out is not None:
-        m.save_samples(gen, Path(req.out) / "samples.png", samples, labels is not None)
+        m.save_samples(head, Path(req.out) / "samples.png", samples, labels is not None)
     return scores
+
+
+def _gathered(net, x: torch.Tensor, progress: bool, desc: str) -> np.ndarray:
+    """Features of this process's examples, then everyone's in rank (= seed) order."""
+    feats = torch.from_numpy(net(x, progress=progress, desc=desc)) if x.shape[0] else torch.empty(0, 0, dtype=torch.float64)
+    parts = [f for f in dist.gather_objects(feats) if f.shape[0]]
+    return torch.cat(parts).numpy()
 
 
 def _base_kw(ctx: _Context) -> dict:

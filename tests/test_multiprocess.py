@@ -1,0 +1,80 @@
+"""`ul sample` and `ul eval` split over torchrun processes (gloo on CPU) give what one process gives."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, make_npz, run_ul
+from test_stage2 import _stand_in_inception
+
+FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
+
+
+def _torchrun(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "unified_latents", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def base_artifact(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mp")
+    data, held = make_npz(tmp / "d.npz", n=40), make_npz(tmp / "h.npz", n=12, seed=1)
+    r = run_ul("train", *FAST, "--data", str(data), "--eval-data", str(held), "--outdir", str(tmp / "s1"))
+    assert r.returncode == 0, r.stderr
+    r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(tmp / "s1" / "artifact.safetensors"),
+               "--outdir", str(tmp / "b"))
+    assert r.returncode == 0, r.stderr
+    return tmp / "b" / "artifact.safetensors"
+
+
+def test_sample_on_two_processes_writes_the_same_bytes(base_artifact, tmp_path):
+    common = ["sample", "--artifact", str(base_artifact), "--seeds", "0-10", "--base-steps", "3", "--decoder-steps", "3",
+              "--device", "cpu"]
+    for extra, name in (([], "files"), (["--npz"], "npz")):
+        one, two = tmp_path / f"one-{name}", tmp_path / f"two-{name}"
+        r = run_ul(*common, *extra, "--outdir", str(one))
+        assert r.returncode == 0, r.stderr
+        r = _torchrun(*common, *extra, "--outdir", str(two))  # shares of 5 and 6 seeds
+        assert r.returncode == 0, r.stderr[-3000:]
+        names = sorted(p.name for p in one.iterdir())
+        assert names == sorted(p.name for p in two.iterdir()) and "samples.json" in names
+        for n in names:
+            assert (one / n).read_bytes() == (two / n).read_bytes(), n
+    assert len(list((tmp_path / "two-files").glob("0000*.png"))) == 11
+
+
+def test_eval_on_two_processes_matches_one(base_artifact, tmp_path):
+    inc = _stand_in_inception(tmp_path / "inc.pt")
+    common = ["eval", "--artifact", str(base_artifact), "--samples", "9", "--recon", "6", "--ref-count", "12",
+              "--inception", str(inc), "--json", "--device", "cpu", "--base-steps", "3", "--decoder-steps", "3"]
+    r = run_ul(*common, "--outdir", str(tmp_path / "one"))
+    assert r.returncode == 0, r.stderr
+    r2 = _torchrun(*common, "--outdir", str(tmp_path / "two"))
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    one, two = json.loads(r.stdout), json.loads(r2.stdout)  # printed by rank 0 only
+    for key in ("gfid", "kid", "rfid", "psnr", "base_bits_per_image", "prior_bits_per_image"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6, abs=1e-9), key
+    assert two["gfid_samples"] == 9
+    assert (tmp_path / "one" / "samples.png").read_bytes() == (tmp_path / "two" / "samples.png").read_bytes()
+    assert json.loads((tmp_path / "two" / "eval.json").read_text())["gfid"] == two["gfid"]
+
+
+def test_encode_refuses_torchrun_with_a_clear_message(base_artifact, tmp_path):
+    s1 = base_artifact.parents[1] / "s1" / "artifact.safetensors"
+    r = _torchrun("encode", "--artifact", str(s1), "--dest", str(tmp_path / "lat"), "--device", "cpu")
+    assert r.returncode != 0 and "runs in one process" in r.stderr
+
+
+def test_device_cuda_without_a_gpu_is_one_clear_error(base_artifact, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = run_ul("sample", "--artifact", str(base_artifact), "--seeds", "0-1", "--outdir", str(tmp_path / "o"),
+               "--device", "cuda")
+    assert r.returncode == 2 and "no GPU" in r.stderr and "Traceback" not in r.stderr
