@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from helpers import ROOT, make_npz, run_ul
 from test_stage2 import _stand_in_inception
@@ -64,10 +66,46 @@ def test_eval_on_two_processes_matches_one(base_artifact, tmp_path):
     assert json.loads((tmp_path / "two" / "eval.json").read_text())["gfid"] == two["gfid"]
 
 
-def test_encode_refuses_torchrun_with_a_clear_message(base_artifact, tmp_path):
+def _stats(d):
+    return [json.loads(ln) for ln in (d / "stats.jsonl").read_text().splitlines()]
+
+
+def test_encode_on_two_processes_writes_shards_that_stage2_reads_lazily(base_artifact, tmp_path):
     s1 = base_artifact.parents[1] / "s1" / "artifact.safetensors"
-    r = _torchrun("encode", "--artifact", str(s1), "--dest", str(tmp_path / "lat"), "--device", "cpu")
-    assert r.returncode != 0 and "runs in one process" in r.stderr
+    data = base_artifact.parents[1] / "d.npz"
+    one, two = tmp_path / "one.safetensors", tmp_path / "two"
+    assert run_ul("encode", "--artifact", str(s1), "--dest", str(one), "--device", "cpu").returncode == 0
+    r = _torchrun("encode", "--artifact", str(s1), "--dest", str(two), "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in two.iterdir()) == ["index.json", "shard-00000-of-00002.safetensors",
+                                                     "shard-00001-of-00002.safetensors"]
+    whole = load_file(one)
+    shards = [load_file(two / f"shard-0000{k}-of-00002.safetensors") for k in (0, 1)]
+    for key in ("latents", "labels"):
+        assert torch.equal(torch.cat([sh[key] for sh in shards]), whole[key]), key
+    # stage 2 from the sharded folder (read row by row) and from the one file: the same training
+    base = ["train", "--stage", "base", *FAST, "--artifact", str(s1), "--data", str(data), "--set", "train.log_every=1"]
+    for name, cache in (("from-file", one), ("from-shards", two)):
+        r = run_ul(*base, "--latents", str(cache), "--outdir", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+    assert _stats(tmp_path / "from-file") == [
+        {**rec, "sec": a["sec"]} for rec, a in zip(_stats(tmp_path / "from-shards"), _stats(tmp_path / "from-file"))]
+    # a cache of other data than the run's is refused, whichever form it has
+    other = make_npz(tmp_path / "other.npz", n=40, seed=7)
+    for cache in (one, two):
+        r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(s1), "--data", str(other), "--latents", str(cache),
+                   "--outdir", str(tmp_path / "refused"))
+        assert r.returncode == 2 and "other data" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_shard_folder_without_its_index_is_refused(base_artifact, tmp_path):
+    s1 = base_artifact.parents[1] / "s1" / "artifact.safetensors"
+    dest = tmp_path / "lat"
+    assert run_ul("encode", "--artifact", str(s1), "--dest", str(dest), "--device", "cpu").returncode == 0
+    (dest / "index.json").unlink()  # as if the run was killed before rank 0 finished
+    r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(s1), "--latents", str(dest),
+               "--outdir", str(tmp_path / "b"))
+    assert r.returncode == 2 and "no complete latent cache" in r.stderr, r.stderr
 
 
 def test_device_cuda_without_a_gpu_is_one_clear_error(base_artifact, tmp_path):

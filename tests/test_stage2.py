@@ -164,7 +164,7 @@ def test_stage2_end_to_end_cli(tmp_path):
     r = run_ul("encode", "--artifact", str(art1), "--dest", str(tmp_path / "lat"))
     assert r.returncode == 0, r.stderr
     r = run_ul("train", "--stage", "base", *fast, "--artifact", str(art1), "--latents",
-               str(tmp_path / "lat" / "latents.safetensors"), "--outdir", str(tmp_path / "b"))
+               str(tmp_path / "lat"), "--outdir", str(tmp_path / "b"))
     assert r.returncode == 0 and "done: 16 samples" in r.stdout, r.stderr
     art2 = tmp_path / "b" / "artifact.safetensors"
     r = run_ul("sample", "--artifact", str(art2), "--seeds", "0-11", "--outdir", str(tmp_path / "out"),
@@ -186,7 +186,7 @@ def test_stage2_end_to_end_cli(tmp_path):
     other = tmp_path / "s1b"
     assert run_ul("train", *fast, "--data", str(data), "--outdir", str(other), "--set", "train.seed=5").returncode == 0
     r = run_ul("train", "--stage", "base", *fast, "--artifact", str(other / "artifact.safetensors"), "--latents",
-               str(tmp_path / "lat" / "latents.safetensors"), "--outdir", str(tmp_path / "b2"))
+               str(tmp_path / "lat"), "--outdir", str(tmp_path / "b2"))
     assert r.returncode == 2 and "different encoder" in r.stderr and "Traceback" not in r.stderr
     # eval with a stand-in feature network
     inc = _stand_in_inception(tmp_path / "inc.pt")

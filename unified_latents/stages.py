@@ -10,6 +10,7 @@ import torch
 from . import dist
 from .config import RunConfig, from_dict, to_dict
 from .data import LatentData, encode_images, eval_source, load_images, load_latents, modality_of, save_latents, to_float
+from .data.latent_shards import INDEX, data_fingerprint, load_cache, write_index, write_shard
 from .errors import ConfigError, UserError
 from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
 from .objectives.registry import artifact_config, build_model, load_model
@@ -48,36 +49,63 @@ def _with_scale(model: BaseModel, scale: float) -> BaseModel:
     return model
 
 
-def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, progress: bool | None = None) -> LatentData:
-    """The training data's z_clean: from cfg.base.latents, or encoded once and cached at `cache`."""
-    fp = encoder_fingerprint(stage1)
+def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, progress: bool | None = None):
+    """The training data's z_clean: from cfg.base.latents (a file, or a folder of shards read
+    lazily), or encoded once, split over the processes, and cached at `cache`."""
+    fp, dfp = encoder_fingerprint(stage1), data_fingerprint(cfg.data, cfg.data.source)
     if cfg.base.latents:
-        return load_latents(Path(cfg.base.latents), fp)
+        return load_cache(Path(cfg.base.latents), fp, dfp)
     if cache.exists():
         try:
-            return load_latents(cache, fp)
+            return load_cache(cache, fp, dfp)
         except UserError:
-            pass  # made by another encoder: encode again
+            pass  # made by another encoder or of other data: encode again
     data = load_images(cfg.data)
     dist.print0(f"encoding {len(data):,} images with the frozen encoder ...")
-    lat = LatentData(encode_images(stage1, data.images, stage1.modality.encode_batch, device=device,
-                                   progress=progress is not False), data.labels)
+    lat = dist_encode(stage1, data, device, progress is not False)
+    lat = LatentData(dist.gather_cat(lat.latents), data.labels)
     if dist.is_main():
-        save_latents(cache, lat, fp, cfg.data.source)
+        save_latents(cache, lat, fp, cfg.data.source, dfp)
     dist.barrier()
     return lat
 
 
+def dist_encode(stage1: UnifiedLatents, data, device, progress: bool) -> LatentData:
+    """z_clean of this process's contiguous share of `data` (all of it in one process)."""
+    lo, hi = dist.my_share(len(data))
+    z = encode_images(stage1, data.images[lo:hi], stage1.modality.encode_batch, device=device, progress=progress)
+    return LatentData(z, data.labels[lo:hi] if data.labels is not None else None)
+
+
 def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress: bool = True) -> Path:
-    """`ul encode`: cache z_clean (and labels) of a dataset with the frozen EMA encoder."""
+    """`ul encode`: cache z_clean (and labels) of a dataset with the frozen EMA encoder. DEST.safetensors:
+    one file (one process). A folder: one shard per process (torchrun splits the data), index last."""
     stage1, cfg = load_model(artifact, device, stage="latents")
+    source = data or cfg.data.source
     images = load_images(cfg.data, data) if data else load_images(cfg.data)
-    lat = LatentData(encode_images(stage1, images.images, stage1.modality.encode_batch, device=device,
-                                   progress=progress), images.labels)
+    meta = {"encoder_fingerprint": encoder_fingerprint(stage1), "data_fingerprint": data_fingerprint(cfg.data, source),
+            "source": source}
     dest = Path(dest)
-    if dest.suffix != ".safetensors":
-        dest = dest / "latents.safetensors"
-    save_latents(dest, lat, encoder_fingerprint(stage1), data or cfg.data.source)
+    if dest.suffix == ".safetensors":
+        if dist.world() > 1:
+            raise UserError(f"--dest {dest} is one file, written by one process; under torchrun give a folder "
+                            "(each process writes its shard)")
+        lat = dist_encode(stage1, images, device, progress)
+        save_latents(dest, lat, meta["encoder_fingerprint"], source, meta["data_fingerprint"])
+        return dest
+    if dist.is_main():
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / INDEX).unlink(missing_ok=True)  # written last: a folder without it is incomplete
+    dist.barrier()
+    lo, _ = dist.my_share(len(images))
+    write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, images, device, progress), lo, meta)
+    dist.barrier()
+    if dist.is_main():
+        for old in dest.glob("shard-*.safetensors"):  # shards of an earlier run with another process count
+            if not old.name.endswith(f"-of-{dist.world():05d}.safetensors"):
+                old.unlink()
+        write_index(dest, dist.world(), len(images), meta)
+    dist.barrier()
     return dest
 
 
@@ -90,7 +118,7 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
     lat = latents_for(stage1, cfg, outdir / "latents.safetensors", device, progress)
     if cfg.data.num_classes and lat.labels is None:
         dist.print0("the data has no labels: training an unconditional base model")
-    scale = 1.0 / float(lat.latents.std()) if cfg.base.scale_latents else 1.0
+    scale = 1.0 / lat.std() if cfg.base.scale_latents else 1.0
     if cfg.base.scale_latents:
         dist.print0(f"latent scale factor 1/std = {scale:.4g} (base.scale_latents; UL itself never rescales)")
     return train(cfg, outdir, lambda: _with_scale(build_model(cfg, stage1.cpu()), scale), lat,
@@ -108,7 +136,7 @@ def _held_latents(stage1: UnifiedLatents, cfg: RunConfig, lat: LatentData, devic
             return encode_images(stage1, held, m.encode_batch, device=device).cpu()
         except UserError:
             pass
-    return lat.latents[:PREVIEW_LATENTS]
+    return lat.get(torch.arange(min(PREVIEW_LATENTS, len(lat))))[0]
 
 
 PREVIEW_LATENTS = 8

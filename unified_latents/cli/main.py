@@ -16,7 +16,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _device_arg(p: argparse.ArgumentParser, split: bool) -> None:
-    more = (" Under torchrun the seeds are split over the processes; outputs do not depend on how many."
+    more = (" Under torchrun the work is split over the processes; outputs do not depend on how many."
             if split else " Runs in one process.")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                    help="where the networks run: auto (default: this process's GPU when there is one), cuda or cpu." + more)
@@ -120,8 +120,9 @@ def _artifact_commands(sub) -> None:
     e = sub.add_parser("encode", help="cache the frozen encoder's latents (with labels) of a dataset")
     e.add_argument("--artifact", required=True, type=Path, help="stage-1 artifact")
     e.add_argument("--data", help="images to encode (default: the artifact's training data)")
-    e.add_argument("--dest", required=True, type=Path, help="folder or .safetensors file")
-    _device_arg(e, split=False)
+    e.add_argument("--dest", required=True, type=Path,
+                   help="a folder (one shard per process, read lazily by stage 2) or one .safetensors file (one process)")
+    _device_arg(e, split=True)
     _common(e)
 
     s = sub.add_parser("sample", help="generate images with a base-model artifact")
@@ -256,8 +257,8 @@ def cmd_reconstruct(args) -> None:
 def _one_process(device: str, command: str):
     dev = dist.init(device)
     if dist.world() > 1:
-        raise UserError(f"`ul {command}` runs in one process; start it without torchrun (`ul sample` and `ul eval` "
-                        "split their work over torchrun's processes)")
+        raise UserError(f"`ul {command}` runs in one process; start it without torchrun (`ul sample`, `ul eval` "
+                        "and `ul encode` split their work over torchrun's processes)")
     return dev
 
 
@@ -279,9 +280,9 @@ def cmd_sweep(args) -> None:
 def cmd_encode(args) -> None:
     from ..stages import encode
 
-    dest = encode(args.artifact, args.data, args.dest, device=_one_process(args.device, "encode"),
-                  progress=sys.stderr.isatty())
-    print(f"latents: {dest}")
+    dest = encode(args.artifact, args.data, args.dest, device=dist.init(args.device),
+                  progress=dist.is_main() and sys.stderr.isatty())
+    dist.print0(f"latents: {dest}")
 
 
 def cmd_sample(args) -> None:

@@ -29,6 +29,9 @@ class LatentData:
     def get(self, idx: torch.Tensor):
         return self.latents[idx], (self.labels[idx] if self.labels is not None else None)
 
+    def std(self) -> float:
+        return float(self.latents.std())
+
 
 @torch.no_grad()
 def encode_images(stage1, images: torch.Tensor, batch: int = 500, device="cpu", progress: bool = False) -> torch.Tensor:
@@ -39,16 +42,20 @@ def encode_images(stage1, images: torch.Tensor, batch: int = 500, device="cpu", 
     return torch.cat(out)
 
 
-def save_latents(path: Path, data: LatentData, fingerprint: str, source: str) -> None:
+def save_latents(path: Path, data: LatentData, fingerprint: str, source: str, data_fp: str | None = None) -> None:
+    """One cache file (one process). `data_fp`: the data's fingerprint (latent_shards.data_fingerprint)."""
     tensors = {"latents": data.latents.contiguous()}
     if data.labels is not None:
         tensors["labels"] = data.labels.contiguous()
     meta = {"format": LATENTS_FORMAT, "encoder_fingerprint": fingerprint, "source": json.dumps(source)}
+    if data_fp is not None:
+        meta["data_fingerprint"] = data_fp
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def load_latents(path: Path, fingerprint: str) -> LatentData:
-    """Load a latent cache; refuse one made by another encoder."""
+def load_latents(path: Path, fingerprint: str, data_fp: str | None = None) -> LatentData:
+    """A one-file latent cache, loaded. Refuses one made by another encoder, or (when both
+    fingerprints are known) of other data. Folders of shards: latent_shards.load_cache."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"latent cache {path} does not exist; make one with `ul encode --artifact A --dest {path}`")
@@ -60,4 +67,7 @@ def load_latents(path: Path, fingerprint: str) -> LatentData:
             f"{path} was made by a different encoder than the stage-1 artifact's; "
             "re-encode with `ul encode --artifact <this artifact>` or pass the matching artifact"
         )
+    if data_fp is not None and meta.get("data_fingerprint", data_fp) != data_fp:  # older caches carry none
+        raise DataError(f"{path} holds latents of other data than this run's ({meta.get('source', '?')}); "
+                        "re-encode this data with `ul encode`, or train on the data it was made from")
     return LatentData(t["latents"], t.get("labels"))

@@ -1,0 +1,126 @@
+"""Latent caches in shards, read lazily: what `ul encode` writes into a folder (one shard per process
+under torchrun) and what stage 2 trains from without loading the cache into memory.
+
+A cache folder holds `shard-<k>-of-<n>.safetensors` (rows [offset, offset + count) of the data, in
+data order, with labels) and `index.json`, written last by rank 0 (so a folder without it is an
+interrupted write). Every shard and the index carry the encoder's fingerprint and the data's: a
+cache of another encoder or of other data is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..config import DataConfig, to_dict
+from ..errors import DataError
+from ..files import atomic_write, atomic_write_text
+from .latents import LATENTS_FORMAT, LatentData, load_latents
+
+INDEX = "index.json"
+
+
+def load_cache(path: Path, encoder_fp: str, data_fp: str | None = None):
+    """A latent cache: a folder of shards (read lazily) or one .safetensors file (loaded)."""
+    return ShardedLatents(path, encoder_fp, data_fp) if Path(path).is_dir() else load_latents(path, encoder_fp, data_fp)
+
+
+def shard_name(k: int, n: int) -> str:
+    return f"shard-{k:05d}-of-{n:05d}.safetensors"
+
+
+def data_fingerprint(cfg: DataConfig, source: str) -> str:
+    """sha256 of what defines the examples: the source, the data settings, and the size and
+    modification time of every file under a source path (cheap: no file is read)."""
+    h = hashlib.sha256()
+    d = {k: v for k, v in to_dict(cfg).items() if k not in ("source", "eval_source", "skip_bad")}
+    h.update(json.dumps([source, d], sort_keys=True).encode())
+    p = Path(source)
+    if p.exists():
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.relative_to(p) if f != p else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def write_shard(dest: Path, k: int, n: int, lat: LatentData, offset: int, meta: dict) -> None:
+    tensors = {"latents": lat.latents.contiguous()}
+    if lat.labels is not None:
+        tensors["labels"] = lat.labels.contiguous()
+    info = {"format": LATENTS_FORMAT, "offset": str(offset), **{k2: str(v) for k2, v in meta.items()}}
+    atomic_write(Path(dest) / shard_name(k, n), lambda tmp: save_file(tensors, tmp, metadata=info))
+
+
+def write_index(dest: Path, n: int, total: int, meta: dict) -> None:
+    atomic_write_text(Path(dest) / INDEX, json.dumps({"format": LATENTS_FORMAT, "shards": n, "total": total, **meta}))
+
+
+class ShardedLatents:
+    """A cache folder read lazily: `get(idx)` reads only the rows asked for (memory-mapped)."""
+
+    def __init__(self, folder: Path, encoder_fp: str, data_fp: str | None):
+        self.folder = Path(folder)
+        try:
+            index = json.loads((self.folder / INDEX).read_text())
+        except (OSError, json.JSONDecodeError):
+            raise DataError(f"{self.folder} holds no complete latent cache ({INDEX} is missing or damaged); "
+                            "run `ul encode` again") from None
+        _check(self.folder, index, encoder_fp, data_fp)
+        self.paths = [self.folder / shard_name(k, index["shards"]) for k in range(index["shards"])]
+        self.starts, labels = [], []
+        for p in self.paths:
+            with _open(p) as f:
+                meta = f.metadata() or {}
+                self.starts.append(int(meta["offset"]))
+                labels.append(f.get_tensor("labels") if "labels" in f.keys() else None)
+        self.total = int(index["total"])
+        self.labels = None if any(lb is None for lb in labels) else torch.cat(labels)
+        self.bounds = torch.tensor(self.starts[1:] + [self.total])
+
+    def __len__(self) -> int:
+        return self.total
+
+    def get(self, idx: torch.Tensor):
+        shard = torch.bucketize(idx, self.bounds, right=True)  # the shard holding each row
+        rows = [None] * len(idx)
+        for k in shard.unique().tolist():
+            where = (shard == k).nonzero().flatten().tolist()
+            with _open(self.paths[k]) as f:
+                sl = f.get_slice("latents")
+                for w in where:
+                    i = int(idx[w]) - self.starts[k]
+                    rows[w] = sl[i : i + 1]
+        return torch.cat(rows), (self.labels[idx] if self.labels is not None else None)
+
+    def std(self) -> float:
+        """Standard deviation of every latent value, streamed shard by shard in float64."""
+        n, s, s2 = 0, 0.0, 0.0
+        for p in self.paths:
+            with _open(p) as f:
+                z = f.get_tensor("latents").double()
+            n, s, s2 = n + z.numel(), s + float(z.sum()), s2 + float((z * z).sum())
+        return ((s2 - s * s / n) / (n - 1)) ** 0.5
+
+
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # truncated or missing
+        raise DataError(f"latent shard {path} cannot be read ({e}); run `ul encode` again") from None
+
+
+def _check(folder: Path, index: dict, encoder_fp: str, data_fp: str | None) -> None:
+    if index.get("format") != LATENTS_FORMAT:
+        raise DataError(f"{folder} is not a unified-latents latent cache; make one with `ul encode`")
+    if index.get("encoder_fingerprint") != encoder_fp:
+        raise DataError(f"{folder} was made by a different encoder than the stage-1 artifact's; re-encode with "
+                        "`ul encode --artifact <this artifact>` or pass the matching artifact")
+    if data_fp is not None and index.get("data_fingerprint") != data_fp:
+        raise DataError(f"{folder} holds latents of other data than this run's ({index.get('source', '?')}); "
+                        "re-encode this data with `ul encode`, or train on the data it was made from")
