@@ -26,6 +26,9 @@ class DataConfig:
     channels: int = 1  # 1 (gray) or 3 (RGB); inputs of any mode are converted
     pad: int = 2  # border added around the stored images (Fashion-MNIST 28 -> 32); metrics crop it off
     skip_bad: bool = False  # skip unreadable image files instead of stopping
+    workers: int = 0  # DataLoader processes decoding training batches ahead of the step (0 = in the training process)
+    image_column: str = "image"  # `ul data prepare hf:NAME`: the dataset's image column
+    label_column: str = "label"  # ... and its label column (none: unlabelled)
     num_classes: int = 10  # labels kept for later stages; 0 = unconditional data
     # Video (UL_SPEC 6): frames > 0 makes every example a clip [C, T, H, W] and every network 3-D.
     frames: int = 0  # clip length T; 0 = images
@@ -255,7 +258,7 @@ _POSITIVE = ("data.resolution", "data.channels", "data.frame_stride", "data.clip
              "sample.decoder_steps", "sample.base_steps",
              "diffusion.loss_factor", "diffusion.mse_sigma", "diffusion.controller_min", "diffusion.controller_max",
              *(f"model.{n}.{k}" for n in _NETS for k in ("patch", "patch_t", "width", "heads", "emb_dim")))
-_NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "train.micro_batch", "train.warmup_samples",
+_NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "data.workers", "train.micro_batch", "train.warmup_samples",
                  "train.image_every", "train.ckpt_every", "train.ckpt_minutes",  # 0 = a preview / checkpoint only at the end
                  "train.weight_decay", "train.grad_clip", "sample.batch", "eval.batch", "sample.guidance",
                  "diffusion.target_bits", "diffusion.kl_weight", "diffusion.controller_rate",

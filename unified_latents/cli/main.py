@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import dist
 from ..errors import UserError
+from .data_cmd import add_data_commands, cmd_data
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _training_commands(sub)
     _artifact_commands(sub)
+    add_data_commands(sub)
     return ap
 
 
@@ -373,7 +375,7 @@ def cmd_pipeline(args) -> None:
     print(f"report: {report}")
 
 
-COMMANDS = {"sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
+COMMANDS = {"data": cmd_data, "sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> None:

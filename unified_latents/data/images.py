@@ -77,17 +77,22 @@ def load_fmnist(split: str) -> ImageData:
 # ----------------------------------------------------------------------------- folders and arrays
 
 
-def _load_image(path: Path, channels: int, size: int) -> np.ndarray:
+def load_image_file(path: Path, channels: int, size: int) -> np.ndarray:
     with Image.open(path) as im:
         im.load()  # decode fully now so truncated files fail here
-        im = im.convert("L" if channels == 1 else "RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        arr = np.asarray(im, dtype=np.uint8)
+        return fit_image(im, channels, size)
+
+
+def fit_image(im: Image.Image, channels: int, size: int) -> np.ndarray:
+    """A PIL image converted to gray or RGB, resized (bicubic) so its short side is `size`, and
+    center-cropped: uint8 [C, size, size]."""
+    im = im.convert("L" if channels == 1 else "RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
@@ -101,7 +106,7 @@ def load_folder(root: Path, channels: int, size: int, skip_bad: bool) -> ImageDa
     images, labels, skipped = [], [], []
     for p in tqdm(files, desc=f"reading {root}", unit="img", disable=len(files) < 2000, leave=False):
         try:
-            images.append(_load_image(p, channels, size))
+            images.append(load_image_file(p, channels, size))
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             if not skip_bad:
                 raise DataError(f"cannot read image {p}: {e}; fix or remove it, or pass --skip-bad to skip unreadable files") from None

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..config import DataConfig, to_dict
+from ..config import DataConfig
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_text
 from .latents import LATENTS_FORMAT, LatentData, load_latents
@@ -38,7 +38,7 @@ def data_fingerprint(cfg: DataConfig, source: str) -> str:
     """sha256 of what defines the examples: the source, the data settings, and the size and
     modification time of every file under a source path (cheap: no file is read)."""
     h = hashlib.sha256()
-    d = {k: v for k, v in to_dict(cfg).items() if k not in ("source", "eval_source", "skip_bad")}
+    d = {k: getattr(cfg, k) for k in ("resolution", "channels", "pad", "frames", "frame_stride", "clips")}
     h.update(json.dumps([source, d], sort_keys=True).encode())
     p = Path(source)
     if p.exists():

@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..files import atomic_write
 from .grids import save_grid, save_png, save_strip
 from .images import ImageData, load_image_set
+from .prepared import is_prepared, load_prepared
 from .transforms import crop_pad, frames_of
 from .video import load_clips, write_mp4
 
@@ -57,6 +58,8 @@ class Modality:
         return (cfg.channels, cfg.frames, r, r) if self.video else (cfg.channels, r, r)
 
     def load(self, cfg: DataConfig, source: str, split: str) -> ImageData:
+        if not self.video and source and is_prepared(Path(source).expanduser()):
+            return load_prepared(cfg, Path(source).expanduser())  # read by index, never loaded whole
         return load_clips(cfg, source, split) if self.video else load_image_set(cfg, source, split)
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ would have seen, whatever the device count or per-device batch.
 from __future__ import annotations
 
 import torch
+import torch.utils.data
 
 
 class DataOrder:
@@ -29,3 +30,28 @@ class DataOrder:
             sel = pos.div(self.n, rounding_mode="floor") == epoch
             out[sel] = self._perm(epoch)[pos[sel] % self.n]
         return out
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """This process's micro-batches from global position `start` on, item k = the k-th one (in
+    training order): what a DataLoader's workers decode ahead of the training step. An item is
+    `data.get(indices)`, so it is the same whichever worker makes it."""
+
+    def __init__(self, data, order: DataOrder, start: int, end: int, batch: int, rank: int, per_rank: int, micro: int):
+        self.data, self.order, self.start, self.batch = data, order, start, batch
+        self.lo, self.micro, self.per_step = rank * per_rank, micro, per_rank // micro
+        self.steps = max(0, (end - start + batch - 1) // batch)
+
+    def __len__(self) -> int:
+        return self.steps * self.per_step
+
+    def __getitem__(self, k: int):
+        step, j = divmod(k, self.per_step)
+        idx = self.order.indices(self.start + step * self.batch, self.batch)
+        return self.data.get(idx[self.lo + j * self.micro : self.lo + (j + 1) * self.micro])
+
+
+def micro_batch_loader(dataset: MicroBatches, workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    """Items in order, decoded by `workers` processes ahead of use (0: in this process, on demand)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
+                                       prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .. import dist
 from ..config import RunConfig, incompatible_changes, to_dict
 from ..data import DataOrder
+from ..data.sampler import MicroBatches, micro_batch_loader
 from ..errors import ConfigError, ResumeError, TrainingError
 from ..objectives.noise import BatchNoise, step_key
 from ..files import read_jsonl
@@ -141,10 +142,12 @@ def train(
     flag = _StopFlag()
     try:
         with flag:
-            order = DataOrder(len(data), t.seed)
             end = t.total_samples if until is None else min(until, t.total_samples)
+            items = MicroBatches(data, DataOrder(len(data), t.seed), run.samples, end, t.batch, dist.rank(),
+                                 run.per_rank, run.micro)
+            batches = iter(micro_batch_loader(items, cfg.data.workers, pin=run.device.type == "cuda"))
             while run.samples < end:
-                step, lr, gnorm = _step(run, order)
+                step, lr, gnorm = _step(run, batches)
                 bar.update(t.batch)
                 if step % t.log_every == 0 or run.samples >= t.total_samples:
                     now = time.time()
@@ -204,20 +207,19 @@ def _setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device
     return run
 
 
-def _step(run: Run, order: DataOrder) -> tuple[int, float, torch.Tensor]:
+def _step(run: Run, batches) -> tuple[int, float, torch.Tensor]:
     """One optimizer step on the global batch at run.samples: (step index, lr, gradient norm)."""
     t, model, device = run.cfg.train, run.model, run.device
-    world, rank, per_rank = dist.world(), dist.rank(), run.per_rank
+    rank, per_rank = dist.rank(), run.per_rank
     step = run.samples // t.batch
     lr = lr_at(run.cfg, run.samples)
     for g in run.opt.param_groups:
         g["lr"] = lr
-    idx = order.indices(run.samples, t.batch)[rank * per_rank : (rank + 1) * per_rank]
     # This process draws only its own rows' noise, each row from its own (seed, step, row) stream.
     noise = model.draw_noise(BatchNoise(step_key(t.seed, step), t.batch, rank * per_rank, (rank + 1) * per_rank, device))
     torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + rank)  # dropout
     model.train()
-    sums = _accumulate(run, idx, noise)
+    sums = _accumulate(run, batches, noise)
     keys = sorted(sums)
     red = dist.all_sum(torch.stack([sums[k] for k in keys]).to(device)) / t.batch
     run.metrics = {k: float(v) for k, v in zip(keys, red)}
@@ -242,16 +244,17 @@ def _step(run: Run, order: DataOrder) -> tuple[int, float, torch.Tensor]:
     return step, lr, gnorm
 
 
-def _accumulate(run: Run, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Forward and backward over this process's micro-batches; sums of each logged term."""
+def _accumulate(run: Run, batches, noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Forward and backward over this process's micro-batches of the step (the next items of
+    `batches`: data/sampler.py MicroBatches through a DataLoader); sums of each logged term."""
     t, device, micro, per_rank = run.cfg.train, run.device, run.micro, run.per_rank
     use_amp = t.amp and device.type == "cuda"
     fwd = run.layout.forward
     sums: dict[str, torch.Tensor] = {}
     for m0 in range(0, per_rank, micro):
         sl = slice(m0, m0 + micro)
-        x, labels = run.data.get(idx[sl])
-        x, labels = x.to(device), (labels.to(device) if labels is not None else None)
+        x, labels = next(batches)
+        x, labels = x.to(device, non_blocking=True), (labels.to(device) if labels is not None else None)
         last = m0 + micro >= per_rank
         with nullcontext() if last else run.layout.no_sync():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):

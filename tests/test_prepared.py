@@ -1,0 +1,113 @@
+"""Prepared datasets (`ul data prepare`): the same examples, labels and order as the source,
+the same training, clear errors for unreadable files, resume after an interruption."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import make_npz, run_ul
+from unified_latents.config import apply_overrides
+from unified_latents.data import load_images
+from unified_latents.data import prepared as prep
+from unified_latents.errors import DataError
+from unified_latents.presets import get_preset
+
+
+def _folder(root, n=6, seed=0):
+    """Two classes of RGB photos-like images of different sizes (so resizing and cropping run)."""
+    rng = np.random.default_rng(seed)
+    for c in ("cats", "dogs"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            h, w = rng.integers(18, 40, 2)
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    return root
+
+
+def _cfg(source, **over):
+    over = {"data.channels": 3, "data.pad": 1, **over}
+    return apply_overrides(get_preset("tiny"), [f"data.source={source}", *[f"{k}={v}" for k, v in over.items()]])
+
+
+@pytest.mark.parametrize("kind", ["folder", "npz"])
+def test_prepared_data_round_trips_images_labels_and_order(tmp_path, kind):
+    src = _folder(tmp_path / "src") if kind == "folder" else make_npz(tmp_path / "d.npz", n=20)
+    cfg = _cfg(src, **({} if kind == "folder" else {"data.channels": 1}))
+    meta = prep.prepare(cfg.data, str(src), tmp_path / "prep", num_proc=2 if kind == "folder" else 1, progress=False)
+    direct, lazy = load_images(cfg.data), load_images(cfg.data, str(tmp_path / "prep"))
+    assert meta["count"] == len(direct) == len(lazy)
+    assert torch.equal(lazy.images[torch.arange(len(lazy))], direct.images)  # PNG is lossless; pad applied on read
+    assert torch.equal(lazy.images[2:5], direct.images[2:5]) and lazy.images.shape == tuple(direct.images.shape)
+    assert torch.equal(lazy.labels, direct.labels)
+    x, y = lazy.get(torch.tensor([3, 0, 3]))
+    x0, y0 = direct.get(torch.tensor([3, 0, 3]))
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+def test_training_from_prepared_data_equals_training_from_the_folder(tmp_path):
+    src = _folder(tmp_path / "src")
+    args = ["--preset", "tiny", "--no-progress", "--set", "data.channels=3", "--set", "data.pad=0",
+            "--set", "train.total_samples=32", "--set", "train.log_every=1", "--set", "train.image_every=0"]
+    r = run_ul("data", "prepare", str(src), "--dest", str(tmp_path / "prep"), "--preset", "tiny",
+               "--set", "data.channels=3", "--set", "data.pad=0")
+    assert r.returncode == 0 and "prepared 12 images" in r.stdout, r.stderr
+    runs = (("folder", src, 0), ("prepared", tmp_path / "prep", 0), ("workers", tmp_path / "prep", 2))
+    for name, data, workers in runs:
+        r = run_ul("train", *args, "--data", str(data), "--set", f"data.workers={workers}", "--outdir", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+    rec = lambda d: [{k: v for k, v in json.loads(ln).items() if k != "sec"}  # noqa: E731
+                     for ln in (tmp_path / d / "stats.jsonl").read_text().splitlines()]
+    assert rec("folder") == rec("prepared") == rec("workers")  # 2 DataLoader workers decoding ahead: the same
+
+
+def test_unreadable_file_is_one_clear_error_or_listed_with_skip_bad(tmp_path):
+    src = _folder(tmp_path / "src")
+    bad = src / "dogs" / "03.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    r = run_ul("data", "prepare", str(src), "--dest", str(tmp_path / "p1"), "--preset", "tiny", "--set", "data.channels=3")
+    assert r.returncode == 2 and str(bad) in r.stderr and "--skip-bad" in r.stderr and "Traceback" not in r.stderr
+    r = run_ul("data", "prepare", str(src), "--dest", str(tmp_path / "p2"), "--preset", "tiny", "--set", "data.channels=3",
+               "--skip-bad")
+    assert r.returncode == 0 and f"skipped (unreadable): {bad}" in r.stdout and "prepared 11 images" in r.stdout
+    lazy = load_images(_cfg(src, **{"data.pad": 0}).data, str(tmp_path / "p2"))
+    assert lazy.labels.tolist() == [0] * 6 + [1] * 5 and lazy.skipped == [str(bad)]
+
+
+def test_interrupted_prepare_resumes_at_the_first_missing_part(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "PART", 5)
+    src, dest = _folder(tmp_path / "src"), tmp_path / "prep"
+    cfg = _cfg(src)
+    prep.prepare(cfg.data, str(src), dest, progress=False)
+    assert sorted(p.name for p in dest.glob("part-*")) == ["part-00000", "part-00001", "part-00002"]
+    first = (dest / "part-00000" / "skipped.json").stat().st_mtime_ns
+    (dest / prep.MARKER).unlink()  # as if killed while writing part 2
+    import shutil
+
+    shutil.rmtree(dest / "part-00002")
+    with pytest.raises(DataError, match="not prepared|no images|holds"):
+        load_images(cfg.data, str(dest))  # an unfinished folder is not taken for a prepared one
+    prep.prepare(cfg.data, str(src), dest, progress=False)
+    assert (dest / "part-00000" / "skipped.json").stat().st_mtime_ns == first  # not redone
+    assert torch.equal(load_images(cfg.data, str(dest)).images[torch.arange(12)], load_images(cfg.data).images)
+
+
+def test_prepared_at_another_size_is_refused(tmp_path):
+    src = _folder(tmp_path / "src")
+    prep.prepare(_cfg(src).data, str(src), tmp_path / "prep", progress=False)
+    with pytest.raises(DataError, match="prepare it again"):
+        load_images(_cfg(src, **{"data.resolution": 32}).data, str(tmp_path / "prep"))
+
+
+def test_a_datasets_source_prepares_like_the_folder_it_reads(tmp_path):
+    # hf:NAME goes through datasets.load_dataset; a local image folder stands in for a Hub name offline.
+    src = _folder(tmp_path / "src")
+    cfg = _cfg(src)
+    prep.prepare(cfg.data, f"hf:{src}", tmp_path / "hub", progress=False)
+    prep.prepare(cfg.data, str(src), tmp_path / "dir", progress=False)
+    a, b = load_images(cfg.data, str(tmp_path / "hub")), load_images(cfg.data, str(tmp_path / "dir"))
+    assert torch.equal(a.images[torch.arange(12)], b.images[torch.arange(12)]) and torch.equal(a.labels, b.labels)
+    with pytest.raises(DataError, match="data.image_column"):
+        prep.prepare(_cfg(src, **{"data.image_column": "picture"}).data, f"hf:{src}", tmp_path / "x", progress=False)
