@@ -48,7 +48,7 @@ def garments(n: int, seed: int = 0):
 
 
 TRAIN = ["--preset", "rgb32", "--no-progress", "--set", "data.resolution=64", "--set", "train.image_every=0",
-         "--set", "train.ckpt_every=0", "--set", "train.log_every=1", "--set", "data.eval_source="]
+         "--set", "train.ckpt_every=0", "--set", "train.log_every=1", "--set", "data.eval_source=''"]
 
 RUN = """
 import resource, runpy, sys, json

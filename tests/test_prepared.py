@@ -111,3 +111,23 @@ def test_a_datasets_source_prepares_like_the_folder_it_reads(tmp_path):
     assert torch.equal(a.images[torch.arange(12)], b.images[torch.arange(12)]) and torch.equal(a.labels, b.labels)
     with pytest.raises(DataError, match="data.image_column"):
         prep.prepare(_cfg(src, **{"data.image_column": "picture"}).data, f"hf:{src}", tmp_path / "x", progress=False)
+
+
+def test_encoding_prepared_data_reads_it_a_batch_at_a_time(tmp_path, monkeypatch):
+    from unified_latents.objectives import UnifiedLatents
+    from unified_latents.stages import dist_encode
+
+    src = _folder(tmp_path / "src")
+    cfg = _cfg(src, **{"data.pad": 0})
+    prep.prepare(cfg.data, str(src), tmp_path / "prep", progress=False)
+    lazy, direct = load_images(cfg.data, str(tmp_path / "prep")), load_images(cfg.data)
+    import dataclasses
+
+    model = UnifiedLatents(cfg).eval()
+    model.modality = dataclasses.replace(model.modality, encode_batch=5)
+    asked = []
+    real = prep.PreparedImages.__getitem__
+    monkeypatch.setattr(prep.PreparedImages, "__getitem__", lambda self, i: asked.append(i) or real(self, i))
+    z_lazy, z_direct = dist_encode(model, lazy, "cpu", False), dist_encode(model, direct, "cpu", False)
+    assert torch.allclose(z_lazy.latents, z_direct.latents, atol=1e-6) and torch.equal(z_lazy.labels, z_direct.labels)
+    assert [(i.start, i.stop) for i in asked] == [(0, 5), (5, 10), (10, 12)]  # never the whole set at once

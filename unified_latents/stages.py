@@ -10,6 +10,7 @@ import torch
 from . import dist
 from .config import RunConfig, from_dict, to_dict
 from .data import LatentData, encode_images, eval_source, load_images, load_latents, modality_of, save_latents, to_float
+from .data.prepared import RowRange
 from .data.latent_shards import INDEX, data_fingerprint, load_cache, write_index, write_shard
 from .errors import ConfigError, UserError
 from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
@@ -73,7 +74,8 @@ def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, pro
 def dist_encode(stage1: UnifiedLatents, data, device, progress: bool) -> LatentData:
     """z_clean of this process's contiguous share of `data` (all of it in one process)."""
     lo, hi = dist.my_share(len(data))
-    z = encode_images(stage1, data.images[lo:hi], stage1.modality.encode_batch, device=device, progress=progress)
+    rows = RowRange(data.images, lo, hi)  # prepared data: each batch decoded when it is encoded
+    z = encode_images(stage1, rows, stage1.modality.encode_batch, device=device, progress=progress)
     return LatentData(z, data.labels[lo:hi] if data.labels is not None else None)
 
 

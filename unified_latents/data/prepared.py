@@ -209,6 +209,19 @@ class PreparedImages:
         return torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x
 
 
+class RowRange:
+    """Rows [lo, hi) of image rows (a tensor or PreparedImages) without decoding them: sliced
+    like a tensor, it decodes only the slice asked for."""
+
+    def __init__(self, images, lo: int, hi: int):
+        self.images, self.lo = images, lo
+        self.shape = (hi - lo, *tuple(images.shape)[1:])
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        a, b, _ = sl.indices(self.shape[0])
+        return self.images[self.lo + a : self.lo + b]
+
+
 def load_prepared(cfg: DataConfig, path: Path) -> ImageData:
     """A prepared folder as ImageData whose images are read lazily."""
     datasets = require_datasets()
