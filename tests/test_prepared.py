@@ -89,6 +89,8 @@ def test_interrupted_prepare_resumes_at_the_first_missing_part(tmp_path, monkeyp
     shutil.rmtree(dest / "part-00002")
     with pytest.raises(DataError, match="not prepared|no images|holds"):
         load_images(cfg.data, str(dest))  # an unfinished folder is not taken for a prepared one
+    with pytest.raises(DataError, match="another prepare"):  # the parts left are of other settings
+        prep.prepare(_cfg(src, **{"data.resolution": 20}).data, str(src), dest, progress=False)
     prep.prepare(cfg.data, str(src), dest, progress=False)
     assert (dest / "part-00000" / "skipped.json").stat().st_mtime_ns == first  # not redone
     assert torch.equal(load_images(cfg.data, str(dest)).images[torch.arange(12)], load_images(cfg.data).images)
@@ -131,3 +133,35 @@ def test_encoding_prepared_data_reads_it_a_batch_at_a_time(tmp_path, monkeypatch
     z_lazy, z_direct = dist_encode(model, lazy, "cpu", False), dist_encode(model, direct, "cpu", False)
     assert torch.allclose(z_lazy.latents, z_direct.latents, atol=1e-6) and torch.equal(z_lazy.labels, z_direct.labels)
     assert [(i.start, i.stop) for i in asked] == [(0, 5), (5, 10), (10, 12)]  # never the whole set at once
+
+
+def test_sigterm_to_the_whole_job_with_loader_workers_still_checkpoints(tmp_path):
+    # A scheduler signals every process of the job, DataLoader workers included: they must leave
+    # the stop to the training process, which finishes its step, checkpoints and exits.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT
+
+    src = _folder(tmp_path / "src")
+    prep.prepare(_cfg(src, **{"data.pad": 0}).data, str(src), tmp_path / "prep", progress=False)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "unified_latents", "train", "--preset", "tiny", "--no-progress", "--data",
+           str(tmp_path / "prep"), "--set", "data.channels=3", "--set", "data.pad=0", "--set", "data.workers=2",
+           "--set", "train.total_samples=800000", "--set", "train.ckpt_every=0", "--set", "train.image_every=0",
+           "--set", "train.log_every=1", "--outdir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((out / "stats.jsonl").exists() and (out / "stats.jsonl").read_text()):
+            time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "interrupted at" in stdout and "state saved" in stdout, stderr[-2000:]
+    assert list(out.glob("state-*/state.json"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -93,18 +92,26 @@ def side_group():
 
 
 def on_main(fn, what: str):
-    """Run `fn()` on rank 0 only; every process learns whether it worked, so a failure there
-    (a full disk) raises everywhere instead of leaving the others waiting in a collective."""
-    err = None
+    """Run `fn()` on rank 0 only and return its result there (None elsewhere); every process learns
+    whether it worked, so a failure there (a full disk) raises everywhere instead of leaving the
+    others waiting in a collective."""
+    err, out = None, None
     if is_main():
         try:
-            fn()
+            out = fn()
         except Exception as e:  # re-raised below on rank 0; reported on the others
             err = e
     if not all_agree(err is None):
         if err is not None:
             raise err
         raise TrainingError(f"rank 0 failed while {what}; see its message")
+    return out
+
+
+def main_first(fn, what: str):
+    """fn() on rank 0 first (filling a cache, say), then on the others."""
+    out = on_main(fn, what)
+    return out if is_main() else fn()
 
 
 def my_share(n: int) -> tuple[int, int]:
@@ -113,27 +120,36 @@ def my_share(n: int) -> tuple[int, int]:
     return r * n // w, (r + 1) * n // w
 
 
-def gather_objects(obj) -> list:
-    """Every process's `obj`, in rank order, on every process (small values or CPU tensors)."""
+_OBJECTS = []  # the gloo group of object gathers (created on first use, by every process at once)
+
+
+def _objects_group():
+    if not _OBJECTS:
+        _OBJECTS.append(dist.new_group(backend="gloo"))  # CPU memory, never GPU memory, even under NCCL
+    return _OBJECTS[0]
+
+
+def gather_objects(obj, everyone: bool = True) -> list | None:
+    """Every process's `obj` in rank order: on every process, or (everyone=False) on rank 0 only
+    (None elsewhere). Small values or CPU tensors; sent over a gloo group."""
     if not dist.is_initialized():
         return [obj]
-    parts = [None] * world()
-    dist.all_gather_object(parts, obj)
+    group = _objects_group()
+    if everyone:
+        parts = [None] * world()
+        dist.all_gather_object(parts, obj, group=group)
+        return parts
+    parts = [None] * world() if is_main() else None
+    dist.gather_object(obj, parts, dst=0, group=group)
     return parts
 
 
-def gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Every process's `t` (its share, same trailing shape) concatenated in rank order, on every
-    process, on the CPU. Shares may differ in length."""
-    parts = gather_objects(t.cpu())
+def gather_cat(t: torch.Tensor, everyone: bool = True) -> torch.Tensor | None:
+    """Every process's `t` (its share, same trailing shape) concatenated in rank order, on the CPU;
+    on every process, or on rank 0 only (None elsewhere). Shares may differ in length."""
+    parts = gather_objects(t.cpu(), everyone)
+    if parts is None:
+        return None
     return torch.cat([p for p in parts if p.shape[0]] or parts[:1])  # empty shares may lack the trailing shape
 
 
-@contextmanager
-def main_first():
-    """Rank 0 runs the block first (filling a cache, say); the others run it after."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()

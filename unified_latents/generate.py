@@ -114,10 +114,11 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
     labels = class_labels(seeds, req.classes, model.num_classes)
     outdir = Path(outdir)
     manifest = outdir / "samples.json"
-    if dist.is_main():
+    def start() -> None:
         outdir.mkdir(parents=True, exist_ok=True)
         manifest.unlink(missing_ok=True)  # written last: a folder without it holds an interrupted set
-    dist.barrier()
+
+    dist.on_main(start, f"creating {outdir}")
     pad, m = cfg.data.pad, model.modality
     ctx_clips, ctx = None, None
     if req.context:
@@ -127,9 +128,10 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
     mine = _share(model, seeds, labels, ctx, (lo, hi), req.batch or cfg.sample.batch or m.batch, progress, req.sampling)
     if not req.npz and hi > lo:
         m.save_files(crop_pad(mine, pad), seeds[lo:hi], outdir, req.fps)
-    gen = crop_pad(dist.gather_cat(mine), pad)  # every process's files are written once this returns
+    gen = dist.gather_cat(mine, everyone=False)  # on rank 0; every process's files are written by now
     if not dist.is_main():
         return {}
+    gen = crop_pad(gen, pad)
     by_class = labels is not None and not req.classes and len(seeds) >= model.num_classes
     paths = m.save_overview(gen, outdir, model.num_classes if by_class else None, ctx_clips)
     if req.npz:

@@ -52,30 +52,36 @@ def _with_scale(model: BaseModel, scale: float) -> BaseModel:
 
 def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, progress: bool | None = None):
     """The training data's z_clean: from cfg.base.latents (a file, or a folder of shards read
-    lazily), or encoded once, split over the processes, and cached at `cache`."""
-    fp, dfp = encoder_fingerprint(stage1), data_fingerprint(cfg.data, cfg.data.source)
+    lazily), or encoded once, split over the processes, and cached at `cache`. Rank 0 decides
+    (fingerprints, whether the cache fits) for every process, so they never take different paths."""
+    fp = encoder_fingerprint(stage1)
+    dfp = dist.broadcast_object(data_fingerprint(cfg.data, cfg.data.source) if dist.is_main() else None)
     if cfg.base.latents:
         return load_cache(Path(cfg.base.latents), fp, dfp)
-    if cache.exists():
-        try:
-            return load_cache(cache, fp, dfp)
-        except UserError:
-            pass  # made by another encoder or of other data: encode again
+    if dist.broadcast_object(_cache_fits(cache, fp, dfp) if dist.is_main() else None):
+        return load_cache(cache, fp, dfp)
     data = load_images(cfg.data)
     dist.print0(f"encoding {len(data):,} images with the frozen encoder ...")
     lat = dist_encode(stage1, data, device, progress is not False)
-    lat = LatentData(dist.gather_cat(lat.latents), data.labels)
-    if dist.is_main():
-        save_latents(cache, lat, fp, cfg.data.source, dfp)
-    dist.barrier()
+    lat = LatentData(dist.gather_cat(lat.latents), data.labels)  # every process trains from all of them
+    dist.on_main(lambda: save_latents(cache, lat, fp, cfg.data.source, dfp), f"writing {cache}")
     return lat
+
+
+def _cache_fits(cache: Path, fp: str, dfp: str) -> bool:
+    try:
+        load_cache(cache, fp, dfp)
+        return True
+    except UserError:  # absent, made by another encoder or of other data: encode again
+        return False
 
 
 def dist_encode(stage1: UnifiedLatents, data, device, progress: bool) -> LatentData:
     """z_clean of this process's contiguous share of `data` (all of it in one process)."""
     lo, hi = dist.my_share(len(data))
     rows = RowRange(data.images, lo, hi)  # prepared data: each batch decoded when it is encoded
-    z = encode_images(stage1, rows, stage1.modality.encode_batch, device=device, progress=progress)
+    z = encode_images(stage1, rows, stage1.modality.encode_batch, device=device, progress=progress) if hi > lo \
+        else torch.empty((0, *stage1.z_shape))
     return LatentData(z, data.labels[lo:hi] if data.labels is not None else None)
 
 
@@ -95,19 +101,26 @@ def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress:
         lat = dist_encode(stage1, images, device, progress)
         save_latents(dest, lat, meta["encoder_fingerprint"], source, meta["data_fingerprint"])
         return dest
-    if dist.is_main():
+    def start() -> None:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / INDEX).unlink(missing_ok=True)  # written last: a folder without it is incomplete
-    dist.barrier()
-    lo, _ = dist.my_share(len(images))
-    write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, images, device, progress), lo, meta)
-    dist.barrier()
-    if dist.is_main():
+
+    def finish() -> None:
         for old in dest.glob("shard-*.safetensors"):  # shards of an earlier run with another process count
             if not old.name.endswith(f"-of-{dist.world():05d}.safetensors"):
                 old.unlink()
         write_index(dest, dist.world(), len(images), meta)
-    dist.barrier()
+
+    dist.on_main(start, f"creating {dest}")
+    lo, _ = dist.my_share(len(images))
+    err = None
+    try:
+        write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, images, device, progress), lo, meta)
+    except Exception as e:  # re-raised below, after every process knows
+        err = e
+    if not dist.all_agree(err is None):
+        raise err or UserError(f"another process could not write its shard of {dest}; see its message")
+    dist.on_main(finish, f"writing {dest / INDEX}")
     return dest
 
 

@@ -30,7 +30,16 @@ class LatentData:
         return self.latents[idx], (self.labels[idx] if self.labels is not None else None)
 
     def std(self) -> float:
-        return float(self.latents.std())
+        return streaming_std(self.latents[i : i + 4096] for i in range(0, len(self), 4096))
+
+
+def streaming_std(chunks) -> float:
+    """Sample standard deviation of every value of the chunks, accumulated in float64."""
+    n, s, s2 = 0, 0.0, 0.0
+    for z in chunks:
+        z = z.double()
+        n, s, s2 = n + z.numel(), s + float(z.sum()), s2 + float((z * z).sum())
+    return ((s2 - s * s / n) / (n - 1)) ** 0.5
 
 
 @torch.no_grad()

@@ -29,7 +29,8 @@ from ..files import atomic_write_text
 from .images import IMAGE_SUFFIXES, ImageData, fit_image, load_image_file, load_image_set
 
 MARKER = "ul-prepared.json"
-PART = 50_000  # examples per part (the unit of resuming)
+PART = 5_000  # examples per part: the unit of resuming, and what is held in memory while a part is written
+PLAN = "ul-prepare-plan.json"  # what the parts are made of; a rerun with other settings is refused
 
 
 def require_datasets():
@@ -122,20 +123,22 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
     dest.mkdir(parents=True, exist_ok=True)
     (dest / MARKER).unlink(missing_ok=True)  # written last
     jobs, labels = _sources(cfg, source, inner)
+    _check_plan(dest, {"source": str(source), "size": inner, "channels": cfg.channels, "part": PART, "count": len(jobs)})
     files = isinstance(jobs, list)  # image files to decode; otherwise arrays (sliced one part at a time)
     pool = get_context("spawn").Pool(num_proc) if num_proc > 1 and files else None
     parts, skipped = [], []
     try:
         with tqdm(total=len(jobs), desc=f"preparing {source}", unit="img", disable=not progress) as bar:
             for k, start in enumerate(range(0, len(jobs), PART)):
-                part, chunk = dest / f"part-{k:05d}", jobs[start : start + PART]
-                if not (part / "skipped.json").exists():
+                part = dest / f"part-{k:05d}"
+                if not (part / "skipped.json").exists():  # a finished part is not decoded again
+                    chunk = jobs[start : start + PART]
                     rows = (pool.imap(_decode_file, chunk, chunksize=32) if pool else map(_decode_file, chunk)) if files \
                         else ((_png(a), "", "") for a in chunk)
                     _write_part(datasets, part, list(rows), labels[start : start + PART] if labels else None, cfg.skip_bad)
                 skipped += json.loads((part / "skipped.json").read_text())
                 parts.append(part.name)
-                bar.update(len(chunk))
+                bar.update(min(PART, len(jobs) - start))
     finally:
         if pool:
             pool.terminate()
@@ -166,6 +169,15 @@ def _finish(datasets, dest: Path, parts: list[str], skipped: list[str], source: 
             "labelled": labelled, "count": count, "parts": parts, "skipped": skipped}
     atomic_write_text(dest / MARKER, json.dumps(meta, indent=1))
     return meta
+
+
+def _check_plan(dest: Path, plan: dict) -> None:
+    """Parts already in `dest` are reused only if they were made from the same source and settings."""
+    path = dest / PLAN
+    if path.exists() and json.loads(path.read_text()) != plan:
+        raise DataError(f"{dest} holds parts of another prepare ({path.read_text().strip()}); remove the folder "
+                        "or prepare into another --dest")
+    atomic_write_text(path, json.dumps(plan))
 
 
 def _write_part(datasets, part: Path, rows: list, labels: list | None, skip_bad: bool) -> None:

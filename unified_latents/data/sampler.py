@@ -7,6 +7,8 @@ would have seen, whatever the device count or per-device batch.
 
 from __future__ import annotations
 
+import signal
+
 import torch
 import torch.utils.data
 
@@ -51,7 +53,15 @@ class MicroBatches(torch.utils.data.Dataset):
         return self.data.get(idx[self.lo + j * self.micro : self.lo + (j + 1) * self.micro])
 
 
+def _ignore_stop_signals(_worker: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the training process, which checkpoints and then ends them
+    (a scheduler signals every process of the job; a worker dying first would fail the step)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def micro_batch_loader(dataset: MicroBatches, workers: int, pin: bool) -> torch.utils.data.DataLoader:
     """Items in order, decoded by `workers` processes ahead of use (0: in this process, on demand)."""
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
-                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+                                       prefetch_factor=4 if workers else None, persistent_workers=False,
+                                       worker_init_fn=_ignore_stop_signals if workers else None)

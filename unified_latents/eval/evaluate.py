@@ -186,8 +186,9 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
     d = s1cfg.data
     key = json.dumps([src, split, ref_count, d.resolution, d.channels, d.pad, str(request.inception), d.frames,
                       d.frame_stride, m.reference_key(d)])
-    with dist.main_first():  # rank 0 fills the feature cache; the others then read it
-        ref = reference_features(key, lambda: m.frames(crop_pad(held.images[:ref_count], d.pad)), net, request.progress)
+    ref = dist.main_first(  # rank 0 fills the feature cache; the others then read it
+        lambda: reference_features(key, lambda: m.frames(crop_pad(held.images[:ref_count], d.pad)), net, request.progress),
+        "computing reference features")
     ctx = _Context(model, request, sc, held, ref, net)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames)
     scores = eval_samples(ctx, samples, ref_count, fvd_net)
@@ -221,8 +222,8 @@ def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> Sample
         real = _gathered(fvd_net, crop_pad(ctx.held.images[rlo:rhi], ctx.pad), req.progress, "I3D real")
         fake = _gathered(fvd_net, gen, req.progress, "I3D generated")
         scores.fvd, scores.fvd_samples = fid_from_features(fake, real), samples
-    head = dist.gather_cat(gen[: max(0, min(hi, 100) - lo)])  # the first 100 samples, for the sheet
-    if req.out is not None:
+    head = dist.gather_cat(gen[: max(0, min(hi, 100) - lo)], everyone=False)  # the first 100, for the sheet
+    if req.out is not None:  # rank 0 only
         m.save_samples(head, Path(req.out) / "samples.png", samples, labels is not None)
     return scores
 
