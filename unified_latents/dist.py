@@ -108,6 +108,19 @@ def on_main(fn, what: str):
     return out
 
 
+def on_every(fn, what: str):
+    """fn() on every process; if it failed on any, every process raises (no one is left waiting
+    in the next collective). Returns this process's result."""
+    err, out = None, None
+    try:
+        out = fn()
+    except Exception as e:  # re-raised below, after every process knows
+        err = e
+    if not all_agree(err is None):
+        raise err or TrainingError(f"another process failed while {what}; see its message")
+    return out
+
+
 def main_first(fn, what: str):
     """fn() on rank 0 first (filling a cache, say), then on the others."""
     out = on_main(fn, what)

@@ -114,6 +114,7 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
     labels = class_labels(seeds, req.classes, model.num_classes)
     outdir = Path(outdir)
     manifest = outdir / "samples.json"
+
     def start() -> None:
         outdir.mkdir(parents=True, exist_ok=True)
         manifest.unlink(missing_ok=True)  # written last: a folder without it holds an interrupted set
@@ -126,8 +127,9 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
         ctx_clips = crop_pad(ctx_clips, pad)
     lo, hi = dist.my_share(len(seeds))
     mine = _share(model, seeds, labels, ctx, (lo, hi), req.batch or cfg.sample.batch or m.batch, progress, req.sampling)
-    if not req.npz and hi > lo:
-        m.save_files(crop_pad(mine, pad), seeds[lo:hi], outdir, req.fps)
+    if not req.npz:  # collective: every process calls it, an empty share writes nothing
+        dist.on_every(lambda: hi > lo and m.save_files(crop_pad(mine, pad), seeds[lo:hi], outdir, req.fps),
+                      f"writing into {outdir}")
     gen = dist.gather_cat(mine, everyone=False)  # on rank 0; every process's files are written by now
     if not dist.is_main():
         return {}

@@ -113,13 +113,8 @@ def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress:
 
     dist.on_main(start, f"creating {dest}")
     lo, _ = dist.my_share(len(images))
-    err = None
-    try:
-        write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, images, device, progress), lo, meta)
-    except Exception as e:  # re-raised below, after every process knows
-        err = e
-    if not dist.all_agree(err is None):
-        raise err or UserError(f"another process could not write its shard of {dest}; see its message")
+    dist.on_every(lambda: write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, images, device, progress),
+                                      lo, meta), f"encoding into {dest}")
     dist.on_main(finish, f"writing {dest / INDEX}")
     return dest
 
