@@ -18,6 +18,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unified_latents.config import flatten  # noqa: E402
+
 
 def _split(path: Path) -> tuple[dict, dict, bytes, bytes]:
     """(tensor index, metadata, tensor bytes, whole file) of a safetensors file."""
@@ -27,18 +31,8 @@ def _split(path: Path) -> tuple[dict, dict, bytes, bytes]:
     return header, header.pop("__metadata__", {}), blob[8 + n :], blob
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def _diff(a: dict, b: dict) -> dict:
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flatten(a), flatten(b)
     absent = "<absent>"
     return {k: (fa.get(k, absent), fb.get(k, absent)) for k in sorted(set(fa) | set(fb))
             if fa.get(k, absent) != fb.get(k, absent)}

@@ -108,16 +108,17 @@ def on_main(fn, what: str):
     return out
 
 
-def on_every(fn, what: str):
-    """fn() on every process; if it failed on any, every process raises (no one is left waiting
-    in the next collective). Returns this process's result."""
+def on_every(fn, what: str, error: type[Exception] = TrainingError):
+    """fn() on every process; if it failed on any, every process raises (the failing one its own
+    error, the others `error`), so no one is left waiting in the next collective and all take the
+    same path. Returns this process's result."""
     err, out = None, None
     try:
         out = fn()
     except Exception as e:  # re-raised below, after every process knows
         err = e
     if not all_agree(err is None):
-        raise err or TrainingError(f"another process failed while {what}; see its message")
+        raise err or error(f"another process failed while {what}; see its message")
     return out
 
 

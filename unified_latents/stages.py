@@ -58,8 +58,9 @@ def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, pro
     dfp = dist.broadcast_object(data_fingerprint(cfg.data, cfg.data.source) if dist.is_main() else None)
     if cfg.base.latents:
         return load_cache(Path(cfg.base.latents), fp, dfp)
-    if dist.broadcast_object(_cache_fits(cache, fp, dfp) if dist.is_main() else None):
-        return load_cache(cache, fp, dfp)
+    mine = _cached(cache, fp, dfp) if dist.is_main() else None
+    if dist.broadcast_object(mine is not None if dist.is_main() else None):
+        return mine if dist.is_main() else load_cache(cache, fp, dfp)
     data = load_images(cfg.data)
     dist.print0(f"encoding {len(data):,} images with the frozen encoder ...")
     lat = dist_encode(stage1, data, device, progress is not False)
@@ -68,12 +69,12 @@ def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, pro
     return lat
 
 
-def _cache_fits(cache: Path, fp: str, dfp: str) -> bool:
+def _cached(cache: Path, fp: str, dfp: str):
+    """The cache at `cache`, or None when absent, made by another encoder or of other data."""
     try:
-        load_cache(cache, fp, dfp)
-        return True
-    except UserError:  # absent, made by another encoder or of other data: encode again
-        return False
+        return load_cache(cache, fp, dfp)
+    except UserError:
+        return None
 
 
 def dist_encode(stage1: UnifiedLatents, data, device, progress: bool) -> LatentData:

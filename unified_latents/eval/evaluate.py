@@ -231,8 +231,7 @@ def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> Sample
 def _gathered(net, x: torch.Tensor, progress: bool, desc: str) -> np.ndarray:
     """Features of this process's examples, then everyone's in rank (= seed) order."""
     feats = torch.from_numpy(net(x, progress=progress, desc=desc)) if x.shape[0] else torch.empty(0, 0, dtype=torch.float64)
-    parts = [f for f in dist.gather_objects(feats) if f.shape[0]]
-    return torch.cat(parts).numpy()
+    return dist.gather_cat(feats).numpy()
 
 
 def _base_kw(ctx: _Context) -> dict:

@@ -1,5 +1,5 @@
-"""Atomic files: training state (torch.save, loaded with weights_only=True) and inference
-artifacts (safetensors of EMA weights with the resolved config in their metadata)."""
+"""Inference artifacts (safetensors of EMA weights with the resolved config in their metadata,
+written atomically), and the reader of earlier versions' training states."""
 
 from __future__ import annotations
 
@@ -14,25 +14,14 @@ from ..errors import ArtifactError, ResumeError
 from ..files import atomic_write, atomic_write_text, read_safetensors  # noqa: F401 (re-exported)
 
 ARTIFACT_FORMAT = "unified-latents/1"
-STATE_RE = re.compile(r"training-state-(\d{12})\.pt$")
+LEGACY_STATE_RE = re.compile(r"training-state-(\d{12})\.pt$")  # states of earlier versions (training/state.py now)
 
 
-# ----------------------------------------------------------------------------- training state
+# ----------------------------------------------------------------------------- earlier training states
 
 
-def save_state(outdir: Path, samples: int, state: dict, keep: int) -> Path:
-    path = Path(outdir) / f"training-state-{samples:012d}.pt"
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    for old in list_states(outdir)[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def list_states(outdir: Path) -> list[Path]:
-    return sorted(p for p in Path(outdir).glob("training-state-*.pt") if STATE_RE.search(p.name))
-
-
-def load_state(path: Path) -> dict:
+def load_legacy_state(path: Path) -> dict:
+    """A `training-state-*.pt` of an earlier version (torch.load with weights_only: no code runs)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, or holds objects that need code to load

@@ -55,7 +55,10 @@ class Layout:
     opt: torch.optim.Optimizer
     ddp: DDP | None = None
     fsdp_units: list[nn.Module] = field(default_factory=list)
-    sharded: bool = False
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.fsdp_units)
 
     @contextmanager
     def no_sync(self):
@@ -95,7 +98,7 @@ def prepare(cfg: RunConfig, model: nn.Module, ema: EMA, device: torch.device) ->
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
                             fused=device.type == "cuda")
-    return Layout(layout_ddp or model, opt, layout_ddp, units, sharded=bool(units))
+    return Layout(layout_ddp or model, opt, layout_ddp, units)
 
 
 def checkpoint_blocks(nets: list[nn.Module]) -> None:

@@ -10,7 +10,6 @@ are still resumed from when the run is not sharded.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +28,10 @@ from torch.distributed.checkpoint.state_dict import (
 from .. import dist
 from ..config import RunConfig, to_dict
 from ..errors import ResumeError
-from .checkpoint import load_state as load_legacy_state
-from .checkpoint import save_artifact
+from .checkpoint import LEGACY_STATE_RE, load_legacy_state, save_artifact
 from .ema import EMA
 from .parallel import Layout, full_state, prepare
 from .state import PendingSave, list_states, load_tensors, read_meta, remove_stale, save_state
-
-LEGACY_RE = re.compile(r"training-state-(\d{12})\.pt$")
-
 
 @dataclass
 class Run:
@@ -108,7 +103,7 @@ def _candidates(outdir: Path) -> list[str]:
     """Names of the states to try, newest first (rank 0's listing, the same on every process)."""
     found = {int(p.name[-12:]): p.name for p in list_states(outdir)}
     for p in Path(outdir).glob("training-state-*.pt"):
-        m = LEGACY_RE.search(p.name)
+        m = LEGACY_STATE_RE.search(p.name)
         if m and int(m.group(1)) not in found:
             found[int(m.group(1))] = p.name
     names = [found[k] for k in sorted(found, reverse=True)] if dist.is_main() else None
@@ -148,23 +143,11 @@ def _set_aside(outdir: Path, names: list[str]) -> None:
             print(f"set {name} aside as {dst.name}", flush=True)
 
 
-def _everywhere(fn, path: Path):
-    """fn() on every process; ResumeError on every process when it failed on any."""
-    err, out = None, None
-    try:
-        out = fn()
-    except ResumeError as e:
-        err = e
-    if not dist.all_agree(err is None):
-        raise err or ResumeError(f"{path} could not be read on every process")
-    return out
-
-
 def _load(run: Run, path: Path) -> dict:
-    meta = _everywhere(lambda: read_meta(path), path)
+    meta = dist.on_every(lambda: read_meta(path), f"reading {path}", ResumeError)
     tensors, groups = run.state_tensors()  # templates laid out like this run (sharded or not)
     load_tensors(path, tensors)  # collective: a read error anywhere raises everywhere
-    _everywhere(lambda: _apply(run, path, tensors, groups), path)
+    dist.on_every(lambda: _apply(run, path, tensors, groups), f"loading {path}", ResumeError)
     return meta
 
 
@@ -181,7 +164,7 @@ def _apply(run: Run, path: Path, tensors: dict, groups: list) -> None:
 def _load_legacy(run: Run, path: Path) -> dict:
     if run.layout.sharded:
         raise ResumeError(f"{path} was written by an earlier version; resume it with train.shard=ddp")
-    st = _everywhere(lambda: load_legacy_state(path), path)
+    st = dist.on_every(lambda: load_legacy_state(path), f"reading {path}", ResumeError)
     try:
         run.model.load_state_dict(st["model"])
         run.ema.model.load_state_dict(st["ema"])
