@@ -1,7 +1,11 @@
 import os
+import tempfile
 
 import pytest
 import torch
+
+# `datasets` caches what load_dataset reads (hf: sources in the tests) here, not in ~/.cache
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="ul-test-hf-"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

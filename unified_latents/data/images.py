@@ -178,11 +178,3 @@ def load_image_set(cfg: DataConfig, source: str, split: str = "train") -> ImageD
         data.images = torch.nn.functional.pad(data.images, (cfg.pad,) * 4)
     return data
 
-
-def eval_source(cfg: DataConfig) -> tuple[str, str]:
-    """(source, split) of the held-out data: eval_source if set, else fmnist's test split."""
-    if cfg.eval_source:
-        return cfg.eval_source, "test"
-    if cfg.source in ("fmnist", "moving-fmnist", PHOTOS):
-        return cfg.source, "test"
-    raise DataError("no held-out data configured; pass --eval-data PATH (or set data.eval_source)")

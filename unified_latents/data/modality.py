@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..errors import UserError
+from ..errors import DataError, UserError
 from ..files import atomic_write
 from .grids import save_grid, save_png, save_strip
+from .hub import held_out_source, is_hub, load_hub
 from .images import ImageData, load_image_set
+from .photos import PHOTOS
 from .prepared import is_prepared, load_prepared
 from .transforms import crop_pad, frames_of
 from .video import load_clips, write_mp4
@@ -58,7 +60,9 @@ class Modality:
         return (cfg.channels, cfg.frames, r, r) if self.video else (cfg.channels, r, r)
 
     def load(self, cfg: DataConfig, source: str, split: str) -> ImageData:
-        if not self.video and source and is_prepared(Path(source).expanduser()):
+        if is_hub(source):
+            return load_hub(cfg, source, split)  # decoded by index from `datasets`' memory-mapped tables
+        if source and is_prepared(Path(source).expanduser()):
             return load_prepared(cfg, Path(source).expanduser())  # read by index, never loaded whole
         return load_clips(cfg, source, split) if self.video else load_image_set(cfg, source, split)
 
@@ -169,3 +173,15 @@ def load_images(cfg: DataConfig, source: str | None = None, split: str = "train"
     """Load `source` (default cfg.source) as uint8 [N, C, res, res] (video: clips [N, C, T, res, res]),
     padded by cfg.pad."""
     return modality_of(cfg).load(cfg, cfg.source if source is None else source, split)
+
+
+def eval_source(cfg: DataConfig) -> tuple[str, str]:
+    """(source, split) of the held-out data: data.eval_source if set, else the training source's
+    test split (fmnist, moving-fmnist, photos; hf:NAME: its test or validation split)."""
+    if cfg.eval_source:
+        return cfg.eval_source, "test"
+    if cfg.source in ("fmnist", "moving-fmnist", PHOTOS):
+        return cfg.source, "test"
+    if is_hub(cfg.source):
+        return held_out_source(cfg.source), "test"
+    raise DataError("no held-out data configured; pass --eval-data PATH (or set data.eval_source)")

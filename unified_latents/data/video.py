@@ -106,24 +106,34 @@ def _to_clip_tensor(clips: np.ndarray, channels: int, size: int) -> torch.Tensor
     return x.reshape(n, t, channels, size, size).permute(0, 2, 1, 3, 4).contiguous()
 
 
-def load_video_files(path: Path, cfg: DataConfig, size: int, max_clips_per_file: int = 0) -> ImageData:
+def video_files(path: Path) -> list[Path]:
+    """`path` itself (a video file), or the video files under it, sorted."""
     files = [path] if path.is_file() else sorted(
         p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under {path}")
+    return files
+
+
+def file_clips(path: Path, channels: int, size: int, frames: int, stride: int, max_clips: int = 0) -> torch.Tensor:
+    """The clips cut from one video file, uint8 [n, C, T, size, size] (n may be 0: a short file)."""
+    got = clips_from_frames(read_video(path, 1 if channels == 1 else 3), frames, stride, max_clips)
+    if not got:
+        return torch.empty((0, channels, frames, size, size), dtype=torch.uint8)
+    return _to_clip_tensor(np.stack(got), channels, size)
+
+
+def load_video_files(path: Path, cfg: DataConfig, size: int, max_clips_per_file: int = 0) -> ImageData:
+    files = video_files(path)
     clips, skipped = [], []
     for f in tqdm(files, desc=f"decoding {path}", unit="video", disable=len(files) < 20, leave=False):
         try:
-            frames = read_video(f, 1 if cfg.channels == 1 else 3)
+            clips.append(file_clips(f, cfg.channels, size, cfg.frames, cfg.frame_stride, max_clips_per_file))
         except DataError:
             if not cfg.skip_bad:
                 raise
             skipped.append(str(f))
-            continue
-        got = clips_from_frames(frames, cfg.frames, cfg.frame_stride, max_clips_per_file)
-        if got:
-            clips.append(_to_clip_tensor(np.stack(got), cfg.channels, size))
-    if not clips:
+    if not sum(c.shape[0] for c in clips):
         need = cfg.frames * cfg.frame_stride
         raise DataError(f"no video under {path} has {need} frames (data.frames={cfg.frames} x data.frame_stride="
                         f"{cfg.frame_stride}); use shorter clips or a smaller stride")

