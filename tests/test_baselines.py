@@ -85,7 +85,7 @@ def test_baselines_train_and_sample_cli(tmp_path):
     from unified_latents.stages import latents_for
 
     base, cfg = load_model(tmp_path / "kv2" / "artifact.safetensors")
-    lat = latents_for(base.stage1, cfg, tmp_path / "kv2" / "latents.safetensors", "cpu")
-    assert float(base.latent_scale) == pytest.approx(1 / float(lat.latents.std()), rel=1e-5)
+    lat = latents_for(base.stage1, cfg, tmp_path / "kv2" / "latents", "cpu")  # the cache stage 2 wrote
+    assert float(base.latent_scale) == pytest.approx(1 / lat.std(), rel=1e-5)
     cfg_saved = json.loads((tmp_path / "kv2" / "config.json").read_text())
     assert cfg_saved["base"]["scale_latents"] is True

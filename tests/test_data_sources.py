@@ -88,3 +88,23 @@ def test_data_prepare_cli_cuts_clips_from_a_video_folder(tmp_path):
     assert "clips of 8 frames" in r.stdout and "skipped (unreadable)" in r.stdout and "broken.mp4" in r.stdout
     meta = json.loads((tmp_path / "p" / prep.MARKER).read_text())
     assert (meta["frames"], meta["frame_stride"], meta["count"]) == (8, 2, 120 // 16)
+
+
+def test_a_shard_folder_reads_the_same_rows_lazily_and_whole(tmp_path, monkeypatch):
+    from unified_latents.data import LatentData
+    from unified_latents.data import latent_shards as ls
+
+    z, y = torch.randn(11, 2, 3, 3), torch.arange(11)
+    meta = {"encoder_fingerprint": "e", "data_fingerprint": "d", "source": "s"}
+    for k, (lo, hi) in enumerate(((0, 6), (6, 11))):
+        ls.write_shard(tmp_path, k, 2, LatentData(z[lo:hi], y[lo:hi]), lo, meta)
+    ls.write_index(tmp_path, 2, 11, meta)
+    whole = ls.load_cache(tmp_path, "e", "d")
+    monkeypatch.setattr(ls, "IN_MEMORY", 0)
+    lazy = ls.load_cache(tmp_path, "e", "d")
+    assert whole.whole is not None and lazy.whole is None
+    idx = torch.tensor([10, 0, 5, 6, 5])
+    for cache in (whole, lazy):
+        got, lab = cache.get(idx)
+        assert torch.equal(got, z[idx]) and torch.equal(lab, y[idx])
+        assert cache.std() == pytest.approx(float(z.double().std()), rel=1e-6)

@@ -98,6 +98,20 @@ def test_encode_on_two_processes_writes_shards_that_stage2_reads_lazily(base_art
         assert r.returncode == 2 and "other data" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_stage2_encodes_its_data_into_one_shard_per_process_and_trains_as_one_process(base_artifact, tmp_path):
+    s1 = base_artifact.parents[1] / "s1" / "artifact.safetensors"
+    base = ["--stage", "base", *FAST, "--artifact", str(s1), "--set", "train.log_every=1"]
+    assert run_ul("train", *base, "--outdir", str(tmp_path / "one")).returncode == 0
+    r = _torchrun("train", *base, "--outdir", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two" / "latents").iterdir()) == [
+        "index.json", "shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors"]
+    one, two = _stats(tmp_path / "one"), _stats(tmp_path / "two")
+    assert len(one) == len(two) > 1
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+
+
 def test_a_shard_folder_without_its_index_is_refused(base_artifact, tmp_path):
     s1 = base_artifact.parents[1] / "s1" / "artifact.safetensors"
     dest = tmp_path / "lat"

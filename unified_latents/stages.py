@@ -51,30 +51,32 @@ def _with_scale(model: BaseModel, scale: float) -> BaseModel:
 
 
 def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, progress: bool | None = None):
-    """The training data's z_clean: from cfg.base.latents (a file, or a folder of shards read
-    lazily), or encoded once, split over the processes, and cached at `cache`. Rank 0 decides
-    (fingerprints, whether the cache fits) for every process, so they never take different paths."""
+    """The training data's z_clean: from cfg.base.latents (a file, or a folder of shards), or
+    encoded once into the folder `cache`, each process encoding and writing its share (data/
+    latent_shards.py; read lazily, or whole when small). Rank 0 decides (fingerprints, whether a
+    cache fits) for every process, so they never take different paths."""
     fp = encoder_fingerprint(stage1)
     dfp = dist.broadcast_object(data_fingerprint(cfg.data, cfg.data.source) if dist.is_main() else None)
     if cfg.base.latents:
         return load_cache(Path(cfg.base.latents), fp, dfp)
-    mine = _cached(cache, fp, dfp) if dist.is_main() else None
-    if dist.broadcast_object(mine is not None if dist.is_main() else None):
-        return mine if dist.is_main() else load_cache(cache, fp, dfp)
-    data = load_images(cfg.data)
-    dist.print0(f"encoding {len(data):,} images with the frozen encoder ...")
-    lat = dist_encode(stage1, data, device, progress is not False)
-    lat = LatentData(dist.gather_cat(lat.latents), data.labels)  # every process trains from all of them
-    dist.on_main(lambda: save_latents(cache, lat, fp, cfg.data.source, dfp), f"writing {cache}")
-    return lat
+    legacy = cache.with_suffix(".safetensors")  # the one-file cache of earlier versions
+    found = next((p for p in (cache, legacy) if _fits(p, fp, dfp)), None) if dist.is_main() else None
+    found = dist.broadcast_object(str(found) if found else None)
+    if found is None:
+        data = load_images(cfg.data)
+        dist.print0(f"encoding {len(data):,} {stage1.modality.examples} with the frozen encoder into {cache} ...")
+        meta = {"encoder_fingerprint": fp, "data_fingerprint": dfp, "source": cfg.data.source}
+        encode_into(stage1, data, cache, meta, device, progress is not False)
+    return load_cache(Path(found or cache), fp, dfp)
 
 
-def _cached(cache: Path, fp: str, dfp: str):
-    """The cache at `cache`, or None when absent, made by another encoder or of other data."""
+def _fits(cache: Path, fp: str, dfp: str) -> bool:
+    """Whether `cache` exists, made by this encoder from this data."""
     try:
-        return load_cache(cache, fp, dfp)
+        load_cache(cache, fp, dfp)
+        return True
     except UserError:
-        return None
+        return False
 
 
 def dist_encode(stage1: UnifiedLatents, data, device, progress: bool) -> LatentData:
@@ -84,6 +86,26 @@ def dist_encode(stage1: UnifiedLatents, data, device, progress: bool) -> LatentD
     z = encode_images(stage1, rows, stage1.modality.encode_batch, device=device, progress=progress) if hi > lo \
         else torch.empty((0, *stage1.z_shape))
     return LatentData(z, data.labels[lo:hi] if data.labels is not None else None)
+
+
+def encode_into(stage1: UnifiedLatents, data, dest: Path, meta: dict, device, progress: bool) -> None:
+    """A latent cache folder: every process encodes its share of `data` into its own shard; rank 0
+    writes the index last (a folder without it is an interrupted write)."""
+    def start() -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / INDEX).unlink(missing_ok=True)
+
+    def finish() -> None:
+        for old in dest.glob("shard-*.safetensors"):  # shards of an earlier run with another process count
+            if not old.name.endswith(f"-of-{dist.world():05d}.safetensors"):
+                old.unlink()
+        write_index(dest, dist.world(), len(data), meta)
+
+    dist.on_main(start, f"creating {dest}")
+    lo, _ = dist.my_share(len(data))
+    dist.on_every(lambda: write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, data, device, progress),
+                                      lo, meta), f"encoding into {dest}")
+    dist.on_main(finish, f"writing {dest / INDEX}")
 
 
 def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress: bool = True) -> Path:
@@ -102,21 +124,7 @@ def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress:
         lat = dist_encode(stage1, images, device, progress)
         save_latents(dest, lat, meta["encoder_fingerprint"], source, meta["data_fingerprint"])
         return dest
-    def start() -> None:
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / INDEX).unlink(missing_ok=True)  # written last: a folder without it is incomplete
-
-    def finish() -> None:
-        for old in dest.glob("shard-*.safetensors"):  # shards of an earlier run with another process count
-            if not old.name.endswith(f"-of-{dist.world():05d}.safetensors"):
-                old.unlink()
-        write_index(dest, dist.world(), len(images), meta)
-
-    dist.on_main(start, f"creating {dest}")
-    lo, _ = dist.my_share(len(images))
-    dist.on_every(lambda: write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, images, device, progress),
-                                      lo, meta), f"encoding into {dest}")
-    dist.on_main(finish, f"writing {dest / INDEX}")
+    encode_into(stage1, images, dest, meta, device, progress)
     return dest
 
 
@@ -126,7 +134,7 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
     stage1, _ = load_model(Path(cfg.base.stage1_artifact), device, stage="latents")
     if dist.is_main():
         outdir.mkdir(parents=True, exist_ok=True)
-    lat = latents_for(stage1, cfg, outdir / "latents.safetensors", device, progress)
+    lat = latents_for(stage1, cfg, outdir / "latents", device, progress)
     if cfg.data.num_classes and lat.labels is None:
         dist.print0("the data has no labels: training an unconditional base model")
     scale = 1.0 / lat.std() if cfg.base.scale_latents else 1.0

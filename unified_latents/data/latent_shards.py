@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from ..files import atomic_write, atomic_write_text
 from .latents import LATENTS_FORMAT, LatentData, load_latents, streaming_std
 
 INDEX = "index.json"
+IN_MEMORY = 1 << 30  # caches up to this many bytes are read whole (training then indexes memory)
 
 
 def load_cache(path: Path, encoder_fp: str, data_fp: str | None = None):
@@ -63,7 +65,8 @@ def write_index(dest: Path, n: int, total: int, meta: dict) -> None:
 
 
 class ShardedLatents:
-    """A cache folder read lazily: `get(idx)` reads only the rows asked for (memory-mapped)."""
+    """A cache folder: `get(idx)` reads only the rows asked for (memory-mapped), or indexes the
+    whole cache held in memory when it is at most IN_MEMORY bytes."""
 
     def __init__(self, folder: Path, encoder_fp: str, data_fp: str | None):
         self.folder = Path(folder)
@@ -83,11 +86,26 @@ class ShardedLatents:
         self.total = int(index["total"])
         self.labels = None if any(lb is None for lb in labels) else torch.cat(labels)
         self.bounds = torch.tensor(self.starts[1:] + [self.total])
+        self.whole = None  # every latent, when the cache is small enough to hold (IN_MEMORY bytes)
+        if self._bytes() <= IN_MEMORY:
+            self.whole = torch.cat([self._read(k) for k in range(len(self.paths))])
+
+    def _bytes(self) -> int:
+        with _open(self.paths[0]) as f:
+            sl = f.get_slice("latents")
+            shape, size = sl.get_shape(), torch.finfo(torch.float32).bits // 8
+        return self.total * math.prod(shape[1:]) * size
+
+    def _read(self, k: int) -> torch.Tensor:
+        with _open(self.paths[k]) as f:
+            return f.get_tensor("latents")
 
     def __len__(self) -> int:
         return self.total
 
     def get(self, idx: torch.Tensor):
+        if self.whole is not None:
+            return self.whole[idx], (self.labels[idx] if self.labels is not None else None)
         shard = torch.bucketize(idx, self.bounds, right=True)  # the shard holding each row
         rows = [None] * len(idx)
         for k in shard.unique().tolist():
