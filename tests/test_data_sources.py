@@ -47,7 +47,11 @@ def test_a_datasets_source_trains_lazily_and_holds_out_its_test_split(tmp_path):
     r = run_ul("train", *FAST, "--data", f"hf:{tmp_path / 'ds'}", "--set", "data.channels=3",
                "--outdir", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "run" / "artifact.safetensors").exists()
+    r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(tmp_path / "run" / "artifact.safetensors"),
+               "--outdir", str(tmp_path / "base"))  # encodes the hf: data (fingerprinted by its Arrow files)
+    assert r.returncode == 0, r.stderr
+    index = json.loads((tmp_path / "base" / "latents" / "index.json").read_text())
+    assert index["total"] == 12 and index["source"] == f"hf:{tmp_path / 'ds'}"
 
 
 def _video_cfg(source, **over):

@@ -54,16 +54,32 @@ def test_eval_on_two_processes_matches_one(base_artifact, tmp_path):
     inc = _stand_in_inception(tmp_path / "inc.pt")
     common = ["eval", "--artifact", str(base_artifact), "--samples", "9", "--recon", "6", "--ref-count", "12",
               "--inception", str(inc), "--json", "--device", "cpu", "--base-steps", "3", "--decoder-steps", "3"]
-    r = run_ul(*common, "--outdir", str(tmp_path / "one"))
+    r = run_ul(*common, "--outdir", str(tmp_path / "one"), env={"UL_CACHE": str(tmp_path / "own-cache")})
     assert r.returncode == 0, r.stderr
-    r2 = _torchrun(*common, "--outdir", str(tmp_path / "two"))
+    r2 = _torchrun(*common, "--outdir", str(tmp_path / "two"))  # reference features computed on two processes
     assert r2.returncode == 0, r2.stderr[-3000:]
     one, two = json.loads(r.stdout), json.loads(r2.stdout)  # printed by rank 0 only
     for key in ("gfid", "kid", "rfid", "psnr", "base_bits_per_image", "prior_bits_per_image"):
         assert two[key] == pytest.approx(one[key], rel=1e-6, abs=1e-9), key
     assert two["gfid_samples"] == 9
-    assert (tmp_path / "one" / "samples.png").read_bytes() == (tmp_path / "two" / "samples.png").read_bytes()
+    for png in ("samples.png", "reconstructions.png"):
+        assert (tmp_path / "one" / png).read_bytes() == (tmp_path / "two" / png).read_bytes(), png
     assert json.loads((tmp_path / "two" / "eval.json").read_text())["gfid"] == two["gfid"]
+    # the reference features were computed on two processes and cached: a one-process rerun reads them
+    r = run_ul(*common, "--outdir", str(tmp_path / "again"))
+    assert r.returncode == 0 and json.loads(r.stdout)["gfid"] == pytest.approx(one["gfid"], rel=1e-6), r.stderr
+
+
+def test_reconstruct_on_two_processes_matches_one(base_artifact, tmp_path):
+    s1 = base_artifact.parents[1] / "s1" / "artifact.safetensors"
+    common = ["reconstruct", "--artifact", str(s1), "--count", "7", "--steps", "3", "--json", "--device", "cpu"]
+    r = run_ul(*common, "--out", str(tmp_path / "one.png"))
+    assert r.returncode == 0, r.stderr
+    r2 = _torchrun(*common, "--out", str(tmp_path / "two.png"))
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    one, two = json.loads(r.stdout), json.loads(r2.stdout)
+    assert two["images"] == 7 and all(two[k] == pytest.approx(one[k], rel=1e-6) for k in ("psnr", "ssim", "bits_per_image"))
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
 
 
 def _stats(d):

@@ -241,10 +241,12 @@ def cmd_train(args) -> None:
 def cmd_reconstruct(args) -> None:
     from ..eval.reconstruct import reconstruct
 
-    device = _one_process(args.device, "reconstruct")
+    device = dist.init(args.device)
     out = args.out or args.artifact.with_name("reconstructions.png")
     m = reconstruct(args.artifact, args.data, out, args.count, args.steps, args.sampler, device=device,
                     progress=sys.stderr.isatty(), mean_of=args.mean_of, batch=args.batch)
+    if not dist.is_main():
+        return
     if args.json:
         print(json.dumps(m))
         return
@@ -254,14 +256,6 @@ def cmd_reconstruct(args) -> None:
     print(f"SSIM             {m['ssim']:.4f}")
     print(f"latent bitrate   {m['bits_per_image']:.1f} bits/image (+- {m['bits_per_image_stderr']:.1f}), {m['bpp']:.4f} bits/pixel")
     print(f"grid             {out}")
-
-
-def _one_process(device: str, command: str):
-    dev = dist.init(device)
-    if dist.world() > 1:
-        raise UserError(f"`ul {command}` runs in one process; start it without torchrun (`ul sample`, `ul eval` "
-                        "and `ul encode` split their work over torchrun's processes)")
-    return dev
 
 
 def cmd_sweep(args) -> None:

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from ..config import DataConfig
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_text
+from .hub import is_hub, open_split
 from .latents import LATENTS_FORMAT, LatentData, load_latents, streaming_std
 
 INDEX = "index.json"
@@ -38,7 +39,8 @@ def shard_name(k: int, n: int) -> str:
 
 def data_fingerprint(cfg: DataConfig, source: str) -> str:
     """sha256 of what defines the examples: the source, the data settings, and the size and
-    modification time of every file under a source path (cheap: no file is read)."""
+    modification time of every file under a source path, or of an hf: dataset's Arrow files
+    (cheap: no file is read)."""
     h = hashlib.sha256()
     d = {k: getattr(cfg, k) for k in ("resolution", "channels", "pad", "frames", "frame_stride", "clips")}
     p = Path(source).expanduser()
@@ -49,6 +51,10 @@ def data_fingerprint(cfg: DataConfig, source: str) -> str:
         for f in files:
             st = f.stat()
             h.update(f"{f.relative_to(p) if f != p else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    elif is_hub(source):  # the Arrow files datasets keeps the split in (a new version: new files)
+        for c in open_split(cfg, source).cache_files:
+            st = Path(c["filename"]).stat()
+            h.update(f"{c['filename']}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 

@@ -17,15 +17,16 @@ import torch
 from .. import dist
 from ..config import SampleConfig
 from ..data.grids import save_strip
+from ..data.prepared import RowRange
 from ..data import ImageData, crop_pad, encode_images, eval_source, load_images, to_float, to_uint8
 from ..files import atomic_write_text
 from ..generate import class_labels, generate_images
 from ..objectives import BaseModel
 from ..objectives.registry import build_meta_stages, load_model
-from .fid import InceptionFeatures, fid_from_features, kid, reference_features
+from .fid import InceptionFeatures, feature_cache, fid_from_features, kid, read_features, write_features
 from .flops import generation_report, stage1_report
 from .metrics import psnr
-from .reconstruct import evaluate_reconstruction
+from .reconstruct import reconstruct_rows, summarise
 
 
 @dataclass
@@ -186,10 +187,8 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
     d = s1cfg.data
     key = json.dumps([src, split, ref_count, d.resolution, d.channels, d.pad, str(request.inception), d.frames,
                       d.frame_stride, m.reference_key(d)])
-    ref = dist.main_first(  # rank 0 fills the feature cache; the others then read it
-        lambda: reference_features(key, lambda: m.frames(crop_pad(held.images[:ref_count], d.pad)), net, request.progress),
-        "computing reference features")
-    ctx = _Context(model, request, sc, held, ref, net)
+    ctx = _Context(model, request, sc, held, None, net)
+    ctx.ref = eval_reference(ctx, key, ref_count)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames)
     scores = eval_samples(ctx, samples, ref_count, fvd_net)
     cont = eval_continuations(ctx, recon) if (model.context and recon) else None
@@ -214,7 +213,7 @@ def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> Sample
     gen = crop_pad(generate_images(model, seeds, labels[lo:hi] if labels is not None else None, batch=ctx.batch,
                                    progress=req.progress, decoder_steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler,
                                    **_base_kw(ctx)), ctx.pad) if hi > lo else torch.empty(0, dtype=torch.uint8)
-    gfeat = _gathered(ctx.net, m.frames(gen) if hi > lo else gen, req.progress, "sample features")
+    gfeat = dist.gather_cat(_features(ctx, gen, 0, "sample features")).numpy()
     k, k_std = kid(gfeat, ctx.ref, subset_size=min(1000, gfeat.shape[0], ctx.ref.shape[0]))
     scores = SampleScores(fid_from_features(gfeat, ctx.ref), samples, k, k_std)
     if fvd_net is not None:
@@ -226,6 +225,29 @@ def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> Sample
     if req.out is not None:  # rank 0 only
         m.save_samples(head, Path(req.out) / "samples.png", samples, labels is not None)
     return scores
+
+
+def eval_reference(ctx: _Context, key: str, count: int) -> np.ndarray:
+    """Inception features of the first `count` held-out examples: from the feature cache, or
+    computed split over the processes (each reading its rows a batch at a time) and cached by rank 0."""
+    path = feature_cache(key)
+    cached = read_features(path) if dist.is_main() else None
+    if dist.broadcast_object(cached is not None if dist.is_main() else None):
+        return cached if dist.is_main() else read_features(path)
+    lo, hi = dist.my_share(count)
+    feats = dist.gather_cat(_features(ctx, RowRange(ctx.held.images, lo, hi), ctx.pad, "reference features")).numpy()
+    dist.on_main(lambda: write_features(path, feats), f"writing {path}")
+    return feats
+
+
+def _features(ctx: _Context, rows, pad: int, desc: str) -> torch.Tensor:
+    """Inception features [N, 2048] (float64) of uint8 rows, read a batch at a time: the `pad`
+    border cropped, clips split into frames (N = clips x frames)."""
+    if rows.shape[0] == 0:
+        return torch.empty(0, 2048, dtype=torch.float64)
+    batch = max(1, 50 // rows.shape[2]) if ctx.m.video else 50
+    return torch.from_numpy(ctx.net(rows, batch=batch, progress=ctx.req.progress, desc=desc,
+                                    transform=lambda x: ctx.m.frames(crop_pad(x, pad))))
 
 
 def _gathered(net, x: torch.Tensor, progress: bool, desc: str) -> np.ndarray:
@@ -242,47 +264,60 @@ def _base_kw(ctx: _Context) -> dict:
 def eval_continuations(ctx: _Context, count: int) -> ContinuationScores:
     """Continue held-out clips from their first `context_frames` frames; PSNR of the frames the
     model generated against the real ones (a stochastic continuation: this measures how far the
-    motion is carried, not a reconstruction)."""
-    model, clips, frames = ctx.model, ctx.held.images[:count], ctx.req.context_frames
-    gens = []
-    for i in range(0, clips.shape[0], ctx.batch):
-        x = to_float(clips[i : i + ctx.batch]).to(ctx.req.device)
-        z, k = model.encode_context(x, frames)
-        seeds = list(range(i, i + x.shape[0]))
-        gens.append(to_uint8(model.generate(seeds, None, context=(z, k), decoder_steps=ctx.sc.decoder_steps,
-                                            sampler=ctx.sc.sampler, **_base_kw(ctx))).cpu())
-    gen = crop_pad(torch.cat(gens), ctx.pad)
-    real = crop_pad(clips, ctx.pad)
+    motion is carried, not a reconstruction). Each process continues its share (seed k for clip k)."""
+    model, frames, device = ctx.model, ctx.req.context_frames, ctx.req.device
+    k = model.encode_context(to_float(ctx.held.images[:1]).to(device), frames)[1]  # checks frames, on every process
     first = k * model.frames_per_latent()  # frames whose latents were generated
-    p = psnr(real[:, :, first:].transpose(1, 2).flatten(0, 1), gen[:, :, first:].transpose(1, 2).flatten(0, 1))
-    if ctx.req.out is not None:
-        n = min(4, clips.shape[0])
-        rows = torch.stack([real[:n], gen[:n]], dim=1).flatten(0, 1)  # real, continuation, real, ...
+    lo, hi = dist.my_share(count)
+    clips, gens, ps = RowRange(ctx.held.images, lo, hi), [], []
+    for i in range(0, clips.shape[0], ctx.batch):
+        real = clips[i : i + ctx.batch]
+        z, _ = model.encode_context(to_float(real).to(device), frames)
+        seeds = list(range(lo + i, lo + i + real.shape[0]))
+        gen = crop_pad(to_uint8(model.generate(seeds, None, context=(z, k), decoder_steps=ctx.sc.decoder_steps,
+                                               sampler=ctx.sc.sampler, **_base_kw(ctx))).cpu(), ctx.pad)
+        real = crop_pad(real, ctx.pad)
+        n = real.shape[0]
+        ps.append(psnr(real[:, :, first:].transpose(1, 2).flatten(0, 1),
+                       gen[:, :, first:].transpose(1, 2).flatten(0, 1)).reshape(n, -1).mean(1))
+        gens.append(gen[: max(0, 4 - lo - i)])
+    p = dist.gather_cat(torch.cat(ps) if ps else torch.empty(0))
+    head = dist.gather_cat(torch.cat(gens) if gens else torch.empty(0, dtype=torch.uint8), everyone=False)
+    if ctx.req.out is not None:  # rank 0: the first 4 clips, each real row above its continuation
+        n = head.shape[0]
+        rows = torch.stack([crop_pad(ctx.held.images[:n], ctx.pad), head], dim=1).flatten(0, 1)
         save_strip(rows, Path(ctx.req.out) / "continuations.png")
-    return ContinuationScores(float(p.mean()), int(clips.shape[0]), frames, k, first)
+    return ContinuationScores(float(p.mean()), count, frames, k, first)
 
 
 def eval_bits(ctx: _Context, n: int) -> tuple[float, float]:
     """(bits per example, bits per pixel) of the first n held-out examples' latents under the base
-    model (unweighted ELBO; for the pixel baseline, of the pixels themselves)."""
+    model (unweighted ELBO; for the pixel baseline, of the pixels themselves), split over the processes."""
     model, held, device = ctx.model, ctx.held, ctx.req.device
-    z = encode_images(model.stage1, held.images[:n], batch=ctx.encode_batch, device=device)
-    lab = held.labels[:n].to(device) if (held.labels is not None and model.num_classes) else None
-    bits = model.bits(z.to(device), lab, list(range(n))).cpu()
+    lo, hi = dist.my_share(n)
+    bits = torch.empty(0)
+    if hi > lo:
+        z = encode_images(model.stage1, RowRange(held.images, lo, hi), batch=ctx.encode_batch, device=device)
+        lab = held.labels[lo:hi].to(device) if (held.labels is not None and model.num_classes) else None
+        bits = model.bits(z.to(device), lab, list(range(lo, hi))).cpu()
+    bits = dist.gather_cat(bits)
     return float(bits.mean()), float(bits.mean()) / model.stage1.pixels_per_image()
 
 
 def eval_reconstructions(ctx: _Context, recon: int) -> ReconstructionScores:
     """rFID, PSNR/SSIM and the prior's bitrate of `recon` held-out reconstructions, and the base
-    model's bitrate of their latents."""
+    model's bitrate of their latents; each process reconstructs its share (seed k for example k)."""
     s1, req, pad = ctx.model.stage1, ctx.req, ctx.pad
-    images = ctx.held.images[:recon]
-    rm, recs = evaluate_reconstruction(s1, images, pad, batch=ctx.batch, steps=ctx.sc.decoder_steps,
-                                       sampler=ctx.sc.sampler, device=req.device, progress=req.progress)
-    rfeat = ctx.net(ctx.m.frames(crop_pad(recs, pad)), progress=req.progress, desc="reconstruction features")
+    lo, hi = dist.my_share(recon)
+    recs, ps, ss, bits = reconstruct_rows(s1, RowRange(ctx.held.images, lo, hi), pad, batch=ctx.batch,
+                                          steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler, device=req.device,
+                                          progress=req.progress, first=lo)
+    rfeat = dist.gather_cat(_features(ctx, recs, pad, "reconstruction features")).numpy()
+    rm = summarise(*(dist.gather_cat(t) for t in (ps, ss, bits)), s1.pixels_per_image())
     base_bits, base_bpp = eval_bits(ctx, recon)
-    if req.out is not None:
-        ctx.m.save_reconstructions(crop_pad(ctx.held.images[:10], pad), crop_pad(recs, pad),
+    head = dist.gather_cat(recs[: max(0, min(hi, 10) - lo)], everyone=False)  # the first 10, for the picture
+    if req.out is not None:  # rank 0 only
+        ctx.m.save_reconstructions(crop_pad(ctx.held.images[: head.shape[0]], pad), crop_pad(head, pad),
                                    Path(req.out) / "reconstructions.png", 10)
     return ReconstructionScores(fid_from_features(rfeat, ctx.ref), recon, rm["psnr"], rm["ssim"],
                                 rm["bits_per_image"], rm["bpp"], base_bits, base_bpp)

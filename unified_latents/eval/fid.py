@@ -90,17 +90,21 @@ class InceptionFeatures:
         return self.net(x)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, batch: int = 50, progress: bool = False, desc: str = "inception") -> np.ndarray:
+    def __call__(self, images: torch.Tensor, batch: int = 50, progress: bool = False, desc: str = "inception",
+                 transform=None) -> np.ndarray:
+        """`images`: anything sliced like a tensor (lazily decoded rows too); `transform` maps each
+        slice to the uint8 images Inception sees (e.g. crop the border, split clips into frames)."""
         out = []
         for i in tqdm(range(0, images.shape[0], batch), desc=desc, unit="batch", disable=not progress, leave=False):
-            x = images[i : i + batch].to(self.device)
+            x = images[i : i + batch]
+            x = (transform(x) if transform is not None else x).to(self.device)
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
             x = x.float()
             if x.shape[-2:] != (299, 299):
                 x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
             out.append(self._forward((x - 128.0) / 128.0).double().cpu())
-        return torch.cat(out).numpy()
+        return torch.cat(out).numpy() if out else np.empty((0, 2048))
 
 
 def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,25 +148,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("UL_CACHE", Path.home() / ".cache" / "unified_latents"))
 
 
-def reference_features(key: str, images_fn, net: InceptionFeatures, progress: bool = False) -> np.ndarray:
-    """Features of a reference set, computed once and cached under ~/.cache/unified_latents."""
-    from ..files import atomic_write
+def feature_cache(key: str) -> Path:
+    """Where the reference features of `key` are cached (under ~/.cache/unified_latents)."""
+    return cache_dir() / f"inception-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
 
-    name = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = cache_dir() / f"inception-{name}.npy"
+
+def read_features(path: Path) -> np.ndarray | None:
+    """Cached features, or None when absent or unreadable (the damaged file is removed)."""
     if path.exists():
         try:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
-    feats = net(images_fn(), progress=progress, desc="reference features")
+    return None
+
+
+def write_features(path: Path, feats: np.ndarray) -> None:
+    from ..files import atomic_write
 
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, feats, allow_pickle=False)
 
     atomic_write(path, write)
-    return feats
 
 
 def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:

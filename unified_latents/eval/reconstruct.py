@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import dist
 from ..data import eval_source, load_images
+from ..data.prepared import RowRange
 from ..data.transforms import crop_pad, to_float, to_uint8
 from ..objectives.registry import load_model
 from .metrics import psnr, ssim
@@ -20,67 +22,73 @@ def _per_example(metric, frames_fn, a: torch.Tensor, b: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def evaluate_reconstruction(
-    model,
-    images: torch.Tensor,
-    pad: int = 0,
-    batch: int = 250,
-    steps: int | None = None,
-    sampler: str | None = None,
-    n_t: int = 8,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    mean_of: int = 1,
-) -> tuple[dict[str, float], torch.Tensor]:
-    """images: uint8 [N, C, H, W] (or clips [N, C, T, H, W]: PSNR/SSIM per frame, averaged).
-    Returns (metrics, reconstructions uint8). Example k uses seed k.
-
-    mean_of K > 1 reconstructs with the mean of K decoder samples per latent (the estimate of
-    E[x | z0] that squared error favours) instead of one sample.
-
-    PSNR/SSIM are on the original pixels (the `pad` border cropped off); bits per pixel divide
-    by the model's own input size H*W, as the training log does."""
+def reconstruct_rows(model, images, pad: int = 0, batch: int = 250, steps: int | None = None,
+                     sampler: str | None = None, n_t: int = 8, device: torch.device | str = "cpu",
+                     progress: bool = True, mean_of: int = 1, first: int = 0):
+    """Reconstruct `images` (uint8 rows, anything sliced like a tensor: lazily decoded rows are read
+    a batch at a time); example k uses seed `first + k`, so a share of a larger set reconstructs as
+    it would within the whole. Returns (reconstructions uint8, then per example: PSNR, SSIM on the
+    original pixels (the `pad` border cropped off; clips: per frame, averaged) and latent bits)."""
     model.eval()
     recs, ps, ss, bits = [], [], [], []
-    n = images.shape[0]
-    for i in tqdm(range(0, n, batch), desc="reconstructing", unit="batch", disable=not progress, leave=False):
-        x = to_float(images[i : i + batch]).to(device)
-        seeds = list(range(i, i + x.shape[0]))
+    for i in tqdm(range(0, images.shape[0], batch), desc="reconstructing", unit="batch", disable=not progress, leave=False):
+        rows = images[i : i + batch]
+        x = to_float(rows).to(device)
+        seeds = list(range(first + i, first + i + x.shape[0]))
         rec = to_uint8(model.reconstruct(x, seeds, steps, sampler, mean_of)).cpu()
-        orig = crop_pad(images[i : i + batch], pad)
-        rec_c = crop_pad(rec, pad)
+        orig, rec_c = crop_pad(rows, pad), crop_pad(rec, pad)
         ps.append(_per_example(psnr, model.modality.frames, orig, rec_c))
         ss.append(_per_example(ssim, model.modality.frames, orig, rec_c))
         bits.append(model.bits(x, seeds, n_t).cpu())
         recs.append(rec)
-    bits_t = torch.cat(bits)
-    metrics = {
+    if not recs:
+        return torch.empty((0, *tuple(images.shape)[1:]), dtype=torch.uint8), *(torch.empty(0) for _ in range(3))
+    return torch.cat(recs), torch.cat(ps), torch.cat(ss), torch.cat(bits)
+
+
+def summarise(ps: torch.Tensor, ss: torch.Tensor, bits: torch.Tensor, pixels: int, mean_of: int = 1) -> dict[str, float]:
+    """Mean PSNR/SSIM and bits (per example and per pixel of the model's input H*W, as the
+    training log has them) of per-example values."""
+    n = bits.shape[0]
+    return {
         "images": n,
         "mean_of": mean_of,
-        "psnr": float(torch.cat(ps).mean()),
-        "ssim": float(torch.cat(ss).mean()),
-        "bits_per_image": float(bits_t.mean()),
-        "bpp": float(bits_t.mean()) / model.pixels_per_image(),
-        "bits_per_image_stderr": float(bits_t.std() / math.sqrt(n)) if n > 1 else float("nan"),
+        "psnr": float(ps.mean()),
+        "ssim": float(ss.mean()),
+        "bits_per_image": float(bits.mean()),
+        "bpp": float(bits.mean()) / pixels,
+        "bits_per_image_stderr": float(bits.std() / math.sqrt(n)) if n > 1 else float("nan"),
     }
-    return metrics, torch.cat(recs)
+
+
+def evaluate_reconstruction(model, images: torch.Tensor, pad: int = 0, batch: int = 250, steps: int | None = None,
+                            sampler: str | None = None, n_t: int = 8, device: torch.device | str = "cpu",
+                            progress: bool = True, mean_of: int = 1) -> tuple[dict[str, float], torch.Tensor]:
+    """images: uint8 [N, C, H, W] (or clips [N, C, T, H, W]). Returns (metrics, reconstructions
+    uint8); example k uses seed k. mean_of K > 1 reconstructs with the mean of K decoder samples
+    per latent (the estimate of E[x | z0] that squared error favours) instead of one sample."""
+    recs, ps, ss, bits = reconstruct_rows(model, images, pad, batch, steps, sampler, n_t, device, progress, mean_of)
+    return summarise(ps, ss, bits, model.pixels_per_image(), mean_of), recs
 
 
 def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int = 500, steps: int | None = None,
                 sampler: str | None = None, device: torch.device | str = "cpu", progress: bool = True,
                 mean_of: int = 1, batch: int | None = None) -> dict[str, float]:
-    """`ul reconstruct`: reconstruct `count` held-out examples; originals above reconstructions in a PNG."""
+    """`ul reconstruct`: reconstruct `count` held-out examples (under torchrun, each process its
+    share: example k uses seed k whatever the process count); rank 0 writes originals above
+    reconstructions in a PNG."""
     model, cfg = load_model(artifact, device, stage="latents")
-    if data:
-        held = load_images(cfg.data, data, "test")
-    else:
-        src, split = eval_source(cfg.data)
-        held = load_images(cfg.data, src, split)
-    images = held.images[:count]
-    m = model.modality
-    batch = batch or cfg.eval.batch or m.batch
-    metrics, recs = evaluate_reconstruction(model, images, cfg.data.pad, batch=batch, steps=steps, sampler=sampler,
-                                            device=device, progress=progress, mean_of=mean_of)
-    if out is not None:
-        m.save_reconstructions(images, recs, out, min(16, images.shape[0]))
+    src, split = (data, "test") if data else eval_source(cfg.data)
+    held = load_images(cfg.data, src, split)
+    count = min(count, len(held))
+    lo, hi = dist.my_share(count)
+    recs, ps, ss, bits = reconstruct_rows(model, RowRange(held.images, lo, hi), cfg.data.pad,
+                                          batch=batch or cfg.eval.batch or model.modality.batch, steps=steps,
+                                          sampler=sampler, device=device, progress=progress and dist.is_main(),
+                                          mean_of=mean_of, first=lo)
+    metrics = summarise(*(dist.gather_cat(t) for t in (ps, ss, bits)), model.pixels_per_image(), mean_of)
+    shown = min(16, count)
+    head = dist.gather_cat(recs[: max(0, min(hi, shown) - lo)], everyone=False)
+    if out is not None and dist.is_main():
+        model.modality.save_reconstructions(held.images[:shown], head, out, shown)
     return metrics
