@@ -28,11 +28,23 @@ def test_config_file_cannot_run_code():
         apply_overrides(get_preset("tiny"), ["data.source=!!python/object/apply:os.system ['echo hi']"])
 
 
-def test_incompatible_changes():
+@pytest.mark.parametrize("change", ["model.prior.blocks=[2]", "train.seed=1", "diffusion.prior_kind=gaussian",
+                                    "diffusion.decoder_kind=mse", "diffusion.bias=1.0", "diffusion.lam_x_min=-12",
+                                    "diffusion.lam_x_max=12", "data.pad=1", "train.lr=1e-4", "train.batch=16",
+                                    "diffusion.target_bits=50", "data.image_column=img", "train.ema_decay=0.99"])
+def test_a_resumed_run_refuses_every_field_that_changes_its_optimisation(change):
     a = to_dict(get_preset("tiny"))
-    b = to_dict(apply_overrides(get_preset("tiny"), ["train.total_samples=128", "model.prior.blocks=[2]"]))
+    b = to_dict(apply_overrides(get_preset("tiny"), ["train.total_samples=128", change]))
     diffs = incompatible_changes(a, b)
-    assert len(diffs) == 1 and diffs[0].startswith("model.prior.blocks")
+    assert len(diffs) == 1 and diffs[0].startswith(change.split("=")[0] + ":"), diffs
+
+
+def test_a_resumed_run_may_change_length_logging_layout_sampling_and_paths():
+    a = to_dict(get_preset("tiny"))
+    b = to_dict(apply_overrides(get_preset("tiny"), [
+        "train.total_samples=128", "train.log_every=5", "train.ckpt_every=16", "train.keep=5", "train.shard=fsdp",
+        "train.micro_batch=4", "data.workers=2", "sample.guidance=2.0", "eval.batch=8", "data.source=/moved/data.npz"]))
+    assert incompatible_changes(a, b) == []  # a moved source is checked by content (the state's data fingerprint)
 
 
 def test_config_saved_before_video_fields_still_resumes():

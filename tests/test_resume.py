@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import assert_tree_equal, load_state, make_npz
+from helpers import assert_tree_equal, load_state, make_npz, run_ul
 from unified_latents.config import apply_overrides
 from unified_latents.data import load_images
 from unified_latents.errors import ResumeError
@@ -145,3 +145,49 @@ def test_earlier_optimizer_state_of_a_base_model_keeps_only_trainable_entries():
     new.load_state_dict(legacy_optimizer_state(old.state_dict(), model))
     for p in model.net.parameters():
         assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+
+
+def test_resume_refuses_other_data_and_a_retrained_stage1(tmp_path):
+    # the same path, other contents: a run never silently continues on other data
+    data = make_npz(tmp_path / "d.npz", n=40)
+    fast = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=32", "--set", "train.ckpt_every=16"]
+    s1 = ["train", *fast, "--data", str(data), "--outdir", str(tmp_path / "s1")]
+    assert run_ul(*s1, "--until", "16").returncode == 0
+    moved = tmp_path / "moved.npz"
+    data.rename(moved)
+    r = run_ul("train", *fast, "--data", str(moved), "--outdir", str(tmp_path / "s1"), "--until", "16")
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr  # the same contents at another path: fine
+    make_npz(data, n=40, seed=3)
+    r = run_ul(*s1)
+    assert r.returncode == 2 and "not the data this run has trained on" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # stage 2 resumed after stage 1 was retrained at the same path
+    moved.rename(data)
+    assert run_ul(*s1).returncode == 0
+    art = str(tmp_path / "s1" / "artifact.safetensors")
+    base = ["train", "--stage", "base", *fast, "--artifact", art, "--outdir", str(tmp_path / "b")]
+    assert run_ul(*base, "--until", "16").returncode == 0
+    assert run_ul(*s1[:-2], "--set", "train.total_samples=48", "--outdir", str(tmp_path / "s1")).returncode == 0
+    r = run_ul(*base)
+    assert r.returncode == 2 and "not the one this stage-2 run started from" in r.stderr, r.stderr
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from unified_latents.errors import TrainingError
+
+    cfg, data = _cfg(tmp_path)
+    real = run_mod.save_state
+
+    def full_at_64(outdir, samples, *a, **k):
+        if samples == 64:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(outdir, samples, *a, **k)
+
+    monkeypatch.setattr(run_mod, "save_state", full_at_64)
+    with pytest.raises(TrainingError, match=r"at 64 samples .*No space left on device.*previous checkpoint \(32 "
+                                             r"samples\) is kept.*rerun the same command"):
+        _train(cfg, data, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").glob("state-*")) == ["state-000000000032"]
+    monkeypatch.setattr(run_mod, "save_state", real)
+    assert _train(cfg, data, tmp_path / "run").samples == 64  # space freed: the rerun resumes and finishes

@@ -15,7 +15,7 @@ from unified_latents.diffusion.guidance import guided
 from unified_latents.errors import UserError
 from unified_latents.eval.fid import find_inception, fid_from_features, frechet_distance, kid
 from unified_latents.objectives import BaseModel, UnifiedLatents, encoder_fingerprint
-from unified_latents.cli.main import parse_seeds
+from unified_latents.cli.args import parse_seeds
 from unified_latents.generate import class_labels, generate_images
 from unified_latents.objectives.noise import BatchNoise
 

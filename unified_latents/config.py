@@ -314,13 +314,18 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-# Sections whose change makes a saved run or artifact unusable (weights no longer fit, or the
-# objective means something else). Others (training length, logging, sampling) may change.
-INCOMPATIBLE = ("stage", "model", "base.stage1_artifact", "base.context", "data.resolution", "data.channels",
-                "data.frames", "diffusion.lam0", "diffusion.lam_z_min")
+# What a resumed run may change: how long it trains, how it logs, checkpoints and is laid out on
+# devices, how it samples and evaluates, and where its inputs are (their contents are fingerprinted
+# in the training state: data/fingerprint.py, and the stage-1 encoder for stage 2). Every other
+# field changes the optimisation that the state belongs to and is refused.
+CHANGEABLE = ("data.source", "data.eval_source", "data.skip_bad", "data.workers", "base.stage1_artifact",
+              "base.latents", "train.total_samples", "train.log_every", "train.image_every", "train.ckpt_every",
+              "train.ckpt_minutes", "train.keep", "train.async_checkpoint", "train.max_bad_steps", "train.micro_batch",
+              "train.shard", "train.compile", "train.activation_checkpointing", "sample", "eval")
 
 
 def incompatible_changes(old: dict, new: dict) -> list[str]:
+    """The fields of `new` that differ from a saved run's `old` and may not change on resume."""
     try:  # a config saved by an older version lacks newer fields: read them as their defaults
         old = to_dict(from_dict(old))
     except ConfigError:
@@ -328,7 +333,7 @@ def incompatible_changes(old: dict, new: dict) -> list[str]:
     fo, fn = flatten(old), flatten(new)
     diffs = []
     for key in sorted(set(fo) | set(fn)):
-        if fo.get(key) != fn.get(key) and any(key == p or key.startswith(p + ".") for p in INCOMPATIBLE):
+        if fo.get(key) != fn.get(key) and not any(key == p or key.startswith(p + ".") for p in CHANGEABLE):
             diffs.append(f"{key}: {fo.get(key)!r} -> {fn.get(key)!r}")
     return diffs
 

@@ -23,6 +23,8 @@ from .objectives.registry import load_model
 def class_labels(seeds: list[int], classes: str | None, num_classes: int) -> torch.Tensor | None:
     """Labels per seed: None/'' -> seed % classes; 'random' -> drawn from the seed; '3,5' -> cycled;
     'none' -> unconditional."""
+    if not num_classes and classes not in (None, "", "none"):
+        raise UserError(f"--classes {classes}: this model is unconditional (trained without labels); drop --classes")
     if not num_classes or classes == "none":
         return None
     if not classes:

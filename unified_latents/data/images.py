@@ -77,16 +77,39 @@ def load_fmnist(split: str) -> ImageData:
 # ----------------------------------------------------------------------------- folders and arrays
 
 
+MIN_SIDE = 8  # pixels: a smaller image carries no picture to resize (a 1x1 file is a placeholder or a mistake)
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def load_image_file(path: Path, channels: int, size: int) -> np.ndarray:
     with Image.open(path) as im:
         im.load()  # decode fully now so truncated files fail here
         return fit_image(im, channels, size)
 
 
+def to_8bit(im: Image.Image, channels: int) -> Image.Image:
+    """Gray ("L") or "RGB" of any mode: 16-bit and 32-bit integer images scaled to 8 bits (not
+    clipped, which would turn them white); transparency composited over white; palette, CMYK,
+    YCbCr and the rest converted by Pillow."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        full = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.rint(a * 255.0 / full), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise ValueError("floating-point (mode F) images are not supported; save 8- or 16-bit PNGs")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
 def fit_image(im: Image.Image, channels: int, size: int) -> np.ndarray:
-    """A PIL image converted to gray or RGB, resized (bicubic) so its short side is `size`, and
-    center-cropped: uint8 [C, size, size]."""
-    im = im.convert("L" if channels == 1 else "RGB")
+    """A PIL image converted to gray or RGB (`to_8bit`), resized (bicubic) so its short side is
+    `size`, and center-cropped: uint8 [C, size, size]."""
+    if min(im.size) < MIN_SIDE:
+        raise ValueError(f"the image is {im.size[0]}x{im.size[1]} pixels; images need at least {MIN_SIDE} on each side")
+    im = to_8bit(im, channels)
     w, h = im.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -107,7 +130,7 @@ def load_folder(root: Path, channels: int, size: int, skip_bad: bool) -> ImageDa
     for p in tqdm(files, desc=f"reading {root}", unit="img", disable=len(files) < 2000, leave=False):
         try:
             images.append(load_image_file(p, channels, size))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        except READ_ERRORS as e:
             if not skip_bad:
                 raise DataError(f"cannot read image {p}: {e}; fix or remove it, or pass --skip-bad to skip unreadable files") from None
             skipped.append(str(p))
@@ -131,20 +154,48 @@ def load_npz(path: Path, channels: int, size: int) -> ImageData:
             labels = f["labels"] if "labels" in keys else (f["y"] if "y" in keys else None)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"cannot read {path} as .npz: {e}; save it with np.savez(path, images=..., labels=...)") from None
-    if arr.dtype != np.uint8:
-        raise DataError(f"{path}: images must be uint8 in [0, 255], got {arr.dtype}; convert with .astype(np.uint8)")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
-        arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    if arr.ndim != 4:
-        raise DataError(f"{path}: expected images of shape [N, H, W] or [N, H, W, C], got {list(arr.shape)}")
+    arr = _checked_pixels(path, arr)
+    if labels is not None and (labels.ndim != 1 or labels.shape[0] != arr.shape[0]):
+        raise DataError(f"{path}: {arr.shape[0]} images but labels of shape {list(labels.shape)}; save one "
+                        "integer label per image (labels=int [N])")
+    if labels is not None and not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels must be integers, got {labels.dtype}")
     x = torch.from_numpy(np.ascontiguousarray(arr))
     x = convert_channels(x[:, :3], channels)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = resize_crop(x, size)
     lab = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
     return ImageData(x, lab, [])
+
+
+def _checked_pixels(path: Path, arr: np.ndarray) -> np.ndarray:
+    """uint8 images as [N, C, H, W] (C 1, 3 or 4), from [N, H, W], [N, H, W, C] or [N, C, H, W]; a
+    layout that is not one of them (2 channels, say) or pixels that are not uint8 are refused."""
+    if arr.dtype != np.uint8:
+        hint = (" (floats in [0, 1]? save (x * 255).round().astype(np.uint8))" if np.issubdtype(arr.dtype, np.floating)
+                else "; convert with .astype(np.uint8)")
+        raise DataError(f"{path}: images must be uint8 in [0, 255], got {arr.dtype}{hint}")
+    if arr.ndim == 3:
+        return arr[:, None]
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+        return arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if arr.ndim == 4 and arr.shape[1] in (1, 3, 4):
+        return arr
+    raise DataError(f"{path}: expected images of shape [N, H, W] or [N, H, W, C] with C = 1 (gray), 3 (RGB) or 4 "
+                    f"(RGBA), got {list(arr.shape)}")
+
+
+def check_labels(data: ImageData, num_classes: int, source: str) -> ImageData:
+    """Labels of a class-conditional run must be 0..num_classes-1 (num_classes itself is the
+    unconditional label of guidance; a larger one would fail mid-run)."""
+    if data.labels is None or not num_classes or data.labels.numel() == 0:
+        return data
+    lo, hi = int(data.labels.min()), int(data.labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"{source}: labels run from {lo} to {hi} ({hi + 1} classes or class folders), but "
+                        f"data.num_classes={num_classes}; set --set data.num_classes={max(hi + 1, 1)}, or "
+                        "--set data.num_classes=0 to train without labels")
+    return data
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -9,7 +9,6 @@ cache of another encoder or of other data is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -18,10 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..config import DataConfig
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_text
-from .hub import is_hub, open_split
 from .latents import LATENTS_FORMAT, LatentData, load_latents, streaming_std
 
 INDEX = "index.json"
@@ -35,27 +32,6 @@ def load_cache(path: Path, encoder_fp: str, data_fp: str | None = None):
 
 def shard_name(k: int, n: int) -> str:
     return f"shard-{k:05d}-of-{n:05d}.safetensors"
-
-
-def data_fingerprint(cfg: DataConfig, source: str) -> str:
-    """sha256 of what defines the examples: the source, the data settings, and the size and
-    modification time of every file under a source path, or of an hf: dataset's Arrow files
-    (cheap: no file is read)."""
-    h = hashlib.sha256()
-    d = {k: getattr(cfg, k) for k in ("resolution", "channels", "pad", "frames", "frame_stride", "clips")}
-    p = Path(source).expanduser()
-    name = str(p.resolve()) if p.exists() else source  # ./d.npz and its absolute path are the same data
-    h.update(json.dumps([name, d], sort_keys=True).encode())
-    if p.exists():
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-        for f in files:
-            st = f.stat()
-            h.update(f"{f.relative_to(p) if f != p else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    elif is_hub(source):  # the Arrow files datasets keeps the split in (a new version: new files)
-        for c in open_split(cfg, source).cache_files:
-            st = Path(c["filename"]).stat()
-            h.update(f"{c['filename']}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 def write_shard(dest: Path, k: int, n: int, lat: LatentData, offset: int, meta: dict) -> None:

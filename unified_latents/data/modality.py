@@ -16,7 +16,7 @@ from ..errors import DataError, UserError
 from ..files import atomic_write
 from .grids import save_grid, save_png, save_strip
 from .hub import held_out_source, is_hub, load_hub
-from .images import ImageData, load_image_set
+from .images import ImageData, check_labels, load_image_set
 from .photos import PHOTOS
 from .prepared import is_prepared, load_prepared
 from .transforms import crop_pad, frames_of
@@ -61,18 +61,16 @@ class Modality:
 
     def load(self, cfg: DataConfig, source: str, split: str) -> ImageData:
         if is_hub(source):
-            return load_hub(cfg, source, split)  # decoded by index from `datasets`' memory-mapped tables
-        if source and is_prepared(Path(source).expanduser()):
-            return load_prepared(cfg, Path(source).expanduser())  # read by index, never loaded whole
-        return load_clips(cfg, source, split) if self.video else load_image_set(cfg, source, split)
+            data = load_hub(cfg, source, split)  # decoded by index from `datasets`' memory-mapped tables
+        elif source and is_prepared(Path(source).expanduser()):
+            data = load_prepared(cfg, Path(source).expanduser())  # read by index, never loaded whole
+        else:
+            data = load_clips(cfg, source, split) if self.video else load_image_set(cfg, source, split)
+        return check_labels(data, cfg.num_classes, source)
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         """What Inception sees: images as they are, clips as their frames [N * T, C, H, W]."""
         return frames_of(x) if self.video else x
-
-    def reference_key(self, cfg: DataConfig) -> int:
-        """The part of a reference-feature cache key that only video has (its clip count)."""
-        return cfg.clips if self.video else 0
 
     def require_video(self, what: str) -> None:
         if not self.video:

@@ -165,6 +165,9 @@ def load_video_array(path: Path, cfg: DataConfig, size: int) -> ImageData:
         raise DataError(f"{path}: clips have {arr.shape[1]} frames, the config needs {need} "
                         f"(data.frames={cfg.frames} x data.frame_stride={cfg.frame_stride})")
     x = _to_clip_tensor(arr[:, :need : cfg.frame_stride], cfg.channels, size)
+    if labels is not None and (labels.ndim != 1 or labels.shape[0] != arr.shape[0]):
+        raise DataError(f"{path}: {arr.shape[0]} clips but labels of shape {list(labels.shape)}; save one integer "
+                        "label per clip (labels=int [N])")
     lab = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
     return ImageData(x, lab, [])
 

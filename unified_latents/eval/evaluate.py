@@ -17,6 +17,7 @@ import torch
 from .. import dist
 from ..config import SampleConfig
 from ..data.grids import save_strip
+from ..data.fingerprint import data_fingerprint
 from ..data.prepared import RowRange
 from ..data import ImageData, crop_pad, encode_images, eval_source, load_images, to_float, to_uint8
 from ..files import atomic_write_text
@@ -185,8 +186,9 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
     ref_count = min(ref_count, len(held))
     recon = min(recon, len(held))  # a held-out set smaller than asked for is used whole (eval.json says how many)
     d = s1cfg.data
-    key = json.dumps([src, split, ref_count, d.resolution, d.channels, d.pad, str(request.inception), d.frames,
-                      d.frame_stride, m.reference_key(d)])
+    # the reference features are keyed on content: the held-out data's fingerprint and the network file's hash
+    key = dist.broadcast_object(json.dumps([data_fingerprint(d, src, split), ref_count, net.sha256])
+                                if dist.is_main() else None)
     ctx = _Context(model, request, sc, held, None, net)
     ctx.ref = eval_reference(ctx, key, ref_count)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames)

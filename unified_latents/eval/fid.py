@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data.fingerprint import file_sha256
 from ..errors import UserError
 
 INCEPTION_HINT = (
@@ -34,13 +35,9 @@ INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091
 
 
 def check_pinned(p: Path, sha256: str = INCEPTION_SHA256) -> Path:
-    digest = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != sha256:
-        raise UserError(f"{p} is not the pinned FID Inception file (sha256 {digest.hexdigest()[:16]}...); "
-                        f"reinstall it: {INCEPTION_HINT}")
+    got = file_sha256(p)
+    if got != sha256:
+        raise UserError(f"{p} is not the pinned FID Inception file (sha256 {got[:16]}...); reinstall it: {INCEPTION_HINT}")
     return p
 
 
@@ -66,6 +63,7 @@ class InceptionFeatures:
 
     def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu"):
         p = find_inception(path)
+        self.sha256 = file_sha256(p)  # what feature caches are keyed on (the network's content, not its path)
         try:
             self.net = torch.jit.load(str(p), map_location=device).eval()
         except RuntimeError as e:

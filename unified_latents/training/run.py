@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -27,7 +28,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .. import dist
 from ..config import RunConfig, to_dict
-from ..errors import ResumeError
+from ..data.fingerprint import data_fingerprint
+from ..errors import ResumeError, TrainingError
 from .checkpoint import LEGACY_STATE_RE, load_legacy_state, save_artifact
 from .ema import EMA
 from .parallel import Layout, full_state, prepare
@@ -56,6 +58,7 @@ class Run:
     saved_time: float = field(default_factory=time.monotonic)
     pending: PendingSave | None = None
     ckpt_group: object = None  # the gloo group of background state writes (train.async_checkpoint)
+    fingerprints: dict = field(default_factory=dict)  # what the state must be resumed with (`fingerprints`)
 
     @property
     def opt(self) -> torch.optim.Optimizer:
@@ -77,7 +80,37 @@ class Run:
         return {"model": keep(msd), "ema": keep(esd), "optim": {"state": osd["state"]}}, osd["param_groups"]
 
     def meta(self) -> dict:
-        return {"bad_steps": self.bad_total, "metrics": self.metrics, "config": to_dict(self.cfg)}
+        return {"bad_steps": self.bad_total, "metrics": self.metrics, "config": to_dict(self.cfg),
+                "fingerprints": self.fingerprints}
+
+
+def fingerprints(cfg: RunConfig, model: nn.Module) -> dict:
+    """The training data's content fingerprint and, for stage 2, the frozen encoder's: a state is
+    resumed only with the same ones (rank 0 computes them; every process gets rank 0's)."""
+    def compute() -> dict:
+        fp = {"data": data_fingerprint(cfg.data, cfg.data.source)}
+        encoder = model.artifact_metadata().get("encoder_fingerprint")
+        return {**fp, "encoder": encoder} if encoder else fp
+
+    return dist.broadcast_object(compute() if dist.is_main() else None)
+
+
+CHANGED = {
+    "data": "the training data ({source}) is not the data this run has trained on so far (files added, removed "
+            "or changed); restore that data to resume, or pass a new --outdir to start over on this data",
+    "encoder": "the stage-1 artifact ({stage1}) is not the one this stage-2 run started from (was stage 1 "
+               "retrained?); the base model would continue on another encoder's latents: pass a new --outdir to "
+               "train a base model on this encoder, or restore the stage-1 artifact it started from",
+}
+
+
+def check_fingerprints(run: Run, meta: dict) -> None:
+    """Refuse to resume a state made from other data or (stage 2) another encoder."""
+    saved = meta.get("fingerprints") or {}  # states of earlier versions carry none
+    for key, text in CHANGED.items():
+        if key in saved and saved[key] != run.fingerprints.get(key):
+            raise ResumeError(f"cannot resume {run.outdir}: " + text.format(source=run.cfg.data.source,
+                                                                           stage1=run.cfg.base.stage1_artifact))
 
 
 def setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device, artifact_kind: str,
@@ -85,9 +118,11 @@ def setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device,
     """Model, EMA, layout and optimizer, restored from the newest readable state when there is one."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
     model = build_model().to(device)
+    fps = fingerprints(cfg, model)  # before sharding: the encoder's weights are read whole
     ema = EMA(model, cfg.train.ema_decay)
     layout = prepare(cfg, model, ema, device)
-    run = Run(cfg, outdir, model, ema, layout, data, device, artifact_kind, per_rank, micro)
+    run = Run(cfg, outdir, model, ema, layout, data, device, artifact_kind, per_rank, micro,
+              fingerprints=fps)
     if cfg.train.async_checkpoint and dist.world() > 1:
         run.ckpt_group = dist.side_group()
     if dist.is_main():
@@ -125,6 +160,7 @@ def _resume(run: Run) -> None:
                                   "restore one or pass a new --outdir") from None
             dist.print0(f"warning: {e}; resuming from the state before it ({names[i + 1]})")
             continue
+        check_fingerprints(run, meta)
         dist.on_main(lambda: _set_aside(run.outdir, names[:i]), "setting damaged states aside")
         run.samples, run.bad_total = int(meta["samples"]), int(meta.get("bad_steps", 0))
         run.metrics = meta.get("metrics", {})  # the last step's, for a run that is already done
@@ -190,9 +226,24 @@ def checkpoint(run: Run) -> Path:
     """The EMA artifact, then the training state (so a state never outlives its artifact). A state
     at this sample count that exists already is not written again. Written in the background under
     torchrun (train.async_checkpoint): finished before the next one starts and before training
-    ends or pauses (`finish_pending`)."""
+    ends or pauses (`finish_pending`). A write that fails (a full disk) leaves the previous
+    checkpoint in place and stops training with one error saying so."""
     if run.saved_at == run.samples and run.artifact_at == run.samples:
         return run.artifact
+    return _disk_guard(run, lambda: _checkpoint(run))
+
+
+def _disk_guard(run: Run, fn):
+    before = run.saved_at
+    try:
+        return fn()
+    except (OSError, CheckpointException) as e:
+        kept = f"the previous checkpoint ({before:,} samples) is kept" if before >= 0 else "no checkpoint was written yet"
+        raise TrainingError(f"could not write the checkpoint at {run.samples:,} samples in {run.outdir} ({_reason(e)}); "
+                            f"{kept}: free space (or fix the folder) and rerun the same command to resume") from None
+
+
+def _checkpoint(run: Run) -> Path:
     finish_pending(run)
     weights = full_state(run.ema.model, run.layout.sharded)  # gathered on rank 0 under FSDP
     extra = {"samples": run.samples, "metrics": run.metrics, **run.model.artifact_metadata()}
@@ -210,8 +261,18 @@ def checkpoint(run: Run) -> Path:
 
 def finish_pending(run: Run) -> None:
     pending, run.pending = run.pending, None  # tried once, even if finishing it fails
-    if pending is not None:
+    if pending is None:
+        return
+    try:
         pending.finish()
+    except (OSError, CheckpointException) as e:
+        raise TrainingError(f"could not complete the training state {pending.final} ({_reason(e)}); the states "
+                            "before it are kept: free space (or fix the folder) and rerun the same command to "
+                            "resume") from None
+
+
+def _reason(e: Exception) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or ["?"])[-1][:200]
 
 
 def artifact_samples(path: Path) -> int | None:
