@@ -108,7 +108,7 @@ def test_sweep_writes_table_and_resumes_without_retraining(tmp_path):
     inc = _stand_in_inception(tmp_path / "inc.pt")
     args = ["sweep", "--preset", "tiny", "--loss-factors", "1.3,2.1", "--outdir", str(tmp_path / "sw"),
             "--data", str(make_npz(tmp_path / "d.npz", n=24)), "--eval-data", str(make_npz(tmp_path / "h.npz", n=8, seed=1)),
-            "--samples", "8", "--recon", "8", "--ref-count", "8", "--inception", str(inc), "--no-progress",
+            "--samples", "8", "--recon", "8", "--ref-count", "8", "--inception", str(inc), "--trust-torchscript", "--no-progress",
             "--set", "train.total_samples=16"]
     r = run_ul(*args)
     assert r.returncode == 0, r.stderr

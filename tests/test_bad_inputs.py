@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from helpers import make_npz, run_ul
+from test_stage2 import _stand_in_inception
 from unified_latents.data.images import fit_image
 
 FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
@@ -70,6 +71,7 @@ def artifacts(tmp_path_factory):
         assert r.returncode == 0, r.stderr
         out[name] = (s1 / "artifact.safetensors", tmp / name / "b" / "artifact.safetensors")
     (tmp / "a-file").write_text("")
+    _stand_in_inception(tmp / "inc.pt")
     out["tmp"] = tmp
     return out
 
@@ -113,6 +115,7 @@ CLI = {
     "a billion seeds": (["sample", "--artifact", "{b}", "--seeds", "0-999999999"], "split the range"),
     "--outdir an existing file": (["sample", "--artifact", "{b}", "--outdir", "{tmp}/a-file"], "existing file"),
     "--outdir under a file": (["sample", "--artifact", "{b}", "--outdir", "{tmp}/a-file/x"], "is a file"),
+    "untrusted TorchScript": (["eval", "--artifact", "{b}", "--inception", "{tmp}/inc.pt"], "--trust-torchscript"),
     "train.batch=0": (["train", *FAST, "--set", "train.batch=0"], "train.batch"),
     "negative learning rate": (["train", *FAST, "--set", "train.lr=-1e-3"], "train.lr"),
 }
@@ -158,3 +161,31 @@ def test_transparency_palette_and_cmyk_convert_to_what_they_show():
     cmyk = Image.fromarray(rgb).convert("CMYK")
     assert np.abs(fit_image(cmyk, 3, 8).astype(int) - rgb.transpose(2, 0, 1)).max() <= 2
     assert fit_image(cmyk, 1, 8).shape == (1, 8, 8)
+
+
+# ----------------------------------------------------------------------------- artifacts from elsewhere
+
+
+def test_an_artifact_describing_networks_beyond_memory_is_refused_before_building(artifacts, tmp_path):
+    import json
+
+    from unified_latents.files import read_safetensors
+    from unified_latents.training.checkpoint import save_artifact
+
+    tensors, meta = read_safetensors(artifacts["cond"][0], RuntimeError, "")
+    cfg = json.loads(meta["config"])
+    cfg["model"]["decoder"]["channels"] = [400_000, 400_000]  # ~1e13 parameters: no machine has that memory
+    save_artifact(tmp_path / "huge.safetensors", tensors, cfg, meta["kind"])
+    r = run_ul("reconstruct", "--artifact", str(tmp_path / "huge.safetensors"), "--count", "2",
+               "--out", str(tmp_path / "out" / "r.png"), timeout=120)
+    _assert_one_error(r, "refusing to build them", "GiB free on cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_named_inside_an_artifact_is_said_before_it_is_read(artifacts, tmp_path):
+    s1 = artifacts["cond"][0]
+    r = run_ul("reconstruct", "--artifact", str(s1), "--count", "2", "--steps", "2", "--out", str(tmp_path / "r.png"))
+    assert r.returncode == 0, r.stderr
+    assert "h.npz (test split), the data named in the artifact's config" in r.stderr
+    r = run_ul("encode", "--artifact", str(s1), "--dest", str(tmp_path / "z.safetensors"))
+    assert r.returncode == 0 and "d.npz (train split), the data named in the artifact's config" in r.stderr, r.stderr

@@ -53,7 +53,7 @@ def test_sample_on_two_processes_writes_the_same_bytes(base_artifact, tmp_path):
 def test_eval_on_two_processes_matches_one(base_artifact, tmp_path):
     inc = _stand_in_inception(tmp_path / "inc.pt")
     common = ["eval", "--artifact", str(base_artifact), "--samples", "9", "--recon", "6", "--ref-count", "12",
-              "--inception", str(inc), "--json", "--device", "cpu", "--base-steps", "3", "--decoder-steps", "3"]
+              "--inception", str(inc), "--trust-torchscript", "--json", "--device", "cpu", "--base-steps", "3", "--decoder-steps", "3"]
     r = run_ul(*common, "--outdir", str(tmp_path / "one"), env={"UL_CACHE": str(tmp_path / "own-cache")})
     assert r.returncode == 0, r.stderr
     r2 = _torchrun(*common, "--outdir", str(tmp_path / "two"))  # reference features computed on two processes

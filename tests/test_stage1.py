@@ -69,7 +69,7 @@ def test_loss_factor_scales_decoder_term_only(tiny_cfg):
     # both terms in the same unit: bits per pixel divide nats by the same ln2 * H * W
     hw = model.x_shape[1] * model.x_shape[2]
     torch.testing.assert_close(b.terms["bpp"], b.terms["prior_nats"] / (math.log(2) * hw))
-    torch.testing.assert_close(b.terms["decoder_bpp"], b.terms["decoder_nats"] / (math.log(2) * hw))
+    torch.testing.assert_close(b.terms["decoder_weighted_bpp"], b.terms["decoder_nats"] / (math.log(2) * hw))
 
 
 def test_encoder_noise_is_log_snr_5(tiny_cfg):

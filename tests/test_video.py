@@ -213,7 +213,9 @@ def test_fvd_needs_weights_and_matches_frechet_of_features(tmp_path, monkeypatch
         I3DFeatures(None)
     with pytest.raises(UserError, match="not found"):
         I3DFeatures(tmp_path / "missing.pt")
-    net = I3DFeatures(_stand_in_i3d(tmp_path / "i3d.pt"))
+    with pytest.raises(UserError, match="--trust-torchscript"):
+        I3DFeatures(_stand_in_i3d(tmp_path / "i3d.pt"))  # no I3D file is pinned: loading one is the user's call
+    net = I3DFeatures(tmp_path / "i3d.pt", trust=True)
     a = moving_fmnist(12, 4, 32, seed=0).images
     b = moving_fmnist(12, 4, 32, seed=1).images
     fa, fb = net(a, batch=5), net(b, batch=12)
@@ -257,8 +259,8 @@ def test_video_stages_end_to_end_cli(tmp_path):
     r = run_ul("sample", "--artifact", art, "--seeds", "0-1", "--outdir", str(tmp_path / "npz"), "--npz")
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "npz" / "samples.npz")["videos"].shape == (2, 8, 32, 32, 1)
-    r = run_ul("eval", "--artifact", art, "--samples", "3", "--recon", "2", "--ref-count", "2", "--inception", str(inc),
-               "--i3d", str(i3d), "--json", "--outdir", str(tmp_path / "ev"))
+    r = run_ul("eval", "--artifact", art, "--samples", "3", "--recon", "2", "--ref-count", "2", "--inception", str(inc), "--trust-torchscript",
+               "--i3d", str(i3d), "--trust-torchscript", "--json", "--outdir", str(tmp_path / "ev"))
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["video"] and ev["gfid_samples"] == 3 and ev["fvd"] >= 0 and ev["psnr"] > 0

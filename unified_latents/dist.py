@@ -57,6 +57,22 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes free for new tensors: on a GPU what the driver reports free, on the CPU the kernel's
+    MemAvailable (Linux); None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def print0(*args, **kwargs) -> None:
     if is_main():
         print(*args, **kwargs, flush=True)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from . import dist
 from .config import RunConfig
-from .data import crop_pad, eval_source, load_images, to_float, to_uint8
+from .data import crop_pad, load_images, named_by_artifact, to_float, to_uint8
 from .errors import UserError
 from .files import atomic_write_text
 from .objectives import BaseModel
@@ -65,7 +65,7 @@ def load_context(model: BaseModel, cfg: RunConfig, source: str, count: int, fram
     cycled over what the source holds, (z_clean, known latent frames))."""
     s1cfg = model.stage1.cfg
     if source == "test":
-        src, split = eval_source(s1cfg.data)
+        src, split = named_by_artifact(s1cfg.data)
         clips = load_images(s1cfg.data, src, split).images
     else:
         clips = load_images(s1cfg.data, source, "test").images

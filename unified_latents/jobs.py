@@ -23,15 +23,15 @@ from .stages import base_config, train_stage
 
 def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.device, samples: int | None = None,
                  recon: int | None = None, ref_count: int | None = None, inception: str | None = None,
-                 progress: bool | None = None, i3d: str | None = None) -> Path:
+                 progress: bool | None = None, i3d: str | None = None, trust: bool = False) -> Path:
     """The main job: stage 1, stage 2, sampling and evaluation, then a Markdown report. Works on
     images and on video (a preset with data.frames > 0; counts are then in clips)."""
     outdir = Path(outdir)
-    find_inception(inception)  # fail now, not after half an hour of training
+    find_inception(inception, trust)  # fail now, not after half an hour of training
     if i3d:
         from .eval.fvd import find_i3d
 
-        find_i3d(i3d)
+        find_i3d(i3d, trust)
     times = {}
     t0 = time.time()
     cfg1 = apply_overrides(get_preset(preset, "latents"), overrides)
@@ -51,7 +51,8 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
     if ev.get("request") != want:
         dist.print0(f"evaluating: {samples} samples, {recon} reconstructions, {ref_count} reference {m.examples} ...")
         ev = evaluate_artifact(res2.artifact, EvalRequest(samples, recon, ref_count, inception, i3d, device=device,
-                                                          progress=progress is not False, out=outdir))
+                                                          progress=progress is not False, out=outdir,
+                                                          trust_torchscript=trust))
         ev["request"] = want
         atomic_write_text(eval_path, json.dumps(ev, indent=2))
     times["evaluation"] = time.time() - t0
@@ -62,7 +63,8 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
 
 
 def run_sweep(preset: str, overrides: list[str], loss_factors: list[float], outdir: Path, device, samples: int = 2000,
-              recon: int = 500, ref_count: int = 2000, inception: str | None = None, progress: bool | None = None) -> Path:
+              recon: int = 500, ref_count: int = 2000, inception: str | None = None, progress: bool | None = None,
+              trust: bool = False) -> Path:
     """The paper's Table 2 on this data: one full pipeline per fixed loss factor (controller
     off), each resumable and skipped when finished, then a table and a rate-distortion plot."""
     outdir = Path(outdir)
@@ -71,7 +73,7 @@ def run_sweep(preset: str, overrides: list[str], loss_factors: list[float], outd
         run = outdir / f"lf-{lf:g}"
         dist.print0(f"== loss factor {lf:g}: {run}")
         over = [*overrides, "diffusion.target_bits=0", f"diffusion.loss_factor={lf}"]
-        run_pipeline(preset, over, run, device, samples, recon, ref_count, inception, progress)
+        run_pipeline(preset, over, run, device, samples, recon, ref_count, inception, progress, trust=trust)
         rows.append((lf, json.loads((run / "eval.json").read_text())))
     head = "| loss factor | bits/pixel | bits/image | PSNR (dB) | rFID | gFID |\n|---|---|---|---|---|---|"
     lines = [f"| {lf:g} | {e['prior_bpp']:.4f} | {e['prior_bits_per_image']:.1f} | {e['psnr']:.2f} | {e['rfid']:.2f} | "

@@ -9,7 +9,7 @@ import torch
 
 from . import dist
 from .config import RunConfig, from_dict, to_dict
-from .data import LatentData, encode_images, eval_source, load_images, load_latents, modality_of, save_latents, to_float
+from .data import LatentData, encode_images, eval_source, load_images, modality_of, named_by_artifact, save_latents, to_float
 from .data.prepared import RowRange
 from .data.fingerprint import data_fingerprint
 from .data.latent_shards import INDEX, load_cache, write_index, write_shard
@@ -113,8 +113,8 @@ def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress:
     """`ul encode`: cache z_clean (and labels) of a dataset with the frozen EMA encoder. DEST.safetensors:
     one file (one process). A folder: one shard per process (torchrun splits the data), index last."""
     stage1, cfg = load_model(artifact, device, stage="latents")
-    source = data or cfg.data.source
-    images = load_images(cfg.data, data) if data else load_images(cfg.data)
+    source = data or named_by_artifact(cfg.data, held_out=False)[0]
+    images = load_images(cfg.data, source)
     meta = {"encoder_fingerprint": encoder_fingerprint(stage1), "data_fingerprint": data_fingerprint(cfg.data, source),
             "source": source}
     dest = Path(dest)

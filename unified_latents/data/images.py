@@ -154,7 +154,7 @@ def load_npz(path: Path, channels: int, size: int) -> ImageData:
             labels = f["labels"] if "labels" in keys else (f["y"] if "y" in keys else None)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"cannot read {path} as .npz: {e}; save it with np.savez(path, images=..., labels=...)") from None
-    arr = _checked_pixels(path, arr)
+    arr = checked_pixels(path, arr)
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != arr.shape[0]):
         raise DataError(f"{path}: {arr.shape[0]} images but labels of shape {list(labels.shape)}; save one "
                         "integer label per image (labels=int [N])")
@@ -168,7 +168,7 @@ def load_npz(path: Path, channels: int, size: int) -> ImageData:
     return ImageData(x, lab, [])
 
 
-def _checked_pixels(path: Path, arr: np.ndarray) -> np.ndarray:
+def checked_pixels(path: Path, arr: np.ndarray) -> np.ndarray:
     """uint8 images as [N, C, H, W] (C 1, 3 or 4), from [N, H, W], [N, H, W, C] or [N, C, H, W]; a
     layout that is not one of them (2 channels, say) or pixels that are not uint8 are refused."""
     if arr.dtype != np.uint8:

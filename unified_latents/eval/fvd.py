@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import UserError
+from .fid import TRUST_HINT
 
 I3D_HINT = (
     "FVD needs I3D weights, which cannot be downloaded here: get `i3d_torchscript.pt` (the TorchScript "
@@ -29,13 +30,16 @@ I3D_HINT = (
 )
 
 
-def find_i3d(path: str | Path | None = None) -> Path:
+def find_i3d(path: str | Path | None = None, trust: bool = False) -> Path:
+    """The I3D file (`path`, else $UL_I3D). No I3D file is pinned, so loading one needs `trust`."""
     path = path or os.environ.get("UL_I3D")
     if not path:
         raise UserError(f"no I3D network given. {I3D_HINT}")
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"I3D weights {p} not found. {I3D_HINT}")
+    if not trust:
+        raise UserError(f"{p}: {TRUST_HINT} (no I3D file is pinned, so every one needs it)")
     return p
 
 
@@ -44,8 +48,8 @@ class I3DFeatures:
 
     size = 224
 
-    def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu"):
-        p = find_i3d(path)
+    def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu", trust: bool = False):
+        p = find_i3d(path, trust)
         try:
             self.net = torch.jit.load(str(p), map_location=device).eval()
         except (RuntimeError, ValueError) as e:

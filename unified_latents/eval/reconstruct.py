@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from .. import dist
-from ..data import eval_source, load_images
+from ..data import load_images, named_by_artifact
 from ..data.prepared import RowRange
 from ..data.transforms import crop_pad, to_float, to_uint8
 from ..objectives.registry import load_model
@@ -78,7 +78,7 @@ def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int =
     share: example k uses seed k whatever the process count); rank 0 writes originals above
     reconstructions in a PNG."""
     model, cfg = load_model(artifact, device, stage="latents")
-    src, split = (data, "test") if data else eval_source(cfg.data)
+    src, split = (data, "test") if data else named_by_artifact(cfg.data)
     held = load_images(cfg.data, src, split)
     count = min(count, len(held))
     lo, hi = dist.my_share(count)

@@ -3,7 +3,6 @@ same metrics as console lines (`ul eval`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,8 +49,20 @@ def _ref(r: dict, m: Modality) -> str:
     return f"{r['reference_images']} {r['reference']} {m.examples}"
 
 
-def _bits(r: dict, m: Modality, which: str, unit: str) -> str:
-    return f"{r[which + '_bits_per_image']:.1f} bits/{m.per} ({r[which + '_bpp']:.4f} {unit})"
+def _bits(r: dict, m: Modality, which: str, unit: str, side: int | None = None) -> str:
+    """Bits per example and per pixel of the model's input (padding included, as the training log
+    counts them); with `side`, also per original pixel (the padding left out)."""
+    bits = r[which + "_bits_per_image"]
+    text = f"{bits:.1f} bits/{m.per} ({r[which + '_bpp']:.4f} {unit} of the model's input"
+    if side:
+        text += f"; {bits / (side * side * max(1, r.get('frames', 0))):.4f} per original {side}x{side} pixel"
+    return text + ")"
+
+
+def _kid(r: dict) -> str:
+    """KID with its error bar: the spread over random subsets (of kid_subset samples from each side)."""
+    subset = f", std over 100 subsets of {r['kid_subset']}" if "kid_subset" in r else ""
+    return f"{r['kid'] * 1e3:.2f} +- {r['kid_std'] * 1e3:.2f}{subset}"
 
 
 # The one table behind `ul eval`'s lines and the report's metrics rows, in order.
@@ -59,8 +70,8 @@ METRICS = [
     Metric(lambda r, m: True, lambda m: m.fid_long,
            lambda r, m, side: f"{r['gfid']:.2f} ({r['gfid_samples']} {m.samples} vs {r['reference_images']} {r['reference']})",
            lambda r, m: f"{m.fid}  {r['gfid']:.2f}  ({r['gfid_samples']} {m.samples} vs {_ref(r, m)})"),
-    Metric(lambda r, m: True, lambda m: "KID x 1e3", lambda r, m, side: f"{r['kid'] * 1e3:.2f} +- {r['kid_std'] * 1e3:.2f}",
-           lambda r, m: f"KID   {r['kid'] * 1e3:.2f} x 1e-3 (+- {r['kid_std'] * 1e3:.2f})"),
+    Metric(lambda r, m: True, lambda m: "KID x 1e3", lambda r, m, side: _kid(r),
+           lambda r, m: f"KID   {_kid(r)} (x 1e-3)"),
     Metric(_has("fvd"), lambda m: "FVD", lambda r, m, side: f"{r['fvd']:.2f} ({r['fvd_samples']} clips)",
            lambda r, m: f"FVD   {r['fvd']:.2f}  ({r['fvd_samples']} clips vs {_ref(r, m)})"),
     Metric(lambda r, m: "fvd" not in r and m.has_fvd, lambda m: "FVD",
@@ -71,14 +82,20 @@ METRICS = [
                               f"{r['continuation_clips']} clips, {r['context_frames']} context frames)",
            lambda r, m: f"continuation PSNR {r['continuation_psnr']:.2f} dB on frames {r['generated_from_frame']}+ "
                         f"({r['continuation_clips']} clips, {r['context_frames']} context frames)"),
-    Metric(_has("rfid"), lambda m: "rFID" + m.per_frame_label, lambda r, m, side: f"{r['rfid']:.2f} ({r['rfid_samples']} reconstructions)",
-           lambda r, m: f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions)"),
+    Metric(_has("rfid"), lambda m: "rFID" + m.per_frame_label,
+           lambda r, m, side: f"{r['rfid']:.2f} ({r['rfid_samples']} reconstructions vs their originals)",
+           lambda r, m: f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions vs their originals)"),
     Metric(_has("rfid"), lambda m: "reconstruction PSNR / SSIM",
            lambda r, m, side: f"{r['psnr']:.2f} dB / {r['ssim']:.4f} (original {side}x{side} pixels{m.per_frame_note})",
            lambda r, m: f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)"),
-    Metric(_has("rfid"), lambda m: "latent bitrate, stage-1 prior", lambda r, m, side: _bits(r, m, "prior", m.bpp), None),
-    Metric(_has("rfid"), lambda m: "latent bitrate, base model (unweighted ELBO)", lambda r, m, side: _bits(r, m, "base", m.bpp),
+    Metric(_has("rfid"), lambda m: "latent bitrate, stage-1 prior (unconditional)",
+           lambda r, m, side: _bits(r, m, "prior", m.bpp, side), None),
+    Metric(_has("rfid"), lambda m: "latent bitrate, base model (unweighted ELBO; class-conditional when it has classes)",
+           lambda r, m, side: _bits(r, m, "base", m.bpp, side),
            lambda r, m: f"bits  stage-1 prior {_bits(r, m, 'prior', m.bpp_short)}; base model {_bits(r, m, 'base', m.bpp_short)}"),
+    Metric(_has("base_null_bits_per_image"), lambda m: "latent bitrate, base model with the null label (unconditional)",
+           lambda r, m, side: _bits(r, m, "base_null", m.bpp, side),
+           lambda r, m: f"bits  base model, null label {_bits(r, m, 'base_null', m.bpp_short)}"),
     Metric(lambda r, m: True, None, None,  # the report gives FLOPs with the run's rows
            lambda r, m: f"FLOPs stage-1 training {r['flops']['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
                         f"{r['flops']['base_train_flops'] / 1e9:.3f} G/sample; generation {r['flops']['generate_flops'] / 1e9:.3f} G/sample"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .. import dist
 from ..config import RunConfig, from_dict
 from ..errors import ArtifactError, ConfigError, UserError
 from ..presets import get_preset
@@ -56,6 +57,22 @@ def artifact_config(path: Path) -> RunConfig:
     return checked_config(load_artifact(path)[1], path)
 
 
+def check_fits(cfg: RunConfig, s1cfg: RunConfig | None, path: Path, device) -> None:
+    """Refuse, before allocating anything, an artifact whose config describes networks larger than
+    the memory free here (counted on the meta device: parameters and buffers, built on the CPU and
+    then moved to `device`)."""
+    with torch.device("meta"):
+        model = build_model(cfg, UnifiedLatents(s1cfg) if s1cfg else None)
+    need = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    for where in {torch.device("cpu"), torch.device(device)}:
+        have = dist.available_memory(where)
+        if have is not None and need > have:
+            raise ArtifactError(f"{path}: its config describes networks of {need / 2**30:.1f} GiB "
+                                f"({sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters), more than the "
+                                f"{have / 2**30:.1f} GiB free on {where}; refusing to build them (an artifact from "
+                                "elsewhere? check its source, or use a machine with more memory)")
+
+
 def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None = None):
     """Artifact -> (EMA model in eval mode, its resolved config)."""
 
@@ -64,12 +81,13 @@ def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None
     wanted = {"base": ("base", "pixel")}.get(stage, (stage,))  # a pixel-diffusion model generates like a base model
     if stage is not None and cfg.stage not in wanted:
         raise ArtifactError(f"{path} is a '{cfg.stage}' artifact; this command needs a '{stage}' one")
-    stage1 = None
+    s1cfg = None
     if cfg.stage == "base":
         if "stage1_config" not in meta:
             raise ArtifactError(f"{path}: base artifact without its stage-1 config; re-export it with `ul train --stage base`")
-        stage1 = UnifiedLatents(checked_config(json.loads(meta["stage1_config"]), path))
-    model = build_model(cfg, stage1)
+        s1cfg = checked_config(json.loads(meta["stage1_config"]), path)
+    check_fits(cfg, s1cfg, path, device)
+    model = build_model(cfg, UnifiedLatents(s1cfg) if s1cfg else None)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:

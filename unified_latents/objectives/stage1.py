@@ -177,7 +177,8 @@ class UnifiedLatents(nn.Module):
                 "decoder_nats": l_x.detach(),
                 "bits_per_image": l_z.detach() / math.log(2),
                 "bpp": l_z.detach() / ln2_pixels,
-                "decoder_bpp": l_x.detach() / ln2_pixels,
+                # the sigmoid-weighted decoder loss before c_lf, per pixel in bits: not a bitrate
+                "decoder_weighted_bpp": l_x.detach() / ln2_pixels,
             },
         )
 
@@ -215,6 +216,13 @@ class UnifiedLatents(nn.Module):
         x = run_sampler(model_fn, x, lams, sampler, noise.like)
         lam_end = lams[-1].expand(x.shape[0])
         return model_fn(x, lam_end).clamp(-1, 1)  # final prediction at lam_x_max
+
+    @torch.no_grad()
+    def decode_clean(self, z_clean: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
+        """Decoder sample given z_clean: the log-SNR-5 noise drawn from seed + 1,000,003 as in
+        `reconstruct`, so decode_clean(encode(x)) is reconstruct(x) (the encoder mean, with a learned variance)."""
+        eps = seeded_noise([s + 1_000_003 for s in seeds], z_clean.device).normal(self.z_shape)
+        return self.decode(self.noisy_latent(z_clean, eps), seeds, steps, sampler)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None,

@@ -22,10 +22,18 @@ LEGACY_STATE_RE = re.compile(r"training-state-(\d{12})\.pt$")  # states of earli
 
 def load_legacy_state(path: Path) -> dict:
     """A `training-state-*.pt` of an earlier version (torch.load with weights_only: no code runs)."""
+    if _torch_version() < (2, 10):
+        raise ResumeError(f"{path} is a pickle-based state of an earlier version; reading it safely needs torch >= 2.10 "
+                          f"(weights_only loading is not safe before), this is {torch.__version__}: upgrade torch")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, or holds objects that need code to load
         raise ResumeError(f"cannot read training state {path}: {e}; delete it to resume from an earlier one") from None
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
 
 
 # ----------------------------------------------------------------------------- artifacts
