@@ -56,3 +56,60 @@ def test_encode_decode_reconstruct_and_bits_agree_with_the_cli(artifacts, tmp_pa
         ul.sample([0])
     with pytest.raises(UserError, match="one seed per example"):
         ul.bits(arrays, seeds=[1, 2])
+
+
+def test_export_folder_loads_everywhere_an_artifact_does(artifacts, tmp_path):
+    s1, base, _ = artifacts
+    r = run_ul("export", "--artifact", str(base), "--to", str(tmp_path / "ul-tiny"))
+    assert r.returncode == 0, r.stderr
+    folder = tmp_path / "ul-tiny"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "base", "config.json", "decoder", "encoder",
+                                                        "extras.safetensors", "prior", "unified_latents.json"]
+    for comp in ("encoder", "prior", "decoder", "base"):
+        assert {p.name for p in (folder / comp).iterdir()} == {"config.json", "model.safetensors"}
+    card = (folder / "README.md").read_text()
+    assert "library_name: unified-latents" in card and "unified_latents.load" in card
+    # the CLI and the API take the folder as they take the file: the same samples
+    for art, out in ((base, "file"), (folder, "folder")):
+        r = run_ul("sample", "--artifact", str(art), "--seeds", "0-2", "--base-steps", "3", "--decoder-steps", "3",
+                   "--outdir", str(tmp_path / out))
+        assert r.returncode == 0, r.stderr
+    for seed in range(3):
+        assert (tmp_path / "file" / f"{seed:06d}.png").read_bytes() == (tmp_path / "folder" / f"{seed:06d}.png").read_bytes()
+    a, b = unified_latents.load(base, "cpu"), unified_latents.load(folder, "cpu")
+    for (k, v), (k2, v2) in zip(sorted(a.model.state_dict().items()), sorted(b.model.state_dict().items())):
+        assert k == k2 and torch.equal(v, v2), k
+    # a stage-1 export: reconstruct from it
+    r = run_ul("export", "--artifact", str(s1), "--to", str(tmp_path / "s1-export"))
+    assert r.returncode == 0 and not (tmp_path / "s1-export" / "base").exists(), r.stderr
+    r = run_ul("reconstruct", "--artifact", str(tmp_path / "s1-export"), "--count", "2", "--steps", "2",
+               "--out", str(tmp_path / "r.png"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_hub_names_download_and_push_through_huggingface_hub(artifacts, tmp_path, monkeypatch):
+    # offline: huggingface_hub's download and upload are replaced by stand-ins that record the calls
+    import huggingface_hub
+
+    from unified_latents import export as ex
+
+    _, base, _ = artifacts
+    folder = ex.export(base, tmp_path / "ul-tiny")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id: asked.append(repo_id) or str(folder))
+    ul = unified_latents.load("someone/ul-tiny", device="cpu")
+    assert asked == ["someone/ul-tiny"] and len(ul.sample([0], steps=2, decoder_steps=2)) == 1
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls.append(("create", repo_id, private, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", folder_path, repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert ex.push(folder, "someone/ul-tiny") == "https://huggingface.co/someone/ul-tiny"
+    assert calls == [("create", "someone/ul-tiny", False, True), ("upload", str(folder), "someone/ul-tiny")]
+    with pytest.raises(UserError, match="user/name"):
+        ex.push(folder, "not a repo")

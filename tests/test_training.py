@@ -199,3 +199,24 @@ def test_compare_runs_names_config_changes_and_catches_weight_changes(tmp_path):
     (tmp_path / "b" / "eval.json").unlink()  # a run that stopped early is not "the same"
     ok, lines = cmp.compare_runs(tmp_path / "a", tmp_path / "b")
     assert not ok and any(ln.startswith("eval.json: only in") for ln in lines)
+
+
+def test_tensorboard_log_holds_what_stats_jsonl_holds_and_the_previews(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = make_npz(tmp_path / "d.npz")
+    out = tmp_path / "run"
+    r = run_ul("train", *ARGS, "--data", str(data), "--set", "train.total_samples=32", "--set", "train.log_every=1",
+               "--set", "train.log=tensorboard", "--set", "train.image_every=16", "--outdir", str(out))
+    assert r.returncode == 0, r.stderr
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    stats = [json.loads(ln) for ln in (out / "stats.jsonl").read_text().splitlines()]
+    for key in ("loss", "prior_nats", "decoder_nats", "bits_per_image", "loss_factor", "lr", "grad_norm"):
+        events = acc.Scalars(f"train/{key}")
+        assert [e.step for e in events] == [s["samples"] for s in stats], key
+        assert [e.value for e in events] == pytest.approx([s[key] for s in stats], rel=1e-6), key
+    assert len(acc.Scalars("train/examples_per_sec")) == len(stats)
+    assert [e.step for e in acc.Images("preview/reconstructions")] == [16, 32]
+    r = run_ul("train", *ARGS, "--data", str(data), "--set", "train.log=tensorbored", "--outdir", str(tmp_path / "x"))
+    assert r.returncode == 2 and "train.log" in r.stderr and not (tmp_path / "x").exists(), r.stderr

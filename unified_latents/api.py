@@ -126,8 +126,11 @@ def _image(chw: torch.Tensor) -> Image.Image:
 
 
 def load(path: str | Path, device: str = "auto") -> UnifiedLatentsModel:
-    """An artifact (`artifact.safetensors` of stage 1 or of a base model) ready to use.
+    """An artifact (`artifact.safetensors` of stage 1 or of a base model), a folder written by
+    `ul export`, or a Hub repo id ("user/name") holding one, ready to use.
     device: "auto" (a GPU when there is one), "cuda" or "cpu"."""
+    from .export import fetch  # a Hub name ("user/name") is downloaded with huggingface_hub
+
     dev = dist.init(device)
-    model, cfg = load_model(Path(path).expanduser(), dev)
+    model, cfg = load_model(fetch(str(path)), dev)
     return UnifiedLatentsModel(model, cfg, dev)

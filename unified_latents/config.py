@@ -122,6 +122,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     log_every: int = 25  # steps between stats lines
+    log: str = ""  # also log to "tensorboard" (<outdir>/tensorboard) or "wandb"; stats.jsonl is always written
     image_every: int = 32_000  # samples between reconstruction grids
     ckpt_every: int = 32_000  # samples between checkpoints
     ckpt_minutes: float = 0.0  # also checkpoint after this many minutes of wall clock since the last; 0 = off
@@ -319,7 +320,7 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
 # in the training state: data/fingerprint.py, and the stage-1 encoder for stage 2). Every other
 # field changes the optimisation that the state belongs to and is refused.
 CHANGEABLE = ("data.source", "data.eval_source", "data.skip_bad", "data.workers", "base.stage1_artifact",
-              "base.latents", "train.total_samples", "train.log_every", "train.image_every", "train.ckpt_every",
+              "base.latents", "train.total_samples", "train.log_every", "train.log", "train.image_every", "train.ckpt_every",
               "train.ckpt_minutes", "train.keep", "train.async_checkpoint", "train.max_bad_steps", "train.micro_batch",
               "train.shard", "train.compile", "train.activation_checkpointing", "sample", "eval")
 

@@ -11,6 +11,7 @@ from .. import dist
 from ..errors import UserError
 from .args import at_least, guidance, non_negative, parse_seeds, positive, writable_dir
 from .data_cmd import add_data_commands, cmd_data
+from .export_cmd import add_export_command, cmd_export
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _training_commands(sub)
     _artifact_commands(sub)
     add_data_commands(sub)
+    add_export_command(sub)
     return ap
 
 
@@ -367,7 +369,7 @@ def cmd_pipeline(args) -> None:
     print(f"report: {report}")
 
 
-COMMANDS = {"data": cmd_data, "sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
+COMMANDS = {"export": cmd_export, "data": cmd_data, "sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,9 +68,45 @@ def canonical_header(blob: bytes) -> tuple:
     return blob[:8], text, b" " * (n - len(text)), memoryview(blob)[8 + n :]
 
 
+# ----------------------------------------------------------------------------- exported folders
+
+EXPORT_FORMAT = "unified-latents/export-1"
+EXPORT_INDEX = "unified_latents.json"  # in an exported folder: the format, components and metadata
+
+
+def component_prefixes(stage: str) -> dict[str, str]:
+    """Component folder -> the key prefix of its tensors in an artifact (a base artifact holds its
+    frozen stage 1 under "stage1."; the pixel baseline has no stage 1)."""
+    s1 = "stage1." if stage == "base" else ""
+    comps = {} if stage == "pixel" else {"encoder": s1 + "encoder.", "prior": s1 + "prior.", "decoder": s1 + "decoder."}
+    return {**comps, "base": "net."} if stage in ("base", "pixel") else comps
+
+
+def read_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """An exported folder (`ul export`) as load_artifact returns an artifact: the components'
+    tensors under their artifact names, the config, and the artifact's metadata."""
+    try:
+        index = json.loads((path / EXPORT_INDEX).read_text())
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is not a complete unified-latents export ({e}); export it again with `ul export`") from None
+    if index.get("format") != EXPORT_FORMAT:
+        raise ArtifactError(f"{path}: {EXPORT_INDEX} is not of the format {EXPORT_FORMAT}; export it with `ul export`")
+    tensors = {}
+    for name, prefix in index["components"].items():
+        part, _ = read_safetensors(path / name / "model.safetensors", ArtifactError, "download or export it again")
+        tensors.update({prefix + k: v for k, v in part.items()})
+    if (path / "extras.safetensors").exists():
+        tensors.update(read_safetensors(path / "extras.safetensors", ArtifactError, "download or export it again")[0])
+    return tensors, config, {**index["metadata"], "format": ARTIFACT_FORMAT, "config": json.dumps(config)}
+
+
 def load_artifact(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """-> (tensors, config dict, metadata). Refuses files that are not ours or are damaged."""
+    """-> (tensors, config dict, metadata) of an artifact file or an exported folder. Refuses
+    files that are not ours or are damaged."""
     path = Path(path)
+    if path.is_dir() and (path / EXPORT_INDEX).exists():
+        return read_folder(path)
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist; pass the .safetensors file written by `ul train`")
     tensors, meta = read_safetensors(path, ArtifactError, "re-copy it or re-export it")

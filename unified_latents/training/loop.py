@@ -34,6 +34,7 @@ from ..errors import ConfigError, ResumeError, TrainingError
 from ..objectives.noise import BatchNoise, step_key
 from ..files import read_jsonl
 from .checkpoint import atomic_write_text
+from .loggers import check_kind, make_log
 from .run import Run, checkpoint, finish_pending, setup
 
 
@@ -131,10 +132,12 @@ def train(
 ) -> TrainResult:
     """Train to cfg.train.total_samples (or stop early, with a checkpoint, at `until` samples)."""
     t = cfg.train
+    check_kind(t.log)  # before anything is written
     run = _setup(cfg, Path(outdir), build_model, data, device or torch.device("cpu"), artifact_kind)
     start = run.samples
 
-    preview = _previewer(run, preview_x, save_previews)
+    log = make_log(t.log, run.outdir, run.samples, to_dict(cfg), dist.is_main())
+    preview = _previewer(run, preview_x, save_previews, log)
     show = dist.is_main() and (sys.stderr.isatty() if progress is None else progress)
     bar = tqdm(total=t.total_samples, initial=run.samples, unit="img", disable=not show, dynamic_ncols=True)
     stats_f = open(run.outdir / "stats.jsonl", "a") if dist.is_main() else None
@@ -155,6 +158,7 @@ def train(
                            "bad_steps": run.bad_total, "sec": now - t_last, **run.metrics}
                     t_last = now
                     _log(rec, run.model.log_keys, t.total_samples, stats_f, bar, show)
+                    log.scalars(rec)
                 _after_step(run, flag, preview)
     except KeyboardInterrupt:
         bar.close()
@@ -167,6 +171,15 @@ def train(
         bar.close()
         if stats_f:
             stats_f.close()
+    try:
+        return _finish(run, start, preview)
+    finally:
+        log.close()
+
+
+def _finish(run: Run, start: int, preview) -> TrainResult:
+    """The final checkpoint and preview (nothing is rewritten for a run that was already done)."""
+    t = run.cfg.train
     if run.samples == start and run.artifact_at == run.samples:
         return TrainResult(run.artifact, run.samples, run.metrics)  # already finished: rewrite nothing
     art = checkpoint(run)
@@ -176,7 +189,7 @@ def train(
     return TrainResult(art, run.samples, run.metrics)
 
 
-def _previewer(run: Run, preview_x: torch.Tensor | None, save_previews) -> Callable[[], None]:
+def _previewer(run: Run, preview_x: torch.Tensor | None, save_previews, log) -> Callable[[], None]:
     def preview() -> None:
         if preview_x is None or save_previews is None:
             return
@@ -184,6 +197,8 @@ def _previewer(run: Run, preview_x: torch.Tensor | None, save_previews) -> Calla
             pics = run.ema.model.previews(preview_x.to(run.device))
             if dist.is_main():
                 save_previews(pics, run.outdir / f"preview-{run.samples:012d}")
+                for name, imgs in pics.items():
+                    log.images(name, imgs, run.samples)
 
     return preview
 

@@ -1,0 +1,135 @@
+"""`ul export`: an artifact as a Hugging Face-style folder, and the Hub round trip.
+
+The folder holds one sub-folder per component (`encoder`, `prior`, `decoder`, and `base` for a
+stage-2 or pixel model), each with `model.safetensors` and a `config.json` describing that
+network; `config.json` (the run's resolved config), `unified_latents.json` (format, components,
+the artifact's metadata), `extras.safetensors` (the scalars outside any network: the loss factor,
+the latent scale) and a model card `README.md`. Every command and `unified_latents.load` take the
+folder wherever they take an artifact; `load("user/name")` downloads one from the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from .config import from_dict
+from .data.modality import modality_of
+from .errors import UserError
+from .eval.report import metric_rows, table
+from .training.checkpoint import EXPORT_FORMAT, EXPORT_INDEX, component_prefixes, load_artifact
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def export(artifact: Path, to: Path, eval_json: Path | None = None) -> Path:
+    """Write `artifact` as a folder at `to` (built beside it and renamed into place: never half written)."""
+    tensors, config, meta = load_artifact(artifact)
+    stage1 = json.loads(meta["stage1_config"]) if "stage1_config" in meta else config
+    to = Path(to)
+    if to.exists() and not (to / EXPORT_INDEX).exists():
+        raise UserError(f"--to {to} exists and is not an earlier export; choose a new folder")
+    tmp = to.with_name(to.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    comps, used = {}, set()
+    for name, prefix in component_prefixes(config["stage"]).items():
+        part = {k[len(prefix):]: v.contiguous() for k, v in tensors.items() if k.startswith(prefix)}
+        if not part:
+            continue
+        (tmp / name).mkdir()
+        save_file(part, str(tmp / name / "model.safetensors"))
+        net = config["model"]["base"] if name == "base" else stage1["model"][name]
+        (tmp / name / "config.json").write_text(json.dumps({
+            "component": name, "network": net, "latent_channels": stage1["model"]["latent_channels"],
+            "data": {k: stage1["data"][k] for k in ("resolution", "channels", "pad", "frames")}}, indent=2))
+        comps[name] = prefix
+        used |= {prefix + k for k in part}
+    extras = {k: v.contiguous() for k, v in tensors.items() if k not in used}
+    if extras:
+        save_file(extras, str(tmp / "extras.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    index = {"format": EXPORT_FORMAT, "components": comps,
+             "metadata": {k: v for k, v in meta.items() if k not in ("format", "config")}}
+    (tmp / EXPORT_INDEX).write_text(json.dumps(index, indent=2))
+    (tmp / "README.md").write_text(model_card(config, stage1, meta, _eval_record(artifact, eval_json), to.name))
+    shutil.rmtree(to, ignore_errors=True)
+    tmp.rename(to)
+    return to
+
+
+def _eval_record(artifact: Path, eval_json: Path | None) -> dict | None:
+    """The evaluation to show in the card: the one given, else an eval.json beside the artifact or
+    in the run folder above it (where `ul pipeline` writes it)."""
+    for p in ([eval_json] if eval_json else [Path(artifact).parent / "eval.json", Path(artifact).parent.parent / "eval.json"]):
+        if p is not None and Path(p).is_file():
+            return json.loads(Path(p).read_text())
+    return None
+
+
+def model_card(config: dict, stage1: dict, meta: dict, ev: dict | None, name: str) -> str:
+    """The folder's README.md: what the model is, its metrics, how it was trained and how to use it."""
+    cfg1 = from_dict(stage1)
+    d, m = cfg1.data, modality_of(cfg1.data)
+    side = d.resolution - 2 * d.pad
+    what = {"latents": "a stage-1 autoencoder (encoder, diffusion prior, diffusion decoder)",
+            "base": "a stage-2 base model with its frozen stage-1 autoencoder: it generates on its own",
+            "pixel": "the pixel-diffusion baseline"}[config["stage"]]
+    lines = ["---", "library_name: unified-latents", "tags: [diffusion, latent-diffusion, unified-latents]", "---", "",
+             f"# {name}", "", f"A Unified Latents model: {what}. Trained on {d.source} ({side}x{side}, {d.channels} "
+             f"channel(s){f', {d.frames} frames per clip' if d.frames else ''}), {json.loads(meta.get('samples', '0')):,} "
+             "samples seen.", ""]
+    if ev is not None:
+        lines += ["## Metrics", "", table(metric_rows(ev, m, side)), ""]
+    else:
+        bits = json.loads(meta.get("metrics", "{}")).get("bits_per_image")
+        if bits is not None:
+            lines += ["## Latent bitrate", "", f"{bits:.1f} bits per {m.per} under the stage-1 prior at the end of "
+                      f"training ({bits / (d.resolution ** 2):.4f} bits per input pixel).", ""]
+    lines += ["## Training", "", "The resolved configuration is `config.json` (every field `ul train --set` takes); "
+              "retrain with `ul train --stage latents` and then `ul train --stage base` using those fields.", "",
+              "## Use", "", "```python", "import unified_latents", "",
+              f'ul = unified_latents.load("{name}")  # this folder, or its Hub name', ]
+    lines += ["images = ul.sample(range(8))"] if config["stage"] != "latents" else ["recs = ul.reconstruct(images)"]
+    lines += ["```", "", f"or `ul sample --artifact {name} --seeds 0-63 --outdir out`."
+              if config["stage"] != "latents" else f"or `ul reconstruct --artifact {name}`.", ""]
+    return "\n".join(lines)
+
+
+def fetch(name: str) -> Path:
+    """A local path as it is, or a Hub repo id ("user/name") downloaded with huggingface_hub."""
+    p = Path(name).expanduser()
+    if p.exists() or not REPO_ID.fullmatch(str(name)):
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"{name} is not a local path; loading from the Hub needs huggingface_hub "
+                        "(pip install huggingface_hub)") from None
+    try:
+        return Path(snapshot_download(repo_id=str(name)))
+    except Exception as e:  # noqa: BLE001 (offline, no such repo, no access: one message)
+        raise UserError(f"cannot download {name} from the Hugging Face Hub ({str(e).splitlines()[0][:160]}); "
+                        "check the name, your network and `huggingface-cli login`") from None
+
+
+def push(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported folder to the Hub as `repo_id` (created if missing); returns its URL."""
+    if not REPO_ID.fullmatch(repo_id):
+        raise UserError(f"--push {repo_id!r} is not a Hub repo id; write it as user/name")
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise UserError("uploading needs huggingface_hub: pip install huggingface_hub") from None
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="unified-latents export")
+    except Exception as e:  # noqa: BLE001 (network, authentication, permissions: one message)
+        raise UserError(f"cannot upload {folder} to {repo_id} ({str(e).splitlines()[0][:160]}); the folder is kept: "
+                        "check `huggingface-cli login` and retry") from None
+    return f"https://huggingface.co/{repo_id}"
