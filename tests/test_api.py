@@ -113,3 +113,32 @@ def test_hub_names_download_and_push_through_huggingface_hub(artifacts, tmp_path
     assert calls == [("create", "someone/ul-tiny", False, True), ("upload", str(folder), "someone/ul-tiny")]
     with pytest.raises(UserError, match="user/name"):
         ex.push(folder, "not a repo")
+
+
+def test_diffusers_pipeline_and_autoencoder_surface(artifacts, tmp_path):
+    pytest.importorskip("diffusers")
+    from unified_latents.diffusers_pipeline import UnifiedLatentsAutoencoder, UnifiedLatentsPipeline
+    from unified_latents import export as ex
+
+    _, base, held = artifacts
+    folder = ex.export(base, tmp_path / "ul-tiny")
+    pipe = UnifiedLatentsPipeline.from_pretrained(str(folder))
+    gens = [torch.Generator().manual_seed(s) for s in (0, 4)]
+    out = pipe(class_labels=[2, 9], num_inference_steps=3, decoder_steps=3, generator=gens)
+    r = run_ul("sample", "--artifact", str(base), "--seeds", "0,4", "--classes", "2,9", "--base-steps", "3",
+               "--decoder-steps", "3", "--outdir", str(tmp_path / "cli"))
+    assert r.returncode == 0, r.stderr
+    for seed, im in zip((0, 4), out.images):  # the pipeline's images are `ul sample`'s for the same seeds
+        assert np.array_equal(np.asarray(im), np.asarray(Image.open(tmp_path / "cli" / f"{seed:06d}.png")))
+    # the KL-VAE surface: encode(x).latent_dist at log-SNR 5, decode(z).sample from the diffusion decoder
+    vae = UnifiedLatentsAutoencoder.from_pretrained(str(folder))
+    x = torch.from_numpy(np.load(held)["images"][:3]).float()[:, None] / 127.5 - 1
+    dist = vae.encode(x).latent_dist
+    s1 = vae.stage1
+    z_clean = s1.encode(x)
+    lam0 = torch.tensor(s1.cfg.diffusion.lam0, dtype=torch.float64)
+    torch.testing.assert_close(dist.mode(), torch.sigmoid(lam0).sqrt().float() * z_clean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dist.std, torch.full_like(z_clean, float(torch.sigmoid(-lam0).sqrt())), rtol=1e-5, atol=0)
+    z0 = dist.sample(torch.Generator().manual_seed(0))
+    dec = vae.decode(z0, seeds=[7, 8, 9]).sample
+    assert dec.shape == x.shape and torch.equal(dec, s1.decode(z0, [7, 8, 9])) and vae.config.scaling_factor == 1.0
