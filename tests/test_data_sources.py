@@ -106,9 +106,56 @@ def test_a_shard_folder_reads_the_same_rows_lazily_and_whole(tmp_path, monkeypat
     whole = ls.load_cache(tmp_path, "e", "d")
     monkeypatch.setattr(ls, "IN_MEMORY", 0)
     lazy = ls.load_cache(tmp_path, "e", "d")
-    assert whole.whole is not None and lazy.whole is None
     idx = torch.tensor([10, 0, 5, 6, 5])
     for cache in (whole, lazy):
         got, lab = cache.get(idx)
         assert torch.equal(got, z[idx]) and torch.equal(lab, y[idx])
         assert cache.std() == pytest.approx(float(z.double().std()), rel=1e-6)
+    assert whole.whole is not None and lazy.whole is None  # the small cache was read whole at its first get()
+
+
+def test_data_fingerprint_is_the_same_in_every_process_and_follows_content(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from unified_latents.data.fingerprint import data_fingerprint
+
+    _folder(tmp_path / "src")  # 12 files: the first, middle and last are hashed
+    code = ("import sys; from unified_latents.config import DataConfig; from unified_latents.data.fingerprint "
+            "import data_fingerprint; print(data_fingerprint(DataConfig(), sys.argv[1]))")
+    prints = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "src")], capture_output=True, text=True,
+                             env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
+    assert len(prints) == 1  # string hashing differs per process; the fingerprint must not
+    cfg = _cfg("x").data
+    before = data_fingerprint(cfg, str(tmp_path / "src"))
+    (tmp_path / "src" / ".DS_Store").write_bytes(b"finder")  # desktop droppings change nothing
+    assert data_fingerprint(cfg, str(tmp_path / "src")) == before
+    # an embedded source is its name, even beside a folder of that name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fmnist").mkdir()
+    (tmp_path / "fmnist" / "x.txt").write_text("a run folder")
+    assert data_fingerprint(cfg, "fmnist") == data_fingerprint(cfg, "fmnist") and \
+        data_fingerprint(cfg, "fmnist") != data_fingerprint(cfg, str(tmp_path / "fmnist"))
+    # a single .npz rewritten in place with the same size (its labels fixed) is other data
+    arr = np.zeros((8, 16, 16), np.uint8)
+    np.savez(tmp_path / "d.npz", images=arr, labels=np.zeros(8, np.int64))
+    a = data_fingerprint(cfg, str(tmp_path / "d.npz"))
+    np.savez(tmp_path / "d.npz", images=arr, labels=np.ones(8, np.int64))
+    assert data_fingerprint(cfg, str(tmp_path / "d.npz")) != a
+
+
+def test_an_unlabelled_hub_test_split_and_a_non_image_column(tmp_path):
+    import datasets
+    from PIL import Image
+
+    ims = [Image.fromarray(np.full((20, 20, 3), 30 * i, np.uint8)) for i in range(4)]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"), "text": datasets.Value("string")})
+    for split, labels in (("train", [0, 1, 0, 1]), ("test", [-1] * 4)):
+        datasets.Dataset.from_dict({"image": ims, "label": labels, "text": ["a"] * 4}, features=feats).to_parquet(
+            str(tmp_path / "pq" / f"{split}-00000.parquet"))
+    cfg = _cfg(f"hf:{tmp_path / 'pq'}", **{"data.num_classes": 2})
+    assert load_images(cfg.data).labels.tolist() == [0, 1, 0, 1]
+    src, split = eval_source(cfg.data)
+    assert load_images(cfg.data, src, split).labels is None  # all -1: unlabelled, not "labels out of range"
+    with pytest.raises(DataError, match="not images"):
+        load_images(_cfg(f"hf:{tmp_path / 'pq'}", **{"data.image_column": "text"}).data)

@@ -185,8 +185,8 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_says_so(tmp_path
         return real(outdir, samples, *a, **k)
 
     monkeypatch.setattr(run_mod, "save_state", full_at_64)
-    with pytest.raises(TrainingError, match=r"at 64 samples .*No space left on device.*previous checkpoint \(32 "
-                                             r"samples\) is kept.*rerun the same command"):
+    with pytest.raises(TrainingError, match=r"at 64 samples .*No space left on device.*previous training state "
+                                             r"\(32 samples\) is kept.*rerun the same command"):
         _train(cfg, data, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").glob("state-*")) == ["state-000000000032"]
     monkeypatch.setattr(run_mod, "save_state", real)

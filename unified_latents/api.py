@@ -97,6 +97,8 @@ class UnifiedLatentsModel:
     def _pixels(self, images) -> torch.Tensor:
         """uint8 [N, C, res, res] (clips [N, C, T, res, res]) as training sees them, padding included."""
         d, inner = self.data, self.data.resolution - 2 * self.data.pad
+        if isinstance(images, Image.Image):
+            images = [images]
         if self.stage1.modality.video:
             x = torch.stack([torch.from_numpy(np.stack([fit_image(_pil(f), d.channels, inner) for f in clip], axis=1))
                              for clip in images])

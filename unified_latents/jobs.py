@@ -46,7 +46,7 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
     t0 = time.time()
     eval_path = outdir / "eval.json"
     want = {"samples": samples, "recon": recon, "ref_count": ref_count, "stage1": res1.samples, "base": res2.samples,
-            "i3d": i3d or ""}
+            "i3d": i3d or "", "fid_resize": "tf1", "eval_format": 2}  # an eval.json of earlier versions is redone
     ev = json.loads(eval_path.read_text()) if eval_path.exists() else {}
     if ev.get("request") != want:
         dist.print0(f"evaluating: {samples} samples, {recon} reconstructions, {ref_count} reference {m.examples} ...")

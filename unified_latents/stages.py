@@ -57,7 +57,8 @@ def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, pro
     latent_shards.py; read lazily, or whole when small). Rank 0 decides (fingerprints, whether a
     cache fits) for every process, so they never take different paths."""
     fp = encoder_fingerprint(stage1)
-    dfp = dist.broadcast_object(data_fingerprint(cfg.data, cfg.data.source) if dist.is_main() else None)
+    dfp = dist.broadcast_object(dist.on_main(lambda: data_fingerprint(cfg.data, cfg.data.source),
+                                             "fingerprinting the training data"))
     if cfg.base.latents:
         return load_cache(Path(cfg.base.latents), fp, dfp)
     legacy = cache.with_suffix(".safetensors")  # the one-file cache of earlier versions

@@ -33,6 +33,14 @@ positive = at_least(1)
 non_negative = at_least(0)
 
 
+def zero_or_two_plus(text: str) -> int:
+    """argparse type of --recon: 0 (skip) or a count an FID can be computed from (2 or more)."""
+    v = non_negative(text)
+    if v == 1:
+        raise argparse.ArgumentTypeError("1 reconstruction gives no FID: give 0 (skip) or 2 or more")
+    return v
+
+
 def guidance(text: str) -> float:
     """argparse type: a classifier-free guidance scale, a finite number >= 0 (1 = no guidance)."""
     try:

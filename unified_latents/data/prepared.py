@@ -214,8 +214,7 @@ class PreparedImages:
         if isinstance(rows, int):
             rows = [rows]
         if not rows:
-            return torch.empty((0, *self.shape[1:-2], self.shape[-2] - 2 * self.pad, self.shape[-1] - 2 * self.pad),
-                               dtype=torch.uint8)
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
         stored = self.table[rows][self.column]
         if self.column == "frames":  # a clip: one PNG per frame -> [C, T, H, W]
             x = torch.from_numpy(np.stack([np.stack([_unpng(b) for b in clip], axis=1) for clip in stored]))

@@ -193,8 +193,8 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
     recon = min(recon, len(held))  # a held-out set smaller than asked for is used whole (eval.json says how many)
     d = s1cfg.data
     # the reference features are keyed on content: the held-out data's fingerprint and the network file's hash
-    key = dist.broadcast_object(json.dumps([data_fingerprint(d, src, split), ref_count, net.sha256, net.resize])
-                                if dist.is_main() else None)
+    key = dist.broadcast_object(dist.on_main(lambda: json.dumps([data_fingerprint(d, src, split), ref_count, net.sha256,
+                                                                 net.resize]), "fingerprinting the held-out data"))
     ctx = _Context(model, request, sc, held, None, net)
     ctx.ref = eval_reference(ctx, key, ref_count)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames, net.resize)
@@ -240,9 +240,9 @@ def eval_reference(ctx: _Context, key: str, count: int) -> np.ndarray:
     """Inception features of the first `count` held-out examples: from the feature cache, or
     computed split over the processes (each reading its rows a batch at a time) and cached by rank 0."""
     path = feature_cache(key)
-    cached = read_features(path) if dist.is_main() else None
-    if dist.broadcast_object(cached is not None if dist.is_main() else None):
-        return cached if dist.is_main() else read_features(path)
+    cached = read_features(path)
+    if dist.all_agree(cached is not None):  # every process can read it (nodes may not share the cache folder)
+        return cached
     lo, hi = dist.my_share(count)
     feats = dist.gather_cat(_features(ctx, RowRange(ctx.held.images, lo, hi), ctx.pad, "reference features")).numpy()
     dist.on_main(lambda: write_features(path, feats), f"writing {path}")

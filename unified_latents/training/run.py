@@ -92,7 +92,7 @@ def fingerprints(cfg: RunConfig, model: nn.Module) -> dict:
         encoder = model.artifact_metadata().get("encoder_fingerprint")
         return {**fp, "encoder": encoder} if encoder else fp
 
-    return dist.broadcast_object(compute() if dist.is_main() else None)
+    return dist.broadcast_object(dist.on_main(compute, "fingerprinting the training data"))
 
 
 CHANGED = {
@@ -238,9 +238,9 @@ def _disk_guard(run: Run, fn):
     try:
         return fn()
     except (OSError, CheckpointException) as e:
-        kept = f"the previous checkpoint ({before:,} samples) is kept" if before >= 0 else "no checkpoint was written yet"
+        kept = f"the previous training state ({before:,} samples) is kept" if before >= 0 else "no training state was written yet"
         raise TrainingError(f"could not write the checkpoint at {run.samples:,} samples in {run.outdir} ({_reason(e)}); "
-                            f"{kept}: free space (or fix the folder) and rerun the same command to resume") from None
+                            f"{kept}: free space (or fix the folder) and rerun the same command to resume from it") from None
 
 
 def _checkpoint(run: Run) -> Path:
