@@ -220,3 +220,31 @@ def test_tensorboard_log_holds_what_stats_jsonl_holds_and_the_previews(tmp_path)
     assert [e.step for e in acc.Images("preview/reconstructions")] == [16, 32]
     r = run_ul("train", *ARGS, "--data", str(data), "--set", "train.log=tensorbored", "--outdir", str(tmp_path / "x"))
     assert r.returncode == 2 and "train.log" in r.stderr and not (tmp_path / "x").exists(), r.stderr
+
+
+def test_wandb_log_sends_scalars_throughput_and_previews(tmp_path, monkeypatch):
+    # wandb is not installed here: a stand-in module records what the logger sends
+    import types
+
+    from unified_latents.training.loggers import make_log
+
+    sent = []
+
+    class Run:
+        def log(self, data, step):
+            sent.append((step, data))
+
+        def finish(self):
+            sent.append("finished")
+
+    fake = types.SimpleNamespace(init=lambda **kw: sent.append(("init", kw["resume"], kw["id"])) or Run(),
+                                 Image=lambda a: ("image", a.shape))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    log = make_log("wandb", tmp_path, 100, {"train": {}}, main=True)
+    log.scalars({"samples": 164, "step": 3, "loss": 2.5, "lr": 1e-3, "sec": 2.0})
+    log.images("reconstructions", torch.zeros(2, 1, 4, 4), 164)
+    log.close()
+    assert sent[0][:2] == ("init", "allow")
+    assert sent[1] == (164, {"loss": 2.5, "lr": 1e-3, "sec": 2.0, "examples_per_sec": 32.0})
+    assert sent[2] == (164, {"preview/reconstructions": ("image", (8, 4, 3))}) and sent[3] == "finished"
+    assert isinstance(make_log("wandb", tmp_path, 0, {}, main=False), type(make_log("", tmp_path, 0, {}, True)))

@@ -3,6 +3,7 @@ pixel baseline) trains on examples; stage 2 on the frozen encoder's latents, cac
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -133,7 +134,10 @@ def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress:
 def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainResult:
     if not cfg.base.stage1_artifact:
         raise ConfigError("stage 'base' needs the stage-1 artifact: pass --artifact runs/.../artifact.safetensors")
-    stage1, _ = load_model(Path(cfg.base.stage1_artifact), device, stage="latents")
+    stage1, s1cfg = load_model(Path(cfg.base.stage1_artifact), device, stage="latents")
+    if not cfg.base.latents and cfg.data.source == s1cfg.data.source:
+        dist.print0(f"reading {cfg.data.source} (train split), the data named in the stage-1 artifact's config",
+                    file=sys.stderr)
     if dist.is_main():
         outdir.mkdir(parents=True, exist_ok=True)
     lat = latents_for(stage1, cfg, outdir / "latents", device, progress)
