@@ -159,3 +159,30 @@ def test_an_unlabelled_hub_test_split_and_a_non_image_column(tmp_path):
     assert load_images(cfg.data, src, split).labels is None  # all -1: unlabelled, not "labels out of range"
     with pytest.raises(DataError, match="not images"):
         load_images(_cfg(f"hf:{tmp_path / 'pq'}", **{"data.image_column": "text"}).data)
+
+
+def test_a_bad_row_of_a_hub_dataset_is_one_error_or_skipped_with_skip_bad(tmp_path):
+    import io
+
+    import datasets
+    from PIL import Image
+
+    def png(v):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((20, 20, 3), v, np.uint8)).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    rows = [png(10), {"bytes": b"not a picture", "path": None}, png(200)]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"image": rows, "label": [0, 1, 0]}, features=feats).to_parquet(
+        str(tmp_path / "pq" / "train-00000.parquet"))
+    cfg = _cfg(f"hf:{tmp_path / 'pq'}")
+    with pytest.raises(DataError, match="row 1"):
+        load_images(cfg.data).images[0:3]
+    with pytest.raises(DataError, match="row 1"):
+        prep.prepare(cfg.data, f"hf:{tmp_path / 'pq'}", tmp_path / "p", progress=False)
+    skip = _cfg(f"hf:{tmp_path / 'pq'}", **{"data.skip_bad": "true"})
+    meta = prep.prepare(skip.data, f"hf:{tmp_path / 'pq'}", tmp_path / "p2", progress=False)
+    assert meta["count"] == 2 and meta["skipped"] == ["row 1"]
+    kept = load_images(skip.data, str(tmp_path / "p2"))
+    assert kept.labels.tolist() == [0, 0] and int(kept.images[1:2][0, :, 1:-1, 1:-1].float().mean()) == 200  # pad 1

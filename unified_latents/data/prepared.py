@@ -119,10 +119,12 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
             for k, start in enumerate(range(0, len(jobs), step)):
                 part = dest / f"part-{k:05d}"
                 if not (part / "skipped.json").exists():  # a finished part is not decoded again
-                    chunk = jobs[start : start + step]
-                    rows = (pool.imap(_decode_file, chunk, chunksize=4) if pool else map(_decode_file, chunk)) if files \
-                        else (([_encode(a)], "", "") for a in np.asarray(chunk))
-                    _write_part(datasets, part, list(rows), labels[start : start + step] if labels else None,
+                    if files:
+                        chunk = jobs[start : start + step]
+                        rows = list(pool.imap(_decode_file, chunk, chunksize=4) if pool else map(_decode_file, chunk))
+                    else:
+                        rows = _array_rows(jobs, start, step, cfg.skip_bad)
+                    _write_part(datasets, part, rows, labels[start : start + step] if labels else None,
                                 cfg.skip_bad, bool(cfg.frames))
                 skipped += json.loads((part / "skipped.json").read_text())
                 parts.append(part.name)
@@ -132,6 +134,23 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
             pool.terminate()
     shape = {"size": inner, "channels": cfg.channels, "frames": cfg.frames, "frame_stride": cfg.frame_stride}
     return _finish(datasets, dest, parts, skipped, str(source), shape, labels is not None)
+
+
+def _array_rows(arrays, start: int, step: int, skip_bad: bool) -> list:
+    """Stored rows of arrays[start : start + step] (uint8 arrays, or an hf: table decoded on slicing);
+    with skip_bad, a row that cannot be decoded is left out and named ("row <i>")."""
+    try:
+        return [([_encode(a)], "", "") for a in np.asarray(arrays[start : start + step])]
+    except DataError:
+        if not skip_bad:
+            raise
+    rows = []
+    for i in range(start, min(start + step, len(arrays))):
+        try:
+            rows.append(([_encode(np.asarray(arrays[i : i + 1])[0])], f"row {i}", ""))
+        except DataError as e:
+            rows.append((None, f"row {i}", str(e)))
+    return rows
 
 
 def prepare_chunks(dest: Path, chunks, size: int, channels: int, labelled: bool, source: str,
