@@ -3,7 +3,9 @@
 import shutil
 import socket
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import make_npz, run_ul
 
@@ -49,6 +51,13 @@ def test_demo_generates_and_reconstructs_in_a_real_browser(tmp_path):
             shown.first.wait_for(timeout=60_000)
             assert shown.count() >= 1
             page.screenshot(path=str(tmp_path / "demo.png"))
+            # the second tab: upload a held-out image, get its reconstruction, bits and PSNR
+            Image.fromarray(np.load(held)["images"][0]).save(tmp_path / "upload.png")
+            page.get_by_role("tab", name="Reconstruct").click()
+            page.locator("input[type=file]").set_input_files(str(tmp_path / "upload.png"))
+            page.get_by_role("button", name="Reconstruct", exact=True).click()
+            page.get_by_text("bits; PSNR").wait_for(timeout=120_000)
+            assert " dB" in page.get_by_text("bits; PSNR").inner_text()
             browser.close()
     finally:
         demo.close()

@@ -57,7 +57,7 @@ def generate(ul: UnifiedLatentsModel, label: str, seed: int, count: int, guidanc
 def _chw(im):
     import numpy as np
 
-    a = np.asarray(im)
+    a = np.array(im)  # a writable copy (torch.from_numpy takes it)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
