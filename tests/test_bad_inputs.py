@@ -76,6 +76,23 @@ def artifacts(tmp_path_factory):
     return out
 
 
+def _cli(capsys, *args):
+    """`ul ARGS` in this process (what the user would see on stderr, and the exit code): a bad
+    input must end in SystemExit, never in another exception."""
+    from types import SimpleNamespace
+
+    from unified_latents.cli.main import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
 def _assert_one_error(r, *needles):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
@@ -87,10 +104,10 @@ def _assert_one_error(r, *needles):
 
 @pytest.mark.parametrize("case", ["bomb", "1x1 image", "11 class folders", "labels of the wrong length",
                                   "label == num_classes", "2-channel NHWC", "floats in [0, 1]"])
-def test_bad_training_data_is_one_error_and_writes_nothing(tmp_path, case):
+def test_bad_training_data_is_one_error_and_writes_nothing(tmp_path, case, capsys):
     source, needle = _data_cases(tmp_path)[case]
     out = tmp_path / "out"
-    r = run_ul("train", *FAST, "--data", str(source), "--outdir", str(out))
+    r = _cli(capsys, "train", *FAST, "--data", str(source), "--outdir", str(out))
     _assert_one_error(r, needle)
     assert not out.exists() or not any(out.iterdir())
 
@@ -122,7 +139,7 @@ CLI = {
 
 
 @pytest.mark.parametrize("case", list(CLI))
-def test_bad_command_line_values_are_one_error_and_write_nothing(artifacts, tmp_path, case):
+def test_bad_command_line_values_are_one_error_and_write_nothing(artifacts, tmp_path, case, capsys):
     args, needle = CLI[case]
     s1, b = artifacts["cond"]
     names = {"s1": s1, "b": b, "ub": artifacts["uncond"][1], "tmp": artifacts["tmp"]}
@@ -134,7 +151,7 @@ def test_bad_command_line_values_are_one_error_and_write_nothing(artifacts, tmp_
         args += ["--out", str(out / "r.png")]
     if args[0] == "eval":
         args += ["--outdir", str(out)]
-    r = run_ul(*args)
+    r = _cli(capsys, *args)
     _assert_one_error(r, needle)
     assert not out.exists()
 
