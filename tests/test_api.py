@@ -142,3 +142,17 @@ def test_diffusers_pipeline_and_autoencoder_surface(artifacts, tmp_path):
     z0 = dist.sample(torch.Generator().manual_seed(0))
     dec = vae.decode(z0, seeds=[7, 8, 9]).sample
     assert dec.shape == x.shape and torch.equal(dec, s1.decode(z0, [7, 8, 9])) and vae.config.scaling_factor == 1.0
+
+
+def test_an_export_index_naming_other_components_is_refused(artifacts, tmp_path):
+    from unified_latents import export as ex
+    from unified_latents.errors import ArtifactError
+    from unified_latents.training.checkpoint import load_artifact
+
+    folder = ex.export(artifacts[0], tmp_path / "s1")  # a stage-1 export: no eval.json is claimed for it
+    assert "## Metrics" not in (folder / "README.md").read_text()
+    index = json.loads((folder / "unified_latents.json").read_text())
+    index["components"]["../.."] = "encoder."  # a downloaded folder must not send us outside it
+    (folder / "unified_latents.json").write_text(json.dumps(index))
+    with pytest.raises(ArtifactError, match="does not have"):
+        load_artifact(folder)

@@ -231,8 +231,11 @@ def test_wandb_log_sends_scalars_throughput_and_previews(tmp_path, monkeypatch):
     sent = []
 
     class Run:
-        def log(self, data, step):
-            sent.append((step, data))
+        def define_metric(self, name, step_metric=None):
+            sent.append(("metric", name, step_metric))
+
+        def log(self, data):
+            sent.append(data)
 
         def finish(self):
             sent.append("finished")
@@ -244,7 +247,7 @@ def test_wandb_log_sends_scalars_throughput_and_previews(tmp_path, monkeypatch):
     log.scalars({"samples": 164, "step": 3, "loss": 2.5, "lr": 1e-3, "sec": 2.0})
     log.images("reconstructions", torch.zeros(2, 1, 4, 4), 164)
     log.close()
-    assert sent[0][:2] == ("init", "allow")
-    assert sent[1] == (164, {"loss": 2.5, "lr": 1e-3, "sec": 2.0, "examples_per_sec": 32.0})
-    assert sent[2] == (164, {"preview/reconstructions": ("image", (8, 4, 3))}) and sent[3] == "finished"
+    assert sent[0][:2] == ("init", "allow") and sent[2] == ("metric", "*", "samples")  # x axis: samples seen
+    assert sent[3] == {"loss": 2.5, "lr": 1e-3, "sec": 2.0, "examples_per_sec": 32.0, "samples": 164}
+    assert sent[4] == {"preview/reconstructions": ("image", (8, 4, 3)), "samples": 164} and sent[5] == "finished"
     assert isinstance(make_log("wandb", tmp_path, 0, {}, main=False), type(make_log("", tmp_path, 0, {}, True)))

@@ -35,7 +35,7 @@ def generate(ul: UnifiedLatentsModel, label: str, seed: int, count: int, guidanc
              decoder_steps: int, sampler: str):
     """(images, or MP4 paths for video; a line saying how long it took)."""
     t0 = time.time()
-    seeds = list(range(int(seed), int(seed) + int(count)))
+    seeds = list(range(int(seed or 0), int(seed or 0) + int(count)))
     classes = None if label in ("", "seed % classes") else ("none" if label == "unconditional" else [int(label)])
     out = ul.sample(seeds, classes=classes, guidance=float(guidance), steps=int(base_steps),
                     decoder_steps=int(decoder_steps), sampler=sampler)
@@ -75,6 +75,16 @@ def reconstruct(ul: UnifiedLatentsModel, image, steps: int):
 
 def build(ul: UnifiedLatentsModel):
     gr = _gradio()
+
+    def as_message(fn):
+        """A callback whose UserError (a bad input) appears on the page as one message."""
+        def call(*args):
+            try:
+                return fn(*args)
+            except UserError as e:
+                raise gr.Error(str(e)) from None
+        return call
+
     sc, video = ul.cfg.sample, ul.stage1.modality.video
     with gr.Blocks(title="Unified Latents") as demo:
         gr.Markdown(f"# Unified Latents\n{ul.cfg.stage} model of {ul.data.source} "
@@ -95,7 +105,7 @@ def build(ul: UnifiedLatentsModel):
                 button = gr.Button("Generate", variant="primary")
                 shown = gr.Files(label="clips (MP4)") if video else gr.Gallery(label="samples", columns=8)
                 took = gr.Markdown()
-                button.click(lambda *a: generate(ul, *a), [label, seed, count, guidance, base_steps, decoder_steps,
+                button.click(as_message(lambda *a: generate(ul, *a)), [label, seed, count, guidance, base_steps, decoder_steps,
                                                            sampler], [shown, took])
         if not video:  # clips are reconstructed with `ul reconstruct`
             with gr.Tab("Reconstruct"):
@@ -103,7 +113,7 @@ def build(ul: UnifiedLatentsModel):
                 steps = gr.Slider(2, 128, value=sc.decoder_steps, step=1, label="decoder steps")
                 go = gr.Button("Reconstruct")
                 rec, scores = gr.Image(label="reconstruction"), gr.Markdown()
-                go.click(lambda im, s: reconstruct(ul, im, s), [upload, steps], [rec, scores])
+                go.click(as_message(lambda im, s: reconstruct(ul, im, s)), [upload, steps], [rec, scores])
     return demo
 
 

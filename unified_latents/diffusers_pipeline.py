@@ -51,7 +51,8 @@ class UnifiedLatentsAutoencoder(torch.nn.Module):
     """UL's stage 1 behind diffusers' autoencoder surface: `encode(x).latent_dist` is the encoder's
     latent at log-SNR 5 (a Gaussian of mean alpha_0 z_clean and standard deviation sigma_0, the
     noise UL trains its decoder with), `decode(z).sample` the diffusion decoder's sample given
-    that noisy latent. `config.scaling_factor` is 1: UL latents are not rescaled."""
+    that noisy latent (with a learned encoder variance, its alpha_0-scaled variance is added).
+    `config.scaling_factor` is 1: UL latents are not rescaled."""
 
     def __init__(self, ul: UnifiedLatentsModel):
         super().__init__()
@@ -66,17 +67,20 @@ class UnifiedLatentsAutoencoder(torch.nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """x: float [N, C, H, W] in [-1, 1] at the model's resolution (padding included)."""
-        z = self.stage1.encode(x.to(self.ul.device).float())
-        a, s = alpha_sigma(torch.tensor(self.stage1.cfg.diffusion.lam0, dtype=torch.float64))
-        logvar = torch.full_like(z, 2 * float(torch.log(s)))
-        dist = DiagonalGaussianDistribution(torch.cat([float(a) * z, logvar], dim=1))
+        p = next(self.stage1.parameters())
+        mean, logvar_z = self.stage1.encode_stats(x.to(p.device, p.dtype))
+        a, s = (float(v) for v in alpha_sigma(torch.tensor(self.stage1.cfg.diffusion.lam0, dtype=torch.float64)))
+        var = torch.full_like(mean, s * s)
+        if logvar_z is not None:  # a learned encoder variance adds its own noise, scaled by alpha_0
+            var = var + a * a * logvar_z.exp()
+        dist = DiagonalGaussianDistribution(torch.cat([a * mean, var.log()], dim=1))
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None, seeds=None):
         """The decoder's sample given the noisy latent z0 (seed i for example i, or the generators')."""
-        z = z.to(self.ul.device).float()
-        x = self.stage1.decode(z, _seeds(generator, z.shape[0], seeds))
+        p = next(self.stage1.parameters())  # where the networks are now (a pipeline's .to() moves them)
+        x = self.stage1.decode(z.to(p.device, p.dtype), _seeds(generator, z.shape[0], seeds))
         return DecoderOutput(sample=x) if return_dict else (x,)
 
 

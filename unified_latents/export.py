@@ -56,18 +56,31 @@ def export(artifact: Path, to: Path, eval_json: Path | None = None) -> Path:
     index = {"format": EXPORT_FORMAT, "components": comps,
              "metadata": {k: v for k, v in meta.items() if k not in ("format", "config")}}
     (tmp / EXPORT_INDEX).write_text(json.dumps(index, indent=2))
-    (tmp / "README.md").write_text(model_card(config, stage1, meta, _eval_record(artifact, eval_json), to.name))
+    (tmp / "README.md").write_text(model_card(config, stage1, meta, _eval_record(artifact, config, eval_json), to.name))
     shutil.rmtree(to, ignore_errors=True)
     tmp.rename(to)
     return to
 
 
-def _eval_record(artifact: Path, eval_json: Path | None) -> dict | None:
-    """The evaluation to show in the card: the one given, else an eval.json beside the artifact or
-    in the run folder above it (where `ul pipeline` writes it)."""
-    for p in ([eval_json] if eval_json else [Path(artifact).parent / "eval.json", Path(artifact).parent.parent / "eval.json"]):
-        if p is not None and Path(p).is_file():
-            return json.loads(Path(p).read_text())
+def _eval_record(artifact: Path, config: dict, eval_json: Path | None) -> dict | None:
+    """The evaluation to show in the card: the one given (it must be readable), else, for a base
+    or pixel artifact, an eval.json of this version beside it or in the run folder above it
+    (where `ul pipeline` writes it). A stage-1 artifact gets none found for it: a run's eval.json
+    measures its base model."""
+    if eval_json is not None:
+        try:
+            return json.loads(Path(eval_json).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"--eval {eval_json} cannot be read ({e}); give an eval.json written by `ul eval`") from None
+    if config["stage"] == "latents":
+        return None
+    for p in (Path(artifact).parent / "eval.json", Path(artifact).parent.parent / "eval.json"):
+        try:
+            ev = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if ev.get("stage") == config["stage"] and "fid_resize" in ev:  # this version's evaluation of such a model
+            return ev
     return None
 
 
@@ -83,13 +96,18 @@ def model_card(config: dict, stage1: dict, meta: dict, ev: dict | None, name: st
              f"# {name}", "", f"A Unified Latents model: {what}. Trained on {d.source} ({side}x{side}, {d.channels} "
              f"channel(s){f', {d.frames} frames per clip' if d.frames else ''}), {json.loads(meta.get('samples', '0')):,} "
              "samples seen.", ""]
-    if ev is not None:
-        lines += ["## Metrics", "", table(metric_rows(ev, m, side)), ""]
+    try:
+        rows = metric_rows(ev, m, side) if ev is not None else None
+    except KeyError as e:  # an evaluation record of another version
+        raise UserError(f"the evaluation record lacks {e}; give an eval.json written by this version's `ul eval`") from None
+    if rows:
+        lines += ["## Metrics", "", table(rows), ""]
     else:
-        bits = json.loads(meta.get("metrics", "{}")).get("bits_per_image")
+        bits = json.loads(meta.get("metrics", "{}")).get("bits_per_image")  # stage 1's last training record
         if bits is not None:
+            pixels = d.resolution ** 2 * max(1, d.frames)
             lines += ["## Latent bitrate", "", f"{bits:.1f} bits per {m.per} under the stage-1 prior at the end of "
-                      f"training ({bits / (d.resolution ** 2):.4f} bits per input pixel).", ""]
+                      f"training ({bits / pixels:.4f} bits per input pixel{' per frame' if d.frames else ''}).", ""]
     lines += ["## Training", "", "The resolved configuration is `config.json` (every field `ul train --set` takes); "
               "retrain with `ul train --stage latents` and then `ul train --stage base` using those fields.", "",
               "## Use", "", "```python", "import unified_latents", "",

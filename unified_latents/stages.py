@@ -136,7 +136,7 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
         raise ConfigError("stage 'base' needs the stage-1 artifact: pass --artifact runs/.../artifact.safetensors")
     stage1, s1cfg = load_model(Path(cfg.base.stage1_artifact), device, stage="latents")
     if not cfg.base.latents and cfg.data.source == s1cfg.data.source:
-        dist.print0(f"reading {cfg.data.source} (train split), the data named in the stage-1 artifact's config",
+        dist.print0(f"reading {cfg.data.source}, the training data named in the stage-1 artifact's config",
                     file=sys.stderr)
     if dist.is_main():
         outdir.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,8 @@ class HubImages:
             return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
         try:
             ims = self.ds[rows][self.column]
+            if any(im is None for im in ims):
+                raise ValueError("an empty image cell")
             x = torch.from_numpy(np.stack([fit_image(im, self.channels, self.size) for im in ims]))
         except READ_ERRORS as e:
             bad = next((r for r in rows if not _fits(self.ds, r, self.column, self.channels, self.size)), rows[0])
@@ -107,7 +109,10 @@ class HubImages:
 
 def _fits(ds, row: int, column: str, channels: int, size: int) -> bool:
     try:
-        fit_image(ds[row][column], channels, size)
+        im = ds[row][column]
+        if im is None:
+            return False
+        fit_image(im, channels, size)
         return True
     except READ_ERRORS:
         return False

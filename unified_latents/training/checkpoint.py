@@ -92,8 +92,17 @@ def read_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         raise ArtifactError(f"{path} is not a complete unified-latents export ({e}); export it again with `ul export`") from None
     if index.get("format") != EXPORT_FORMAT:
         raise ArtifactError(f"{path}: {EXPORT_INDEX} is not of the format {EXPORT_FORMAT}; export it with `ul export`")
+    try:
+        comps = dict(index["components"])
+        stage = config["stage"]
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{path}: {EXPORT_INDEX} or config.json is damaged; export it again with `ul export`") from None
+    allowed = component_prefixes(stage) if stage in ("latents", "base", "pixel") else {}
+    if any(allowed.get(name) != prefix for name, prefix in comps.items()):  # names become paths: only ours
+        raise ArtifactError(f"{path}: {EXPORT_INDEX} lists components {sorted(comps)} that a '{stage}' export "
+                            "does not have; export it again with `ul export`")
     tensors = {}
-    for name, prefix in index["components"].items():
+    for name, prefix in comps.items():
         part, _ = read_safetensors(path / name / "model.safetensors", ArtifactError, "download or export it again")
         tensors.update({prefix + k: v for k, v in part.items()})
     if (path / "extras.safetensors").exists():

@@ -8,6 +8,8 @@ preview gives its images. Rank 0 logs; the other processes get a logger that doe
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +52,8 @@ class TensorBoardLog(NoLog):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("train.log=tensorboard needs TensorBoard: pip install tensorboard") from None
-        # purge_step: events a resumed run wrote after its last checkpoint are dropped, as stats.jsonl lines are
-        self.w = SummaryWriter(log_dir=str(Path(outdir) / "tensorboard"), purge_step=start or None)
+        # purge_step: events a resumed run wrote after its checkpoint (steps > start) are dropped, as stats.jsonl lines are
+        self.w = SummaryWriter(log_dir=str(Path(outdir) / "tensorboard"), purge_step=start + 1 if start else None)
         self.last = start
 
     def scalars(self, rec: dict) -> None:
@@ -81,23 +83,31 @@ class WandbLog(NoLog):
         run_id = hashlib.sha256(str(Path(outdir).resolve()).encode()).hexdigest()[:16]  # one run per folder: resumes continue it
         self.run = wandb.init(project="unified-latents", name=Path(outdir).name, id=run_id, resume="allow",
                               dir=str(outdir), config=config)
+        # x axis: samples seen, a logged value (wandb's own step only grows, so a resumed run's
+        # records after its checkpoint could not be logged again against it)
+        self.run.define_metric("samples")
+        self.run.define_metric("*", step_metric="samples")
 
     def scalars(self, rec: dict) -> None:
         samples = int(rec["samples"])
         extra = {"examples_per_sec": (samples - self.last) / rec["sec"]} if rec.get("sec") else {}
-        self.run.log({**_numbers(rec), **extra}, step=samples)
+        self.run.log({**_numbers(rec), **extra, "samples": samples})
         self.last = samples
 
     def images(self, name: str, imgs: torch.Tensor, samples: int) -> None:
-        self.run.log({f"preview/{name}": self.wandb.Image(tile(imgs))}, step=samples)
+        self.run.log({f"preview/{name}": self.wandb.Image(tile(imgs)), "samples": samples})
 
     def close(self) -> None:
         self.run.finish()
 
 
 def check_kind(kind: str) -> None:
+    """A known kind whose package is installed (checked before a run writes anything)."""
     if kind not in KINDS:
         raise ConfigError(f"train.log={kind!r}: choose tensorboard, wandb, or leave it empty (stats.jsonl only)")
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(kind)
+    if package and package not in sys.modules and importlib.util.find_spec(package) is None:
+        raise UserError(f"train.log={kind} needs {package}: pip install {package}")
 
 
 def make_log(kind: str, outdir: Path, start: int, config: dict, main: bool) -> NoLog:

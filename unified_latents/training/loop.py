@@ -136,7 +136,16 @@ def train(
     run = _setup(cfg, Path(outdir), build_model, data, device or torch.device("cpu"), artifact_kind)
     start = run.samples
 
-    log = make_log(t.log, run.outdir, run.samples, to_dict(cfg), dist.is_main())
+    done = run.samples >= t.total_samples  # a finished run's rerun logs nothing new
+    log = make_log("" if done else t.log, run.outdir, run.samples, to_dict(cfg), dist.is_main())
+    try:
+        return _train_loop(run, start, log, preview_x, save_previews, progress, until)
+    finally:
+        log.close()
+
+
+def _train_loop(run: Run, start: int, log, preview_x, save_previews, progress, until) -> TrainResult:
+    cfg, t, data = run.cfg, run.cfg.train, run.data
     preview = _previewer(run, preview_x, save_previews, log)
     show = dist.is_main() and (sys.stderr.isatty() if progress is None else progress)
     bar = tqdm(total=t.total_samples, initial=run.samples, unit="img", disable=not show, dynamic_ncols=True)
@@ -171,10 +180,7 @@ def train(
         bar.close()
         if stats_f:
             stats_f.close()
-    try:
-        return _finish(run, start, preview)
-    finally:
-        log.close()
+    return _finish(run, start, preview)
 
 
 def _finish(run: Run, start: int, preview) -> TrainResult:

@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .. import dist
 from ..config import RunConfig, to_dict
-from ..data.fingerprint import data_fingerprint
+from ..data.fingerprint import comparable, data_fingerprint
 from ..errors import ResumeError, TrainingError
 from .checkpoint import LEGACY_STATE_RE, load_legacy_state, save_artifact
 from .ema import EMA
@@ -106,9 +106,10 @@ CHANGED = {
 
 def check_fingerprints(run: Run, meta: dict) -> None:
     """Refuse to resume a state made from other data or (stage 2) another encoder."""
-    saved = meta.get("fingerprints") or {}  # states of earlier versions carry none
+    saved = dict(meta.get("fingerprints") or {})  # states of earlier versions carry none
+    saved["data"] = comparable(saved.get("data"))  # a data fingerprint of an earlier kind is not compared
     for key, text in CHANGED.items():
-        if key in saved and saved[key] != run.fingerprints.get(key):
+        if saved.get(key) is not None and saved[key] != run.fingerprints.get(key):
             raise ResumeError(f"cannot resume {run.outdir}: " + text.format(source=run.cfg.data.source,
                                                                            stage1=run.cfg.base.stage1_artifact))
 
