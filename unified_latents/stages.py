@@ -61,7 +61,7 @@ def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, pro
     dfp = dist.broadcast_object(dist.on_main(lambda: data_fingerprint(cfg.data, cfg.data.source),
                                              "fingerprinting the training data"))
     if cfg.base.latents:
-        return load_cache(Path(cfg.base.latents), fp, dfp)
+        return _preloaded(load_cache(Path(cfg.base.latents), fp, dfp))
     legacy = cache.with_suffix(".safetensors")  # the one-file cache of earlier versions
     found = next((p for p in (cache, legacy) if _fits(p, fp, dfp)), None) if dist.is_main() else None
     found = dist.broadcast_object(str(found) if found else None)
@@ -70,7 +70,12 @@ def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, pro
         dist.print0(f"encoding {len(data):,} {stage1.modality.examples} with the frozen encoder into {cache} ...")
         meta = {"encoder_fingerprint": fp, "data_fingerprint": dfp, "source": cfg.data.source}
         encode_into(stage1, data, cache, meta, device, progress is not False)
-    return load_cache(Path(found or cache), fp, dfp)
+    return _preloaded(load_cache(Path(found or cache), fp, dfp))
+
+
+def _preloaded(lat):
+    """A small shard cache read whole now, before DataLoader workers fork (they then share it)."""
+    return lat.preload() if hasattr(lat, "preload") else lat
 
 
 def _fits(cache: Path, fp: str, dfp: str) -> bool:

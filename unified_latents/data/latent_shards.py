@@ -85,9 +85,15 @@ class ShardedLatents:
     def __len__(self) -> int:
         return self.total
 
-    def get(self, idx: torch.Tensor):
+    def preload(self) -> ShardedLatents:
+        """Read a small cache whole now (in the training process, so that DataLoader workers share
+        it by fork instead of each reading its own copy)."""
         if self.small and self.whole is None:
             self.whole = torch.cat([self._read(k) for k in range(len(self.paths))])
+        return self
+
+    def get(self, idx: torch.Tensor):
+        self.preload()
         if self.whole is not None:
             return self.whole[idx], (self.labels[idx] if self.labels is not None else None)
         shard = torch.bucketize(idx, self.bounds, right=True)  # the shard holding each row
