@@ -13,6 +13,7 @@ fingerprint of the data).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -70,6 +71,14 @@ def comparable(stored: str | None) -> str | None:
 
 
 def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, computed once per (path, size, modification time): checking
+    a pinned network and keying a cache on it read the file once."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
