@@ -28,7 +28,10 @@ VARIANTS = {
     "ul": ("UL (diffusion prior + diffusion decoder)", []),
     "mse": ("diffusion prior + MSE (L2) decoder", ["diffusion.decoder_kind=mse"]),
     "gaussian": ("N(0, I) KL prior + diffusion decoder", ["diffusion.prior_kind=gaussian"]),
-    "stopgrad": ("no prior gradient into the encoder", ["diffusion.prior_stop_grad=true"]),
+    "stopgrad": ("stop-grad into the prior + KL to N(0, I) weighted 0.01 (paper Table 6 row A)",
+                 ["diffusion.prior_stop_grad=true"]),
+    "stopgrad-nokl": ("stop-grad into the prior, no regulariser at all", ["diffusion.prior_stop_grad=true",
+                                                                          "diffusion.stop_grad_kl_weight=0"]),
     "lam10": ("encoder noise log-SNR 10 instead of 5", ["diffusion.lam0=10"]),
     "learnedvar": ("learned encoder variance", ["diffusion.learned_variance=true"]),
 }

@@ -87,7 +87,8 @@ class DiffusionConfig:
     decoder_kind: str = "diffusion"  # "diffusion" (UL) or "mse": L2 regression from z0 (Table 5)
     mse_sigma: float = 0.1  # the mse decoder's fixed Gaussian likelihood scale (nats = ||x - x_hat||^2 / 2 sigma^2)
     learned_variance: bool = False  # encoder also predicts log sigma_z^2 (Table 6)
-    prior_stop_grad: bool = False  # no prior gradient into the encoder (Table 5's worst row)
+    prior_stop_grad: bool = False  # no prior gradient into the encoder (Table 6 row A)...
+    stop_grad_kl_weight: float = 0.01  # ...whose latent a KL to N(0, I) at this weight regularises (0: none)
 
 
 @dataclass
@@ -262,7 +263,7 @@ _POSITIVE = ("data.resolution", "data.channels", "data.frame_stride", "data.clip
 _NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "data.workers", "train.micro_batch", "train.warmup_samples",
                  "train.image_every", "train.ckpt_every", "train.ckpt_minutes",  # 0 = a preview / checkpoint only at the end
                  "train.weight_decay", "train.grad_clip", "sample.batch", "eval.batch", "sample.guidance",
-                 "diffusion.target_bits", "diffusion.kl_weight", "diffusion.controller_rate",
+                 "diffusion.target_bits", "diffusion.kl_weight", "diffusion.stop_grad_kl_weight", "diffusion.controller_rate",
                  *(f"model.{n}.transformer_blocks" for n in _NETS))
 _UNIT = {"train.ema_decay": False, "train.lr_final_frac": True, "base.label_dropout": True,  # [0, 1) or [0, 1]
          **{f"model.{n}.dropout": False for n in _NETS}}

@@ -91,7 +91,7 @@ def dist_encode(stage1: UnifiedLatents, data, device, progress: bool) -> LatentD
     """z_clean of this process's contiguous share of `data` (all of it in one process)."""
     lo, hi = dist.my_share(len(data))
     rows = RowRange(data.images, lo, hi)  # prepared data: each batch decoded when it is encoded
-    z = encode_images(stage1, rows, stage1.modality.encode_batch, device=device, progress=progress) if hi > lo \
+    z = encode_images(stage1, rows, stage1.modality.encode_batch, device=device, progress=progress, first=lo) if hi > lo \
         else torch.empty((0, *stage1.z_shape))
     return LatentData(z, data.labels[lo:hi] if data.labels is not None else None)
 

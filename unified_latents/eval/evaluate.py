@@ -19,7 +19,7 @@ from ..config import SampleConfig
 from ..data.grids import save_strip
 from ..data.fingerprint import data_fingerprint
 from ..data.prepared import RowRange
-from ..data import ImageData, crop_pad, encode_images, load_images, named_by_artifact, to_float, to_uint8
+from ..data import ImageData, crop_pad, load_images, named_by_artifact, to_float, to_uint8
 from ..files import atomic_write_text
 from ..generate import class_labels, generate_images
 from ..objectives import BaseModel
@@ -313,11 +313,13 @@ def eval_bits(ctx: _Context, n: int, null_label: bool = False) -> tuple[float, f
     lo, hi = dist.my_share(n)
     bits = torch.empty(0)
     if hi > lo:
-        z = encode_images(model.stage1, RowRange(held.images, lo, hi), batch=ctx.encode_batch, device=device)
+        rows, b = RowRange(held.images, lo, hi), ctx.encode_batch
         lab = held.labels[lo:hi].to(device) if (held.labels is not None and model.num_classes) else None
         if lab is not None and null_label:
             lab = torch.full_like(lab, model.num_classes)
-        bits = model.bits(z.to(device), lab, list(range(lo, hi))).cpu()
+        bits = torch.cat([model.image_bits(to_float(rows[i:i + b]).to(device), None if lab is None else lab[i:i + b],
+                                           list(range(lo + i, min(lo + i + b, hi)))).cpu()
+                          for i in range(0, hi - lo, b)])
     bits = dist.gather_cat(bits)
     return float(bits.mean()), float(bits.mean()) / model.stage1.pixels_per_image()
 

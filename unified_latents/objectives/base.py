@@ -63,6 +63,9 @@ class Autoencoder(Protocol):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """float x [N, *x_shape] in [-1, 1] -> z_clean [N, *z_shape]."""
 
+    def encode_sample(self, x: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_clean the decoder was trained on, entropy credit in nats [N]): what stage 2 trains on."""
+
     def noisy_latent(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """z0 = alpha(lam0) z + sigma(lam0) eps: where the base model stops sampling."""
 

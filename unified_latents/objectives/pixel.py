@@ -44,6 +44,9 @@ class PixelSpace(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x.float()
 
+    def encode_sample(self, x: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.float(), torch.zeros(x.shape[0], device=x.device)
+
     def noisy_latent(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         a, s = alpha_sigma(torch.tensor(self.cfg.diffusion.lam0, dtype=torch.float64))
         return float(a) * z + float(s) * eps

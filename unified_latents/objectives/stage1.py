@@ -26,6 +26,7 @@ from .base import Losses, autocast, bcast, denoise, elbo_bits, seeded_noise
 from .noise import BatchNoise
 
 MEAN_SEED_OFFSET = 3_000_017  # decoder seeds of the j-th sample averaged by reconstruct(mean_of=K)
+VARIANCE_SEED_OFFSET = 2_000_003  # a learned variance's eps for example seed s: seed s + this
 
 
 def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
@@ -123,6 +124,15 @@ class UnifiedLatents(nn.Module):
         extra = -0.5 * torch.log1p(torch.exp(logvar + lam0)).flatten(1).sum(1)
         return mean + torch.exp(0.5 * logvar) * eps_var, extra
 
+    def encode_sample(self, x: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_clean, extra nats [N]) as the decoder was trained on them: the encoder's output, or with
+        a learned variance one sample mean + sigma_z eps (eps seeded per example: seed s + 2,000,003)
+        and its entropy credit. What stage 2 trains on and what every bitrate is measured on."""
+        eps = None
+        if self.cfg.diffusion.learned_variance:
+            eps = seeded_noise([s + VARIANCE_SEED_OFFSET for s in seeds], x.device).normal(self.z_shape)
+        return self.sample_latent(x, eps)
+
     def noisy_latent(self, z_clean: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """z0 = alpha(lam0) z_clean + sigma(lam0) eps: the latent the decoder sees (UL_SPEC 2)."""
         a, s = alpha_sigma(torch.tensor(self.cfg.diffusion.lam0, dtype=torch.float64))
@@ -163,15 +173,19 @@ class UnifiedLatents(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
         z_clean, extra = self.sample_latent(x, noise.get("eps_var"))
         z0 = self.noisy_latent(z_clean, noise["eps_z0"])
-        z_prior = z_clean.detach() if self.cfg.diffusion.prior_stop_grad else z_clean
+        d = self.cfg.diffusion
+        z_prior = z_clean.detach() if d.prior_stop_grad else z_clean
         l_z = self.prior_loss(z_prior, noise["t_z"], noise["eps_z"]) + extra
+        # Stop-grad (paper Table 6 row A): the prior no longer regularises the encoder, a strongly
+        # discounted KL of z0 to N(0, I) does; l_z stays the prior's honest bitrate of z0.
+        reg = d.stop_grad_kl_weight * prior_terminal_kl(z_clean, d.lam0) if d.prior_stop_grad else 0.0
         l_x = self.decoder_loss(x, z0, noise["t_x"], noise["eps_x"])
         c_lf = self.log_loss_factor.exp().float()
         ln2_pixels = math.log(2) * self.pixels_per_image()
         # beta-VAE style: the KL weight scales the whole KL, the learned variance's entropy included
-        w_z = self.cfg.diffusion.kl_weight if self.cfg.diffusion.prior_kind == "gaussian" else 1.0
+        w_z = d.kl_weight if d.prior_kind == "gaussian" else 1.0
         return Losses(
-            total=w_z * l_z + c_lf * l_x,
+            total=w_z * l_z + c_lf * l_x + reg,
             terms={
                 "prior_nats": l_z.detach(),
                 "decoder_nats": l_x.detach(),
@@ -246,8 +260,7 @@ class UnifiedLatents(nn.Module):
     @torch.no_grad()
     def bits(self, x: torch.Tensor, seeds: list[int], n_t: int = 8) -> torch.Tensor:
         """Prior bitrate estimate per example in bits [N]: L_z averaged over n_t stratified t."""
-        var_noise = seeded_noise([s + 2_000_003 for s in seeds], x.device) if self.cfg.diffusion.learned_variance else None
-        z_clean, extra = self.sample_latent(x, var_noise.normal(self.z_shape) if var_noise else None)
+        z_clean, extra = self.encode_sample(x, seeds)
         bits = elbo_bits(lambda t, eps: self.prior_loss(z_clean, t, eps), x.shape[0], self.z_shape, seeds, x.device, n_t)
         return bits + extra.double() / math.log(2)
 

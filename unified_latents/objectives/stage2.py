@@ -45,6 +45,8 @@ def encoder_fingerprint(stage1: UnifiedLatents) -> str:
             enc.pop(key)
     h.update(json.dumps(enc, sort_keys=True).encode())
     h.update(json.dumps([stage1.cfg.data.resolution, stage1.cfg.data.channels, stage1.cfg.model.latent_channels]).encode())
+    if stage1.cfg.diffusion.learned_variance:  # cached latents are seeded samples, not the means of earlier versions
+        h.update(b"latents: one seeded sample per example")
     for k, v in sorted(stage1.encoder.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -249,6 +251,13 @@ class BaseModel(nn.Module):
         scale factor the bits are those of the scaled latents."""
         z = z * self.latent_scale
         return elbo_bits(lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, seeds, z.device, n_t)
+
+    @torch.no_grad()
+    def image_bits(self, x: torch.Tensor, labels: torch.Tensor | None, seeds: list[int], n_t: int = 8) -> torch.Tensor:
+        """Bits per example [N] of images x: this model's ELBO of the latent the decoder was trained
+        on (encode_sample), plus a learned variance's entropy credit, counted as the prior's bits count it."""
+        z, extra = self.stage1.encode_sample(x, seeds)
+        return self.bits(z, labels, seeds, n_t) + extra.double() / math.log(2)
 
     def previews(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         n = self.modality.preview_samples
