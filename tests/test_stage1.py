@@ -81,18 +81,45 @@ def test_encoder_noise_is_log_snr_5(tiny_cfg):
     assert abs(math.log(alpha**2 / sigma**2) - 5.0) < 1e-5
 
 
-def test_controller_moves_loss_factor_toward_target(tiny_cfg):
-    tiny_cfg.diffusion.target_bits = 100.0
+def test_controller_holds_smooths_and_bounds_its_step(tiny_cfg):
+    d = tiny_cfg.diffusion
+    d.target_bits, d.controller_hold_samples, d.controller_smoothing, d.controller_rate = 100.0, 1000, 0.5, 0.02
     model = UnifiedLatents(tiny_cfg)
     c0 = model.loss_factor
-    model.after_step({"bits_per_image": 200.0})  # too many bits: make the latent less worth it
-    assert model.loss_factor < c0
+    out = model.after_step({"bits_per_image": 720.0, "samples": 1000})  # an untrained prior's estimate: held
+    assert model.loss_factor == c0 and "controlled_bits" not in out
+    model.after_step({"bits_per_image": 1e6, "samples": 1008})  # far too many bits: one bounded step down
+    assert math.isclose(math.log(model.loss_factor), math.log(c0) - 0.02, rel_tol=1e-9)
+    model.after_step({"bits_per_image": 50.0, "samples": 1016})  # the EMA, not the batch, is what it follows
+    assert math.isclose(float(model.controlled_bits), 0.5 * 1e6 + 0.5 * 50.0)
+    assert math.log(model.loss_factor) < math.log(c0) - 0.039
+    for k in range(40):
+        model.after_step({"bits_per_image": 50.0, "samples": 1024 + 8 * k})
+    c_low = model.loss_factor
+    model.after_step({"bits_per_image": 50.0, "samples": 2000})
+    assert float(model.controlled_bits) < 100 and model.loss_factor > c_low  # too few bits: c_lf rises
     c1 = model.loss_factor
-    model.after_step({"bits_per_image": 50.0})
-    assert model.loss_factor > c1
-    tiny_cfg.diffusion.target_bits = 0.0  # off: untouched
-    model.after_step({"bits_per_image": 1e6})
-    assert model.loss_factor > c1
+    d.target_bits = 0.0  # off: untouched
+    model.after_step({"bits_per_image": 1e6, "samples": 9999})
+    assert model.loss_factor == c1
+
+
+def test_controller_settles_within_5_percent_of_target_on_a_lagged_plant(tiny_cfg):
+    """A stand-in for training: bits follow 10 c_lf with a lag of ~30 steps, batch noise of
+    +-15%, and an untrained prior's 720 bits for the first 80 steps. The held, smoothed
+    controller ends within 5% of its target and c_lf never drops below a third of its start."""
+    d = tiny_cfg.diffusion
+    d.target_bits, d.loss_factor, d.controller_hold_samples = 180.0, 3.0, 80 * 8
+    model = UnifiedLatents(tiny_cfg)
+    g = torch.Generator().manual_seed(0)
+    level, lows = 30.0, []
+    for step in range(2500):
+        level += (10 * model.loss_factor - level) / 30
+        bits = 720.0 if step < 80 else level * (1 + 0.15 * float(torch.randn((), generator=g)))
+        model.after_step({"bits_per_image": bits, "samples": 8 * (step + 1)})
+        lows.append(model.loss_factor)
+    assert min(lows) > 1.0
+    assert abs(level - 180.0) < 0.05 * 180.0 and abs(float(model.controlled_bits) - 180.0) < 0.05 * 180.0
 
 
 def test_loss_decreases_on_fixed_batch(tiny_cfg):

@@ -77,7 +77,9 @@ class DiffusionConfig:
     bias: float = 0.0  # b in sigmoid(b - lam) of the decoder weight (UL_SPEC 3)
     loss_factor: float = 1.5  # c_lf; the starting value when target_bits > 0
     target_bits: float = 0.0  # bits per image the loss-factor controller aims for; 0 = off
-    controller_rate: float = 0.02  # step size of dual ascent on log c_lf
+    controller_rate: float = 0.02  # step size of dual ascent on log c_lf (the most it moves in one step)
+    controller_hold_samples: int = 10_000  # c_lf stays at loss_factor while the untrained prior's bits are meaningless
+    controller_smoothing: float = 0.9  # the controller follows an EMA of the batch bitrate with this decay
     controller_min: float = 0.1  # loss-factor bounds for the controller
     controller_max: float = 100.0
     stratified: bool = True  # low-discrepancy t per batch
@@ -264,8 +266,9 @@ _NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "data.workers", 
                  "train.image_every", "train.ckpt_every", "train.ckpt_minutes",  # 0 = a preview / checkpoint only at the end
                  "train.weight_decay", "train.grad_clip", "sample.batch", "eval.batch", "sample.guidance",
                  "diffusion.target_bits", "diffusion.kl_weight", "diffusion.stop_grad_kl_weight", "diffusion.controller_rate",
+                 "diffusion.controller_hold_samples",
                  *(f"model.{n}.transformer_blocks" for n in _NETS))
-_UNIT = {"train.ema_decay": False, "train.lr_final_frac": True, "base.label_dropout": True,  # [0, 1) or [0, 1]
+_UNIT = {"train.ema_decay": False, "diffusion.controller_smoothing": False, "train.lr_final_frac": True, "base.label_dropout": True,  # [0, 1) or [0, 1]
          **{f"model.{n}.dropout": False for n in _NETS}}
 
 

@@ -21,6 +21,9 @@ def plot_curves(stats: list[dict], path: Path, title: str = "") -> None:
     x = [r["samples"] for r in stats]
     for ax, (k, label) in zip(axes[0], keys):
         ax.plot(x, [r[k] for r in stats], lw=1)
+        if k == "bits_per_image" and any("controlled_bits" in r for r in stats):  # what the controller follows
+            ax.plot(x, [r.get("controlled_bits", float("nan")) for r in stats], lw=1.2, label="controller's EMA")
+            ax.legend(fontsize=8)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("samples seen")
         if k in ("loss", "decoder_nats"):

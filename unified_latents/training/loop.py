@@ -249,7 +249,7 @@ def _step(run: Run, batches) -> tuple[int, float, torch.Tensor]:
     if math.isfinite(run.metrics["loss"]) and bool(torch.isfinite(gnorm)):
         run.opt.step()
         run.ema.update(model, step)
-        run.metrics.update(model.after_step(run.metrics))
+        run.metrics.update(model.after_step({**run.metrics, "samples": run.samples + t.batch}))
         run.consecutive_bad = 0
     else:
         run.bad_total += 1
