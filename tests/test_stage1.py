@@ -91,7 +91,7 @@ def test_controller_holds_smooths_and_bounds_its_step(tiny_cfg):
     model.after_step({"bits_per_image": 1e6, "samples": 1008})  # far too many bits: one bounded step down
     assert math.isclose(math.log(model.loss_factor), math.log(c0) - 0.02, rel_tol=1e-9)
     model.after_step({"bits_per_image": 50.0, "samples": 1016})  # the EMA, not the batch, is what it follows
-    assert math.isclose(float(model.controlled_bits), 0.5 * 1e6 + 0.5 * 50.0)
+    assert math.isclose(float(model.controlled_bits), 0.5 * (0.5 * 100 + 0.5 * 1e6) + 0.5 * 50.0)  # from the target
     assert math.log(model.loss_factor) < math.log(c0) - 0.039
     for k in range(40):
         model.after_step({"bits_per_image": 50.0, "samples": 1024 + 8 * k})

@@ -123,6 +123,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    posthoc_ema: list[float] = field(default_factory=list)  # sigma_rel of power EMAs tracked for post-hoc EMA, e.g. [0.05, 0.1]
+    posthoc_every: int = 0  # samples between their snapshots (<outdir>/posthoc-ema/); 0 = at each checkpoint
     seed: int = 0
     log_every: int = 25  # steps between stats lines
     log: str = ""  # also log to "tensorboard" (<outdir>/tensorboard) or "wandb"; stats.jsonl is always written
@@ -263,7 +265,7 @@ _POSITIVE = ("data.resolution", "data.channels", "data.frame_stride", "data.clip
              "diffusion.loss_factor", "diffusion.mse_sigma", "diffusion.controller_min", "diffusion.controller_max",
              *(f"model.{n}.{k}" for n in _NETS for k in ("patch", "patch_t", "width", "heads", "emb_dim")))
 _NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "data.workers", "train.micro_batch", "train.warmup_samples",
-                 "train.image_every", "train.ckpt_every", "train.ckpt_minutes",  # 0 = a preview / checkpoint only at the end
+                 "train.image_every", "train.ckpt_every", "train.ckpt_minutes", "train.posthoc_every",  # 0 = a preview / checkpoint only at the end
                  "train.weight_decay", "train.grad_clip", "sample.batch", "eval.batch", "sample.guidance",
                  "diffusion.target_bits", "diffusion.kl_weight", "diffusion.stop_grad_kl_weight", "diffusion.controller_rate",
                  "diffusion.controller_hold_samples",
@@ -305,6 +307,8 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
     for key, closed in _UNIT.items():
         if not (0 <= flat[key] <= 1 if closed else 0 <= flat[key] < 1):
             raise bad(key, "in [0, 1]" if closed else "in [0, 1)")
+    if any(not 0 < x <= 0.28 for x in flat["train.posthoc_ema"]):
+        raise bad("train.posthoc_ema", "a list of relative EMA lengths, each in (0, 0.28]")
     if any(not 0 <= b < 1 for b in flat["train.betas"]):
         raise bad("train.betas", "two numbers in [0, 1)")
     for n in _NETS:
@@ -324,7 +328,7 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
 # in the training state: data/fingerprint.py, and the stage-1 encoder for stage 2). Every other
 # field changes the optimisation that the state belongs to and is refused.
 CHANGEABLE = ("data.source", "data.eval_source", "data.skip_bad", "data.workers", "base.stage1_artifact",
-              "base.latents", "train.total_samples", "train.log_every", "train.log", "train.image_every", "train.ckpt_every",
+              "base.latents", "train.total_samples", "train.posthoc_every", "train.log_every", "train.log", "train.image_every", "train.ckpt_every",
               "train.ckpt_minutes", "train.keep", "train.async_checkpoint", "train.max_bad_steps", "train.micro_batch",
               "train.shard", "train.compile", "train.activation_checkpointing", "sample", "eval")
 

@@ -90,3 +90,10 @@ def writable_dir(path: Path, flag: str = "--outdir") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {parent} is not writable; choose a folder you can write")
     return path
+
+
+def ema_length_arg(p, which: str) -> None:
+    """--ema-length: a post-hoc EMA of `which`, rebuilt from the snapshots its run wrote."""
+    p.add_argument("--ema-length", type=float, metavar="SIGMA_REL",
+                   help=f"use the post-hoc EMA of {which} at this relative length (e.g. 0.08), rebuilt from the snapshots "
+                        "its training run wrote with train.posthoc_ema (README: post-hoc EMA)")

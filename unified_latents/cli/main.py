@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import dist
 from ..errors import UserError
-from .args import at_least, guidance, parse_seeds, positive, writable_dir, zero_or_two_plus
+from .args import at_least, ema_length_arg, guidance, parse_seeds, positive, writable_dir, zero_or_two_plus
 from .data_cmd import add_data_commands, cmd_data
 from .demo_cmd import add_demo_command, cmd_demo
 from .export_cmd import add_export_command, cmd_export
@@ -89,6 +89,7 @@ def _training_commands(sub) -> None:
     r.add_argument("--mean-of", type=positive, default=1, metavar="K",
                    help="average K decoder samples per latent: the posterior-mean estimate that PSNR favours "
                         "(blurrier where the latent leaves detail open; default 1 = one sample)")
+    ema_length_arg(r, "the stage-1 networks")
     r.add_argument("--out", type=Path, help="PNG grid of originals above reconstructions (default: next to the artifact)")
     r.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _device_arg(r, split=False)
@@ -166,6 +167,7 @@ def _artifact_commands(sub) -> None:
                    help="how images are resized to Inception's 299x299: tf1 (default; TensorFlow 1's bilinear, as the "
                         "reference FID code, so FIDs compare with published ones at 50,000 samples) or torch "
                         "(PyTorch's half-pixel bilinear, as versions before this one)")
+    ema_length_arg(v, "the base model")
     v.add_argument("--guidance", type=guidance, help="classifier-free guidance scale for the samples (default: the artifact's)")
     v.add_argument("--outdir", type=Path, help="write eval.json and image grids here")
     v.add_argument("--batch", type=positive, help="examples per network call (default: the artifact's eval.batch; images 250, clips 16)")
@@ -237,7 +239,7 @@ def cmd_reconstruct(args) -> None:
     out = args.out or args.artifact.with_name("reconstructions.png")
     writable_dir(out.parent, "--out")
     m = reconstruct(args.artifact, args.data, out, args.count, args.steps, args.sampler, device=device,
-                    progress=sys.stderr.isatty(), mean_of=args.mean_of, batch=args.batch)
+                    progress=sys.stderr.isatty(), mean_of=args.mean_of, batch=args.batch, ema_length=args.ema_length)
     if not dist.is_main():
         return
     if args.json:
@@ -312,7 +314,7 @@ def cmd_evaluate(args) -> None:
                                                        progress=dist.is_main() and sys.stderr.isatty(),
                                                        out=args.outdir, batch=args.batch,
                                                        trust_torchscript=args.trust_torchscript,
-                                                       fid_resize=args.fid_resize))
+                                                       fid_resize=args.fid_resize, ema_length=args.ema_length))
     if not dist.is_main():
         return
     if args.json:

@@ -24,6 +24,7 @@ from ..files import atomic_write_text
 from ..generate import class_labels, generate_images
 from ..objectives import BaseModel
 from ..objectives.registry import build_meta_stages, load_model
+from ..training.posthoc_ema import apply_ema_length
 from .fid import InceptionFeatures, feature_cache, fid_from_features, kid, read_features, write_features
 from .flops import generation_report, stage1_report
 from .metrics import psnr
@@ -45,6 +46,7 @@ class EvalRequest:
     batch: int | None = None  # examples per network call (None: the artifact's eval.batch)
     trust_torchscript: bool = False  # load Inception/I3D files other than the pinned Inception (--trust-torchscript)
     fid_resize: str = "tf1"  # resize to Inception's 299x299: "tf1" (the reference FID's) or "torch" (earlier versions')
+    ema_length: float | None = None  # the base model's post-hoc EMA of this sigma_rel (training/posthoc_ema.py)
 
 
 @dataclass
@@ -117,6 +119,7 @@ class EvalResult:
     stage: str
     flops: FlopCounts
     sampling: SampleConfig
+    posthoc_ema: dict | None = None  # the post-hoc EMA evaluated (sigma_rel, snapshots, fit), if any
 
     def to_dict(self) -> dict:
         """The eval.json form: one flat record (absent measurements left out), then flops and sampling."""
@@ -125,6 +128,8 @@ class EvalResult:
             if part is not None:
                 out.update({k: v for k, v in dataclasses.asdict(part).items() if v is not None})
         out["stage"] = self.stage
+        if self.posthoc_ema:
+            out["posthoc_ema"] = self.posthoc_ema
         out["flops"] = dataclasses.asdict(self.flops)
         s = self.sampling
         out["sampling"] = {"sampler": s.sampler, "base_steps": s.base_steps, "decoder_steps": s.decoder_steps,
@@ -169,10 +174,13 @@ def eval_counts(m, samples: int | None, recon: int | None, ref_count: int | None
 def evaluate_artifact(artifact: Path, request: EvalRequest) -> dict:
     """`ul eval`: load a base (or pixel) artifact and evaluate it; the eval.json record."""
     model, _ = load_model(artifact, request.device, stage="base")
-    return evaluate(model, request).to_dict()
+    if not request.ema_length:
+        return evaluate(model, request).to_dict()
+    posthoc = apply_ema_length(model, artifact, request.ema_length)
+    return evaluate(model, request, posthoc).to_dict()
 
 
-def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
+def evaluate(model: BaseModel, request: EvalRequest, posthoc: dict | None = None) -> EvalResult:
     """Under torchrun, generation and its features are split over the processes (seed k is the
     same sample whatever their number); the rest runs on every process alike; rank 0 writes."""
     m, cfg = model.modality, model.cfg
@@ -206,7 +214,7 @@ def evaluate(model: BaseModel, request: EvalRequest) -> EvalResult:
         bits, bpp = eval_bits(ctx, n)
         pixel, recon = PixelBits(bits, bpp, n), 0
     recs = eval_reconstructions(ctx, recon) if recon else None
-    res = EvalResult(reference, scores, cont, pixel, recs, cfg.stage, eval_flops(model, sc), sc)
+    res = EvalResult(reference, scores, cont, pixel, recs, cfg.stage, eval_flops(model, sc), sc, posthoc)
     if request.out is not None:
         atomic_write_text(Path(request.out) / "eval.json", json.dumps(res.to_dict(), indent=2))
     return res

@@ -13,6 +13,7 @@ from ..data import load_images, named_by_artifact
 from ..data.prepared import RowRange
 from ..data.transforms import crop_pad, to_float, to_uint8
 from ..objectives.registry import load_model
+from ..training.posthoc_ema import apply_ema_length
 from .metrics import psnr, ssim
 
 
@@ -73,11 +74,12 @@ def evaluate_reconstruction(model, images: torch.Tensor, pad: int = 0, batch: in
 
 def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int = 500, steps: int | None = None,
                 sampler: str | None = None, device: torch.device | str = "cpu", progress: bool = True,
-                mean_of: int = 1, batch: int | None = None) -> dict[str, float]:
+                mean_of: int = 1, batch: int | None = None, ema_length: float | None = None) -> dict[str, float]:
     """`ul reconstruct`: reconstruct `count` held-out examples (under torchrun, each process its
     share: example k uses seed k whatever the process count); rank 0 writes originals above
-    reconstructions in a PNG."""
+    reconstructions in a PNG. `ema_length`: the stage-1 networks' post-hoc EMA of that sigma_rel."""
     model, cfg = load_model(artifact, device, stage="latents")
+    posthoc = apply_ema_length(model, artifact, ema_length) if ema_length else None
     src, split = (data, "test") if data else named_by_artifact(cfg.data)
     held = load_images(cfg.data, src, split)
     count = min(count, len(held))
@@ -91,4 +93,4 @@ def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int =
     head = dist.gather_cat(recs[: max(0, min(hi, shown) - lo)], everyone=False)
     if out is not None and dist.is_main():
         model.modality.save_reconstructions(held.images[:shown], head, out, shown)
-    return metrics
+    return {**metrics, "posthoc_ema": posthoc} if posthoc else metrics

@@ -62,12 +62,13 @@ class UnifiedLatents(nn.Module):
         # DDP must not wait for gradients of a network an ablation leaves unused.
         self.has_unused_parameters = d.prior_kind != "diffusion"
         self.register_buffer("log_loss_factor", torch.tensor(math.log(d.loss_factor), dtype=torch.float64))
-        # the controller's smoothed bitrate (NaN until it first acts), saved and restored like c_lf
-        self.register_buffer("controlled_bits", torch.tensor(float("nan"), dtype=torch.float64))
+        # the controller's smoothed bitrate (starting at the target), saved and restored like c_lf
+        self.register_buffer("controlled_bits", torch.tensor(float(d.target_bits), dtype=torch.float64))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # states and artifacts written before the smoothed bitrate existed: it starts afresh
-        state_dict.setdefault(prefix + "controlled_bits", torch.tensor(float("nan"), dtype=torch.float64))
+        state_dict.setdefault(prefix + "controlled_bits", torch.tensor(float(self.cfg.diffusion.target_bits),
+                                                                       dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     log_keys = ("prior_nats", "decoder_nats", "bits_per_image", "bpp", "loss_factor", "controlled_bits")
@@ -210,21 +211,18 @@ class UnifiedLatents(nn.Module):
         Too many bits -> lower c_lf (decoder loss cheaper, latent less useful) and vice versa. It
         holds c_lf for the first `controller_hold_samples` (an untrained prior charges ~700 bits
         for anything, and answering that collapses the latent), then follows an EMA of the batch
-        bitrate, and moves log c_lf by at most `controller_rate` per step (relative error clipped to 1)."""
+        bitrate (an EMA that starts at the target), and moves log c_lf by at most `controller_rate` per
+        step (relative error clipped to 1)."""
         d = self.cfg.diffusion
         if d.target_bits > 0 and metrics.get("samples", math.inf) > d.controller_hold_samples:
-            prev = float(self.controlled_bits)
-            bits = metrics["bits_per_image"]
-            smooth = bits if math.isnan(prev) else d.controller_smoothing * prev + (1 - d.controller_smoothing) * bits
+            smooth = d.controller_smoothing * float(self.controlled_bits) + (1 - d.controller_smoothing) * metrics["bits_per_image"]
             self.controlled_bits.fill_(smooth)
             err = max(-1.0, min(1.0, (smooth - d.target_bits) / d.target_bits))
             new = float(self.log_loss_factor) - d.controller_rate * err
             new = min(max(new, math.log(d.controller_min)), math.log(d.controller_max))
             self.log_loss_factor.fill_(new)
-        out = {"loss_factor": self.loss_factor}
-        if not math.isnan(float(self.controlled_bits)):
-            out["controlled_bits"] = float(self.controlled_bits)
-        return out
+            return {"loss_factor": self.loss_factor, "controlled_bits": smooth}
+        return {"loss_factor": self.loss_factor}
 
     # ------------------------------------------------------------------ inference
 

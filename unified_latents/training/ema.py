@@ -32,10 +32,13 @@ class EMA:
     def trainable(model: nn.Module) -> list[str]:
         return [name for name, p in model.named_parameters() if p.requires_grad]
 
+    def decay_at(self, step: int) -> float:
+        """Warm-up: average uniformly over the first steps, then at the configured decay."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        # Warm-up: average uniformly over the first steps, then at the configured decay.
-        d = min(self.decay, (1 + step) / (10 + step))
+        d = self.decay_at(step)
         src = dict(model.named_parameters())
         dst = dict(self.model.named_parameters())
         names = [n for n in self.trainable(model) if n in dst]

@@ -35,7 +35,7 @@ from ..objectives.noise import BatchNoise, step_key
 from ..files import read_jsonl
 from .checkpoint import atomic_write_text
 from .loggers import check_kind, make_log
-from .run import Run, checkpoint, finish_pending, setup
+from .run import Run, checkpoint, finish_pending, setup, write_posthoc
 
 
 @dataclass
@@ -249,6 +249,8 @@ def _step(run: Run, batches) -> tuple[int, float, torch.Tensor]:
     if math.isfinite(run.metrics["loss"]) and bool(torch.isfinite(gnorm)):
         run.opt.step()
         run.ema.update(model, step)
+        for p in run.posthoc:
+            p.update(model, step)
         run.metrics.update(model.after_step({**run.metrics, "samples": run.samples + t.batch}))
         run.consecutive_bad = 0
     else:
@@ -297,6 +299,8 @@ def _after_step(run: Run, flag: _StopFlag, preview: Callable[[], None]) -> None:
     # Rank 0's clock decides a timed checkpoint; any process's signal stops all of them.
     due = torch.tensor([float(flag.stop), float(timed and dist.is_main())], device=run.device)
     stop, timed = (dist.all_sum(due) > 0).tolist()
+    if crossed(t.posthoc_every):
+        write_posthoc(run)
     if crossed(t.ckpt_every) or stop or timed:
         checkpoint(run)
     if stop:

@@ -29,9 +29,10 @@ from torch.distributed.checkpoint.state_dict import (
 from .. import dist
 from ..config import RunConfig, to_dict
 from ..data.fingerprint import comparable, data_fingerprint
-from ..errors import ResumeError, TrainingError
+from ..errors import ConfigError, ResumeError, TrainingError
 from .checkpoint import LEGACY_STATE_RE, load_legacy_state, save_artifact
 from .ema import EMA
+from .posthoc_ema import FOLDER as POSTHOC_FOLDER, PowerEMA, write_snapshot
 from .parallel import Layout, full_state, prepare
 from .state import PendingSave, list_states, load_tensors, read_meta, remove_stale, save_state
 
@@ -59,6 +60,7 @@ class Run:
     pending: PendingSave | None = None
     ckpt_group: object = None  # the gloo group of background state writes (train.async_checkpoint)
     fingerprints: dict = field(default_factory=dict)  # what the state must be resumed with (`fingerprints`)
+    posthoc: list = field(default_factory=list)  # PowerEMA per train.posthoc_ema (training/posthoc_ema.py)
 
     @property
     def opt(self) -> torch.optim.Optimizer:
@@ -77,7 +79,10 @@ class Run:
         esd = get_model_state_dict(self.ema.model)
         frozen = self.frozen()
         keep = lambda sd: {k: v for k, v in sd.items() if k not in frozen}  # noqa: E731
-        return {"model": keep(msd), "ema": keep(esd), "optim": {"state": osd["state"]}}, osd["param_groups"]
+        out = {"model": keep(msd), "ema": keep(esd), "optim": {"state": osd["state"]}}
+        if self.posthoc:
+            out["posthoc"] = {str(i): keep(get_model_state_dict(p.model)) for i, p in enumerate(self.posthoc)}
+        return out, osd["param_groups"]
 
     def meta(self) -> dict:
         return {"bad_steps": self.bad_total, "metrics": self.metrics, "config": to_dict(self.cfg),
@@ -121,9 +126,13 @@ def setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device,
     model = build_model().to(device)
     fps = fingerprints(cfg, model)  # before sharding: the encoder's weights are read whole
     ema = EMA(model, cfg.train.ema_decay)
+    if cfg.train.posthoc_ema and cfg.train.shard == "fsdp" and dist.world() > 1:
+        raise ConfigError("train.posthoc_ema is not supported with train.shard=fsdp yet; use train.shard=ddp, "
+                          "or train without post-hoc EMA")
+    posthoc = [PowerEMA(model, s) for s in cfg.train.posthoc_ema]
     layout = prepare(cfg, model, ema, device)
     run = Run(cfg, outdir, model, ema, layout, data, device, artifact_kind, per_rank, micro,
-              fingerprints=fps)
+              fingerprints=fps, posthoc=posthoc)
     if cfg.train.async_checkpoint and dist.world() > 1:
         run.ckpt_group = dist.side_group()
     if dist.is_main():
@@ -194,6 +203,8 @@ def _apply(run: Run, path: Path, tensors: dict, groups: list) -> None:
         set_state_dict(run.model, run.opt, model_state_dict=tensors["model"],
                        optim_state_dict={"state": tensors["optim"]["state"], "param_groups": groups}, options=opts)
         set_model_state_dict(run.ema.model, tensors["ema"], options=opts)
+        for i, p in enumerate(run.posthoc):
+            set_model_state_dict(p.model, tensors["posthoc"][str(i)], options=opts)
     except (RuntimeError, KeyError, ValueError) as e:
         raise ResumeError(f"{path} does not fit this model ({e}); pass a new --outdir") from None
 
@@ -251,6 +262,7 @@ def _checkpoint(run: Run) -> Path:
     dist.on_main(lambda: save_artifact(run.artifact, weights, to_dict(run.cfg), run.artifact_kind, extra),
                  f"writing {run.artifact}")
     run.artifact_at = run.samples
+    write_posthoc(run)
     if run.saved_at != run.samples:
         tensors, _ = run.state_tensors()
         run.pending = save_state(run.outdir, run.samples, tensors, run.meta(), run.cfg.train.keep, run.ckpt_group)
@@ -283,3 +295,12 @@ def artifact_samples(path: Path) -> int | None:
             return int(json.loads((f.metadata() or {})["samples"]))
     except Exception:  # missing, damaged, or written by something else: treat as absent
         return None
+
+
+def write_posthoc(run: Run) -> None:
+    """Snapshots of the tracked power EMAs at this sample count (rank 0; training/posthoc_ema.py)."""
+    step, names = run.samples // run.cfg.train.batch, set(EMA.trainable(run.model))
+    for p in run.posthoc:
+        weights = {n: v for n, v in p.model.state_dict().items() if n in names}
+        dist.on_main(lambda: write_snapshot(run.outdir / POSTHOC_FOLDER, p, weights, step, run.samples),
+                     f"writing a post-hoc EMA snapshot in {run.outdir / POSTHOC_FOLDER}")
