@@ -12,6 +12,7 @@ from ..errors import UserError
 from .args import at_least, ema_length_arg, guidance, parse_seeds, positive, writable_dir, zero_or_two_plus
 from .data_cmd import add_data_commands, cmd_data
 from .demo_cmd import add_demo_command, cmd_demo
+from .distill_cmd import add_distill_command, cmd_distill
 from .export_cmd import add_export_command, cmd_export
 
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_export_command(sub)
     add_demo_command(sub)
+    add_distill_command(sub)
     return ap
 
 
@@ -375,7 +377,7 @@ def cmd_pipeline(args) -> None:
     print(f"report: {report}")
 
 
-COMMANDS = {"demo": cmd_demo, "export": cmd_export, "data": cmd_data, "sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
+COMMANDS = {"demo": cmd_demo, "distill": cmd_distill, "export": cmd_export, "data": cmd_data, "sweep": cmd_sweep, "pipeline": cmd_pipeline, "train": cmd_train, "encode": cmd_encode, "sample": cmd_sample, "eval": cmd_evaluate, "reconstruct": cmd_reconstruct, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> None:
