@@ -1,6 +1,6 @@
 import pytest
 
-from unified_latents.config import apply_overrides, from_dict, incompatible_changes, to_dict
+from unified_latents.config import apply_overrides, from_dict, from_saved, incompatible_changes, to_dict
 from unified_latents.presets import get_preset
 from unified_latents.errors import ConfigError
 
@@ -59,6 +59,28 @@ def test_config_saved_before_video_fields_still_resumes():
     assert incompatible_changes(old, new) == []
     video = apply_overrides(get_preset("fmnist"), ["data.frames=8"])
     assert incompatible_changes(old, to_dict(video)) == ["data.frames: 0 -> 8"]
+
+
+def test_a_config_saved_before_the_controller_hold_reads_as_it_was_trained():
+    """Fields added later read, when a saved config lacks them, as the behaviour it was trained
+    with (no hold, no smoothing, a bare stop-grad), not as today's defaults."""
+    old = to_dict(get_preset("rgb32", "latents"))
+    for key in ("controller_hold_samples", "controller_smoothing", "stop_grad_kl_weight"):
+        del old["diffusion"][key]
+    assert incompatible_changes(old, to_dict(get_preset("rgb32", "latents"))) == []  # rgb32 keeps that controller
+    d = from_saved(old).diffusion
+    assert (d.controller_hold_samples, d.controller_smoothing) == (0, 0.0)
+    old["diffusion"]["prior_stop_grad"] = True  # a stop-grad run of then had no KL regulariser
+    assert from_saved(old).diffusion.stop_grad_kl_weight == 0.0
+    # the fmnist preset's new controller is a change to a stage-1 run, but not to a stage-2 one
+    old_fm = to_dict(get_preset("fmnist", "latents"))
+    del old_fm["diffusion"]["controller_hold_samples"]
+    assert incompatible_changes(old_fm, to_dict(get_preset("fmnist", "latents"))) == \
+        ["diffusion.controller_hold_samples: 0 -> 10000"]
+    old_base = to_dict(get_preset("fmnist", "base"))
+    del old_base["diffusion"]["controller_hold_samples"]
+    old_base["diffusion"]["loss_factor"] = 3.0
+    assert incompatible_changes(old_base, to_dict(get_preset("fmnist", "base"))) == []
 
 
 def test_fmnist_stage2_samples_with_ddim_and_stage1_keeps_ancestral():

@@ -23,6 +23,23 @@ def test_sigma_rel_and_gamma_are_inverse_and_match_the_published_exponents():
         gamma_of(0.3)
 
 
+def test_a_power_ema_weighs_step_tau_as_the_closed_form_says():
+    """beta_t = (1 - 1/t)^(gamma + 1) gives step tau (1-based) the weight
+    (tau^(gamma+1) - (tau-1)^(gamma+1)) / t^(gamma+1): ~tau^gamma, summing to 1."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = PowerEMA(net, 0.1)
+    thetas = torch.randn(300, dtype=torch.float64)
+    for step, th in enumerate(thetas):
+        with torch.no_grad():
+            net.weight.fill_(float(th))
+        ema.update(net, step)
+    g, t = ema.gamma, len(thetas)
+    tau = torch.arange(1, t + 1, dtype=torch.float64)
+    w = (tau ** (g + 1) - (tau - 1) ** (g + 1)) / t ** (g + 1)
+    assert float(w.sum()) == pytest.approx(1.0)
+    assert float(ema.model.weight) == pytest.approx(float((w * thetas).sum()), abs=1e-5)
+
+
 def test_a_rebuilt_ema_matches_one_tracked_directly(tmp_path):
     """Noisy drifting weights over 2,000 steps; power EMAs of sigma_rel 0.05 and 0.10 snapshotted
     every 100 steps. The rebuilt 0.075 EMA equals a directly tracked 0.075 EMA to 0.1% of how far
@@ -97,6 +114,15 @@ def test_training_snapshots_resume_exactly_and_reconstruct_uses_them(tmp_path):
     last = load_file(tmp_path / "straight" / "posthoc-ema" / "sigma-0.1000-000000000032.safetensors")
     params = dict(model.named_parameters())
     assert all(torch.allclose(params[k], v, atol=1e-5) for k, v in last.items())
+    # an artifact whose networks are not the run's averages is refused: a distilled one, an earlier one
+    from safetensors.torch import save_file
+
+    save_file(load_file(art), tmp_path / "straight" / "distilled.safetensors", metadata={"distilled": "{}", "samples": "32"})
+    with pytest.raises(UserError, match="distilled"):
+        apply_ema_length(model, tmp_path / "straight" / "distilled.safetensors", 0.1)
+    save_file(load_file(art), tmp_path / "straight" / "at24.safetensors", metadata={"samples": "20"})
+    with pytest.raises(UserError, match="no post-hoc EMA snapshot at 20 samples"):
+        apply_ema_length(model, tmp_path / "straight" / "at24.safetensors", 0.1)
     # a run without snapshots: one error saying how to get them
     r = _train(tmp_path, tmp_path / "plain", 16, "--set", "train.posthoc_ema=[]")
     assert r.returncode == 0, r.stderr

@@ -191,3 +191,25 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_says_so(tmp_path
     assert sorted(p.name for p in (tmp_path / "run").glob("state-*")) == ["state-000000000032"]
     monkeypatch.setattr(run_mod, "save_state", real)
     assert _train(cfg, data, tmp_path / "run").samples == 64  # space freed: the rerun resumes and finishes
+
+
+def test_a_state_written_before_the_controllers_buffer_was_added_resumes(tmp_path, monkeypatch, capsys):
+    """States of earlier versions lack `controlled_bits` (in the model and its EMA): such a state
+    resumes, the buffer at its initial value (the target), and trains on as a straight run does."""
+    cfg, data = _cfg(tmp_path, **{"diffusion.target_bits": 50.0})
+    straight = _train(cfg, data, tmp_path / "straight")
+    new_init = UnifiedLatents.__init__
+
+    def earlier_init(self, c):
+        new_init(self, c)
+        del self._buffers["controlled_bits"]
+
+    monkeypatch.setattr(UnifiedLatents, "__init__", earlier_init)
+    monkeypatch.setattr(UnifiedLatents, "after_step", lambda self, m: {"loss_factor": self.loss_factor})
+    _train(cfg, data, tmp_path / "old", until=32)
+    monkeypatch.undo()
+    assert not any("controlled_bits" in k for k in load_state(tmp_path / "old" / "state-000000000032")["model"])
+    capsys.readouterr()
+    res = _train(cfg, data, tmp_path / "old")
+    assert res.samples == 64 and "resuming" in capsys.readouterr().out
+    assert float(load_file(res.artifact)["controlled_bits"]) > 0 and straight.samples == 64

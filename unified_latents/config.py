@@ -307,8 +307,9 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
     for key, closed in _UNIT.items():
         if not (0 <= flat[key] <= 1 if closed else 0 <= flat[key] < 1):
             raise bad(key, "in [0, 1]" if closed else "in [0, 1)")
-    if any(not 0 < x <= 0.28 for x in flat["train.posthoc_ema"]):
-        raise bad("train.posthoc_ema", "a list of relative EMA lengths, each in (0, 0.28]")
+    lengths = flat["train.posthoc_ema"]  # 0.28: training/posthoc_ema.py's MAX_SIGMA_REL
+    if any(not 0 < x <= 0.28 for x in lengths) or len({round(x, 4) for x in lengths}) != len(lengths):
+        raise bad("train.posthoc_ema", "a list of distinct relative EMA lengths, each in (0, 0.28]")
     if any(not 0 <= b < 1 for b in flat["train.betas"]):
         raise bad("train.betas", "two numbers in [0, 1)")
     for n in _NETS:
@@ -333,16 +334,39 @@ CHANGEABLE = ("data.source", "data.eval_source", "data.skip_bad", "data.workers"
               "train.shard", "train.compile", "train.activation_checkpointing", "sample", "eval")
 
 
+# Fields added later whose earlier behaviour is not their default: a saved config (a run's
+# config.json, an artifact's) without them was trained with these values (the KL weight only
+# matters, and is only filled in, for a stop-grad run).
+EARLIER_BEHAVIOUR = {"diffusion": {"controller_hold_samples": 0, "controller_smoothing": 0.0}}
+# Stage-1 objective fields that a stage-2 (or pixel) run carries but never uses.
+STAGE1_ONLY = ("diffusion.loss_factor", "diffusion.target_bits", "diffusion.controller_rate",
+               "diffusion.controller_hold_samples", "diffusion.controller_smoothing", "diffusion.stop_grad_kl_weight")
+
+
+def from_saved(d: dict) -> RunConfig:
+    """from_dict for a config saved by any version: newer fields it lacks take the value that
+    reproduces how it was trained (EARLIER_BEHAVIOUR), the rest their defaults."""
+    d = copy.deepcopy(d)
+    for section, fields in EARLIER_BEHAVIOUR.items():
+        if isinstance(d.get(section), dict):
+            for k, v in fields.items():
+                d[section].setdefault(k, v)
+    if isinstance(d.get("diffusion"), dict) and d["diffusion"].get("prior_stop_grad"):
+        d["diffusion"].setdefault("stop_grad_kl_weight", 0.0)
+    return from_dict(d)
+
+
 def incompatible_changes(old: dict, new: dict) -> list[str]:
     """The fields of `new` that differ from a saved run's `old` and may not change on resume."""
-    try:  # a config saved by an older version lacks newer fields: read them as their defaults
-        old = to_dict(from_dict(old))
+    try:  # a config saved by an older version lacks newer fields: read them as it was trained
+        old = to_dict(from_saved(old))
     except ConfigError:
         pass
     fo, fn = flatten(old), flatten(new)
+    ignored = (*CHANGEABLE, *(STAGE1_ONLY if new.get("stage") != "latents" else ()))
     diffs = []
     for key in sorted(set(fo) | set(fn)):
-        if fo.get(key) != fn.get(key) and not any(key == p or key.startswith(p + ".") for p in CHANGEABLE):
+        if fo.get(key) != fn.get(key) and not any(key == p or key.startswith(p + ".") for p in ignored):
             diffs.append(f"{key}: {fo.get(key)!r} -> {fn.get(key)!r}")
     return diffs
 

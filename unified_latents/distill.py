@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,13 +38,35 @@ from .training.checkpoint import load_artifact, save_artifact
 PARTS = ("decoder", "base")
 
 
+@dataclass
+class DistillRequest:
+    part: str  # "decoder" or "base"
+    steps: int  # DDIM steps of the result: the teacher's halved one or more times
+    samples_per_round: int = 16_000  # training examples per halving
+    batch: int = 64
+    lr: float = 1e-4
+    from_steps: int | None = None  # the teacher's steps (None: the artifact's sampling config)
+    data: str | None = None  # training data (None: the data the distilled network was trained on)
+
+
 def _halvings(steps_from: int, steps_to: int) -> int:
     """How many rounds take `steps_from` to `steps_to` by halving (both powers-of-two apart)."""
     rounds = math.log2(steps_from / steps_to) if steps_to > 0 else -1
     if steps_to < 1 or rounds < 1 or rounds != int(rounds):
-        raise ConfigError(f"--steps {steps_to}: must be the artifact's {steps_from} steps halved one or more times "
-                          f"(e.g. {steps_from // 2} or {max(1, steps_from // 4)}); or pass --from-steps")
+        halves = [steps_from // 2**k for k in (1, 2) if steps_from % 2**k == 0]
+        hint = f" (e.g. {' or '.join(map(str, halves))})" if halves else ""
+        raise ConfigError(f"--steps {steps_to}: must be the teacher's {steps_from} steps halved one or more times"
+                          f"{hint}; --from-steps sets the teacher's steps")
     return int(rounds)
+
+
+def student_target(z_t: torch.Tensor, z_s: torch.Tensor, lam_t: torch.Tensor, lam_s: torch.Tensor) -> torch.Tensor:
+    """The clean prediction x~ whose one DDIM step from z_t (log-SNR lam_t) lands on z_s (lam_s):
+    x~ = (z_s - (sigma_s / sigma_t) z_t) / (alpha_s - (sigma_s / sigma_t) alpha_t)."""
+    a_t, s_t = alpha_sigma(lam_t)
+    a_s, s_s = alpha_sigma(lam_s)
+    r = s_s / s_t
+    return (z_s - r * z_t) / (a_s - r * a_t)
 
 
 class _Part:
@@ -54,6 +77,11 @@ class _Part:
         self.model, self.part, self.data, self.device = model, part, data, device
         if part == "decoder":
             self.s1 = model if model.cfg.stage == "latents" else model.stage1
+            if not hasattr(self.s1, "sched_x"):
+                raise ConfigError("--part decoder: a pixel-diffusion model has no decoder; distil its --part base")
+            if self.s1.cfg.diffusion.decoder_kind != "diffusion":
+                raise ConfigError("--part decoder: this decoder is a regression (diffusion.decoder_kind=mse) that "
+                                  "decodes in one call already; there are no steps to distil")
             self.net, self.sched = self.s1.decoder, self.s1.sched_x
         else:
             if model.cfg.stage not in ("base", "pixel"):
@@ -86,30 +114,29 @@ class _Part:
         return denoise(net, z_t, lam, None, kw["labels"], amp=False)
 
 
-def distill_round(part: _Part, teacher, student, steps: int, samples: int, batch: int, lr: float, seed: int,
-                  progress: bool) -> list[float]:
+def distill_round(part: _Part, teacher, student, steps: int, req: DistillRequest, seed: int, progress: bool) -> list[float]:
     """One round: `student` learns `steps // 2`-step DDIM from `teacher`'s `steps`-step DDIM.
     Returns the loss per optimiser step."""
     lams_t = sample_lams(part.sched, steps, part.device)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    opt = torch.optim.Adam(list(student.parameters()), lr=req.lr)
     student.train()
     losses = []
     n = len(part.data.images)
-    for _ in tqdm(range(max(1, samples // batch)), desc=f"distilling {steps} -> {steps // 2} steps",
+    for _ in tqdm(range(max(1, req.samples_per_round // req.batch)), desc=f"distilling {steps} -> {steps // 2} steps",
                   disable=not progress, leave=False):
-        rows = torch.randint(0, n, (batch,), generator=g)
+        rows = torch.randint(0, n, (req.batch,), generator=g)
         x, kw = part.batch(rows, g)
-        i = torch.randint(0, steps // 2, (batch,), generator=g).to(part.device)
+        i = torch.randint(0, steps // 2, (req.batch,), generator=g).to(part.device)
         lam_t, lam_m, lam_s = lams_t[2 * i], lams_t[2 * i + 1], lams_t[2 * i + 2]
         shape = (-1, *([1] * (x.ndim - 1)))
-        a_t, s_t = (v.reshape(shape) for v in alpha_sigma(lam_t))
-        a_s, s_s = (v.reshape(shape) for v in alpha_sigma(lam_s))
+        lt, lm, ls = (v.reshape(shape) for v in (lam_t, lam_m, lam_s))
+        a_t, s_t = alpha_sigma(lt)
         z_t = a_t * x + s_t * torch.randn(x.shape, generator=g).to(part.device)
         with torch.no_grad():
-            z_m = ddim_step(z_t, part.predict(teacher, z_t, lam_t, kw), lam_t.reshape(shape), lam_m.reshape(shape), None)
-            z_s = ddim_step(z_m, part.predict(teacher, z_m, lam_m, kw), lam_m.reshape(shape), lam_s.reshape(shape), None)
-            target = (z_s - (s_s / s_t) * z_t) / (a_s - (s_s / s_t) * a_t)
+            z_m = ddim_step(z_t, part.predict(teacher, z_t, lam_t, kw), lt, lm, None)
+            z_s = ddim_step(z_m, part.predict(teacher, z_m, lam_m, kw), lm, ls, None)
+            target = student_target(z_t, z_s, lt, ls)
         w = torch.clamp(a_t**2 / s_t**2, min=1.0)
         loss = (w * (part.predict(student, z_t, lam_t, kw) - target) ** 2).flatten(1).sum(1).mean()
         opt.zero_grad(set_to_none=True)
@@ -121,49 +148,58 @@ def distill_round(part: _Part, teacher, student, steps: int, samples: int, batch
     return losses
 
 
-def distill(artifact: Path, part: str, steps: int, out: Path, samples_per_round: int = 16_000, batch: int = 64,
-            lr: float = 1e-4, from_steps: int | None = None, data: str | None = None, device="cpu",
-            progress: bool = True) -> dict:
-    """Distil `part` of `artifact` from its configured steps (or `from_steps`) down to `steps`,
-    write the student artifact to `out`; returns a summary (rounds, losses, seconds)."""
-    if part not in PARTS:
-        raise ConfigError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+def distill(artifact: Path, out: Path, req: DistillRequest, device="cpu", progress: bool = True) -> dict:
+    """Distil `req.part` of `artifact` from its configured steps (or `req.from_steps`) down to
+    `req.steps`, write the student artifact to `out`; returns a summary (rounds, losses, seconds)."""
+    if req.part not in PARTS:
+        raise ConfigError(f"--part must be one of {', '.join(PARTS)}, got {req.part!r}")
     model, cfg = load_model(artifact, device)
     sc = cfg.sample
-    start = from_steps or (sc.decoder_steps if part == "decoder" else sc.base_steps)
-    rounds = _halvings(start, steps)
-    p = _Part(model, part, _training_data(model, cfg, part, data), torch.device(device))
-    summary, t0, k = {"part": part, "from_steps": start, "steps": steps, "rounds": []}, time.time(), start
+    start = req.from_steps or (sc.decoder_steps if req.part == "decoder" else sc.base_steps)
+    rounds = _halvings(start, req.steps)
+    p = _Part(model, req.part, _training_data(model, cfg, req), torch.device(device))
+    p.net.requires_grad_(True)  # a decoder inside a base model is frozen there
+    summary, t0, k = {"part": req.part, "from_steps": start, "steps": req.steps, "rounds": []}, time.time(), start
     was = float(torch.tensor([1e-39]) * 1.0) == 0.0  # whether denormals are flushed already
     torch.set_flush_denormal(True)  # CPU: the targets' tiny differences run ~10x slower as denormal floats
     try:
         for r in range(rounds):
             teacher = copy.deepcopy(p.net).eval().requires_grad_(False)
-            losses = distill_round(p, teacher, p.net, k, samples_per_round, batch, lr, seed=1000 + r, progress=progress)
+            losses = distill_round(p, teacher, p.net, k, req, seed=1000 + r, progress=progress)
             summary["rounds"].append({"teacher_steps": k, "student_steps": k // 2, "first_loss": losses[0],
                                       "last_loss": losses[-1]})
             k //= 2
     finally:
         torch.set_flush_denormal(was)
+    with torch.no_grad():  # weights below float's smallest normal would slow every later CPU call ~10x
+        for w in p.net.parameters():
+            w.masked_fill_(w.abs() < torch.finfo(w.dtype).tiny, 0.0)
+    if req.part == "decoder" and cfg.stage != "latents":
+        p.net.requires_grad_(False)  # frozen again inside the base model
     summary["seconds"] = time.time() - t0
-    _save(model, cfg, artifact, out, part, steps, summary)
+    _save(model, cfg, artifact, out, req, summary)
     return summary
 
 
-def _training_data(model, cfg, part: str, data: str | None):
-    s1cfg = (model if cfg.stage == "latents" else model.stage1).cfg
-    return load_images(s1cfg.data, data or s1cfg.data.source, "train")
+def _training_data(model, cfg, req: DistillRequest):
+    """The data the distilled network was trained on: stage 1's for the decoder, the base run's for the base model."""
+    dcfg = (model.stage1.cfg if (req.part == "decoder" and cfg.stage != "latents") else cfg).data
+    return load_images(dcfg, req.data or dcfg.source, "train")
 
 
-def _save(model, cfg, artifact: Path, out: Path, part: str, steps: int, summary: dict) -> None:
-    """The student as an artifact of the artifact's kind: its sampling config says DDIM at `steps`."""
+def _save(model, cfg, artifact: Path, out: Path, req: DistillRequest, summary: dict) -> None:
+    """The student as an artifact of the artifact's kind: its sampling config (and, for a decoder
+    inside a base model, stage 1's too) says DDIM at `req.steps`. The one `sample.sampler` field
+    covers both networks of a base artifact, so the other one samples with DDIM too."""
     _, _, meta = load_artifact(artifact)
     new = copy.deepcopy(cfg)
-    new.sample.sampler = "ddim"
-    if part == "decoder":
-        new.sample.decoder_steps = steps
-    else:
-        new.sample.base_steps = steps
+    configs = [new.sample] + ([model.stage1.cfg.sample] if req.part == "decoder" and cfg.stage != "latents" else [])
+    for sc in configs:
+        sc.sampler = "ddim"
+        if req.part == "decoder":
+            sc.decoder_steps = req.steps
+        else:
+            sc.base_steps = req.steps
     extra = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "kind", "config")}
     if cfg.stage != "latents":
         extra.update(model.artifact_metadata())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .config import from_dict
+from .config import from_saved
 from .data.modality import modality_of
 from .errors import UserError
 from .eval.report import metric_rows, table
@@ -86,7 +86,7 @@ def _eval_record(artifact: Path, config: dict, eval_json: Path | None) -> dict |
 
 def model_card(config: dict, stage1: dict, meta: dict, ev: dict | None, name: str) -> str:
     """The folder's README.md: what the model is, its metrics, how it was trained and how to use it."""
-    cfg1 = from_dict(stage1)
+    cfg1 = from_saved(stage1)
     d, m = cfg1.data, modality_of(cfg1.data)
     side = d.resolution - 2 * d.pad
     what = {"latents": "a stage-1 autoencoder (encoder, diffusion prior, diffusion decoder)",

@@ -52,6 +52,20 @@ def guidance(text: str) -> float:
     return v
 
 
+def float_in(lo: float, hi: float, what: str):
+    """argparse type: a finite number in (lo, hi]."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not (math.isfinite(v) and lo < v <= hi):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (a number in ({lo:g}, {hi:g}])")
+        return v
+
+    return parse
+
+
 def parse_seeds(spec: str) -> list[int]:
     """'0-63' or '0,5,9' or '0-9,100-109' -> list of seeds, each in [0, 2^63), at most MAX_SEEDS."""
     ranges: list[tuple[int, int]] = []
@@ -94,6 +108,6 @@ def writable_dir(path: Path, flag: str = "--outdir") -> Path:
 
 def ema_length_arg(p, which: str) -> None:
     """--ema-length: a post-hoc EMA of `which`, rebuilt from the snapshots its run wrote."""
-    p.add_argument("--ema-length", type=float, metavar="SIGMA_REL",
+    p.add_argument("--ema-length", type=float_in(0.0, 0.28, "a relative EMA length"), metavar="SIGMA_REL",
                    help=f"use the post-hoc EMA of {which} at this relative length (e.g. 0.08), rebuilt from the snapshots "
                         "its training run wrote with train.posthoc_ema (README: post-hoc EMA)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_distill_command(sub) -> None:
-    from .args import positive
+    from .args import float_in, positive
 
     d = sub.add_parser("distill", help="progressive distillation: a decoder or base model that samples in fewer steps")
     d.add_argument("--artifact", required=True, type=Path, help="stage-1 artifact (--part decoder) or base artifact")
@@ -19,20 +19,22 @@ def add_distill_command(sub) -> None:
     d.add_argument("--out", required=True, type=Path, help="the student artifact to write (.safetensors)")
     d.add_argument("--samples-per-round", type=positive, default=16_000, help="training examples per halving (default 16000)")
     d.add_argument("--batch", type=positive, default=64)
-    d.add_argument("--lr", type=float, default=1e-4)
+    d.add_argument("--lr", type=float_in(0.0, 1.0, "a learning rate"), default=1e-4)
     d.add_argument("--data", help="training data (default: the artifact's)")
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                   help="where the networks run: auto (default: the GPU when there is one), cuda or cpu")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
     d.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from ..distill import distill
+    from .. import dist
+    from ..distill import DistillRequest, distill
     from .args import writable_dir
 
     writable_dir(args.out.parent, "--out")
-    s = distill(args.artifact, args.part, args.steps, args.out, args.samples_per_round, args.batch, args.lr,
-                args.from_steps, args.data, args.device, progress=sys.stderr.isatty())
+    req = DistillRequest(args.part, args.steps, args.samples_per_round, args.batch, args.lr, args.from_steps, args.data)
+    s = distill(args.artifact, args.out, req, dist.init(args.device), progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(s))
         return

@@ -174,7 +174,7 @@ def eval_counts(m, samples: int | None, recon: int | None, ref_count: int | None
 def evaluate_artifact(artifact: Path, request: EvalRequest) -> dict:
     """`ul eval`: load a base (or pixel) artifact and evaluate it; the eval.json record."""
     model, _ = load_model(artifact, request.device, stage="base")
-    if not request.ema_length:
+    if request.ema_length is None:
         return evaluate(model, request).to_dict()
     posthoc = apply_ema_length(model, artifact, request.ema_length)
     return evaluate(model, request, posthoc).to_dict()

@@ -79,7 +79,7 @@ def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int =
     share: example k uses seed k whatever the process count); rank 0 writes originals above
     reconstructions in a PNG. `ema_length`: the stage-1 networks' post-hoc EMA of that sigma_rel."""
     model, cfg = load_model(artifact, device, stage="latents")
-    posthoc = apply_ema_length(model, artifact, ema_length) if ema_length else None
+    posthoc = apply_ema_length(model, artifact, ema_length) if ema_length is not None else None
     src, split = (data, "test") if data else named_by_artifact(cfg.data)
     held = load_images(cfg.data, src, split)
     count = min(count, len(held))

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import dist
-from ..config import RunConfig, from_dict
+from ..config import RunConfig, from_saved
 from ..errors import ArtifactError, ConfigError, UserError
 from ..presets import get_preset
 from ..training.checkpoint import load_artifact
@@ -48,7 +48,7 @@ def build_meta_stages(cfg: RunConfig, stage1_cfg: RunConfig) -> BaseModel:
 
 def checked_config(d: dict, path: Path) -> RunConfig:
     try:
-        return from_dict(d)
+        return from_saved(d)
     except UserError as e:
         raise ArtifactError(f"{path}: its config does not match this version of unified-latents ({e})") from None
 

@@ -111,13 +111,19 @@ def list_snapshots(folder: Path) -> list[dict]:
     return found
 
 
-def reconstruct(folder: Path, sigma: float) -> tuple[dict[str, torch.Tensor], dict]:
-    """The trainable weights of an EMA of relative length `sigma` at the last snapshot's step,
-    and a summary (snapshots used, their weights, the fit's relative error)."""
+def reconstruct(folder: Path, sigma: float, samples: int | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The trainable weights of an EMA of relative length `sigma` at the last snapshot's step (or
+    at `samples`, which must be a snapshot's: later snapshots are left out), and a summary
+    (snapshots used, the fit's relative error)."""
     snaps = list_snapshots(folder)
     if not snaps:
-        raise UserError(f"no post-hoc EMA snapshots in {folder}: train with --set train.posthoc_ema=[0.05,0.1] "
+        raise UserError(f"no post-hoc EMA snapshots in {folder}: train with --set 'train.posthoc_ema=[0.05,0.1]' "
                         "to choose the EMA length after training")
+    if samples is not None:
+        snaps = [s for s in snaps if s["samples"] <= samples]
+        if not snaps or max(s["samples"] for s in snaps) != samples:
+            raise UserError(f"{folder} holds no post-hoc EMA snapshot at {samples:,} samples, where the artifact "
+                            "was written; rebuild from the run's own artifact.safetensors")
     end = max(s["step"] for s in snaps)
     target = gamma_of(sigma)
     x = solve([s["step"] for s in snaps], [s["gamma"] for s in snaps], target, end)
@@ -145,7 +151,16 @@ def _fit_error(steps, gammas, x, target_gamma, end) -> float:
 def apply_ema_length(net: torch.nn.Module, artifact: Path, sigma: float, prefix: str = "") -> dict:
     """Load the post-hoc EMA of length `sigma` (snapshots beside `artifact`) into `net`'s
     parameters whose names, with `prefix`, the snapshots hold. Returns reconstruct's summary."""
-    weights, info = reconstruct(Path(artifact).parent / FOLDER, sigma)
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise UserError(f"--ema-length needs a run's artifact.safetensors (beside its {FOLDER}/ folder), not {artifact}")
+    with safe_open(str(artifact), "pt") as f:
+        meta = f.metadata() or {}
+    if "distilled" in meta:
+        raise UserError(f"{artifact} is distilled: its networks are not the averages that its run's snapshots hold; "
+                        "apply --ema-length to the teacher, then distil that")
+    samples = json.loads(meta["samples"]) if "samples" in meta else None
+    weights, info = reconstruct(artifact.parent / FOLDER, sigma, samples)
     params = dict(net.named_parameters())
     missing = [k for k in weights if k.removeprefix(prefix) not in params or not k.startswith(prefix)]
     if missing or not weights:

@@ -104,8 +104,9 @@ CHANGED = {
     "data": "the training data ({source}) is not the data this run has trained on so far (files added, removed "
             "or changed); restore that data to resume, or pass a new --outdir to start over on this data",
     "encoder": "the stage-1 artifact ({stage1}) is not the one this stage-2 run started from (was stage 1 "
-               "retrained?); the base model would continue on another encoder's latents: pass a new --outdir to "
-               "train a base model on this encoder, or restore the stage-1 artifact it started from",
+               "retrained? or, for an encoder with a learned variance, its latents are now one seeded sample per "
+               "example instead of the mean); the base model would continue on other latents: pass a new --outdir "
+               "to train a base model on this encoder, or restore the stage-1 artifact it started from",
 }
 
 
@@ -298,9 +299,15 @@ def artifact_samples(path: Path) -> int | None:
 
 
 def write_posthoc(run: Run) -> None:
-    """Snapshots of the tracked power EMAs at this sample count (rank 0; training/posthoc_ema.py)."""
+    """Snapshots of the tracked power EMAs at this sample count (rank 0; training/posthoc_ema.py);
+    a full disk stops training with the checkpoint's message."""
     step, names = run.samples // run.cfg.train.batch, set(EMA.trainable(run.model))
-    for p in run.posthoc:
-        weights = {n: v for n, v in p.model.state_dict().items() if n in names}
-        dist.on_main(lambda: write_snapshot(run.outdir / POSTHOC_FOLDER, p, weights, step, run.samples),
-                     f"writing a post-hoc EMA snapshot in {run.outdir / POSTHOC_FOLDER}")
+
+    def write() -> None:
+        for p in run.posthoc:
+            weights = {n: v for n, v in p.model.state_dict().items() if n in names}
+            dist.on_main(lambda: write_snapshot(run.outdir / POSTHOC_FOLDER, p, weights, step, run.samples),
+                         f"writing a post-hoc EMA snapshot in {run.outdir / POSTHOC_FOLDER}")
+
+    if run.posthoc:
+        _disk_guard(run, write)

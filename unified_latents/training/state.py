@@ -124,14 +124,31 @@ def read_meta(path: Path) -> dict:
         raise ResumeError(f"cannot read {meta_file} ({e})") from None
 
 
+# Buffers added by later versions (the bitrate controller's smoothed bitrate): a state written
+# before them lacks them, and they keep their initial values when it is resumed.
+LATER_KEYS = ("controlled_bits",)
+
+
 def load_tensors(path: Path, tensors: dict) -> None:
     """Fill `tensors` (a template of the same keys, sharded like this run) in place from the state
-    at `path`. Collective: a read error on any process raises ResumeError on every process."""
+    at `path`; entries named in LATER_KEYS that the state lacks are dropped from the template.
+    Collective: a read error on any process raises ResumeError on every process."""
     try:
+        have = set(HuggingFaceStorageReader(str(path)).read_metadata().state_dict_metadata)
+        for part in ("model", "ema", "posthoc"):
+            _drop_absent(tensors.get(part, {}), part, have)
         with _quiet():
             dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=dist.world() == 1)
     except (Exception, CheckpointException) as e:  # a truncated or missing shard, another shape, ...
         raise ResumeError(f"cannot read training state {path}: {_reason(e)}") from None
+
+
+def _drop_absent(tree: dict, prefix: str, have: set) -> None:
+    for k in list(tree):
+        if isinstance(tree[k], dict):
+            _drop_absent(tree[k], f"{prefix}.{k}", have)
+        elif k.rsplit(".", 1)[-1] in LATER_KEYS and f"{prefix}.{k}" not in have:
+            del tree[k]
 
 
 def _reason(e: BaseException) -> str:
