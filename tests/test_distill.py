@@ -105,7 +105,8 @@ def test_steps_must_be_the_teachers_halved(trained):
 
 def test_what_cannot_be_distilled_is_one_clear_error(trained, tmp_path):
     tmp, data = trained
-    fast = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16", "--data", str(data)]
+    fast = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=8", "--set", "train.image_every=0",
+            "--data", str(data)]
     assert run_ul("train", "--stage", "pixel", *fast, "--outdir", str(tmp_path / "px")).returncode == 0
     with pytest.raises(ConfigError, match="pixel-diffusion model has no decoder"):
         distill(tmp_path / "px" / "artifact.safetensors", tmp_path / "x.safetensors", DistillRequest("decoder", 2))
