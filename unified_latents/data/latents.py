@@ -45,18 +45,15 @@ def streaming_std(chunks) -> float:
 
 @torch.no_grad()
 def encode_images(stage1, images: torch.Tensor, batch: int = 500, device="cpu", progress: bool = False,
-                  first: int = 0, with_extra: bool = False):
+                  first: int = 0) -> torch.Tensor:
     """uint8 images [N, C, H, W] -> z_clean [N, *z_shape] with the (frozen, EMA) encoder: the latents
     its decoder was trained on (`encode_sample`: with a learned variance, one sample per example,
-    seeded by its index `first + i`). `with_extra`: also the entropy credit in nats [N]."""
-    out, extra = [], []
+    seeded by its index `first + i`)."""
+    out = []
     for i in tqdm(range(0, images.shape[0], batch), desc="encoding", unit="batch", disable=not progress, leave=False):
         x = to_float(images[i : i + batch]).to(device)
-        z, e = stage1.encode_sample(x, list(range(first + i, first + i + x.shape[0])))
-        out.append(z.cpu())
-        extra.append(e.cpu())
-    z = torch.cat(out)
-    return (z, torch.cat(extra)) if with_extra else z
+        out.append(stage1.encode_sample(x, list(range(first + i, first + i + x.shape[0])))[0].cpu())
+    return torch.cat(out)
 
 
 def save_latents(path: Path, data: LatentData, fingerprint: str, source: str, data_fp: str | None = None) -> None:

@@ -85,15 +85,17 @@ def _inner(t1: np.ndarray, g1: np.ndarray, t2: np.ndarray, g2: np.ndarray) -> np
     return np.exp(log)
 
 
-def solve(steps: list[int], gammas: list[float], target_gamma: float, target_step: int) -> np.ndarray:
+def solve(steps: list[int], gammas: list[float], target_gamma: float, target_step: int) -> tuple[np.ndarray, float]:
     """Weights x of the snapshots (taken at `steps` with exponents `gammas`) whose combined
     profile sum_i x_i p_i is the least-squares fit to the profile of `target_gamma` at
-    `target_step`."""
+    `target_step`, and the fit's relative error ||sum_i x_i p_i - p|| / ||p||."""
     t = np.asarray(steps, dtype=np.float64)
     g = np.asarray(gammas, dtype=np.float64)
     a = _inner(t[:, None], g[:, None], t[None, :], g[None, :])
     b = _inner(t, g, np.float64(target_step), np.float64(target_gamma))
-    return np.linalg.lstsq(a, b, rcond=None)[0]
+    x = np.linalg.lstsq(a, b, rcond=None)[0]
+    c = float(_inner(*(np.float64(v) for v in (target_step, target_gamma, target_step, target_gamma))))
+    return x, math.sqrt(max(float(x @ a @ x - 2 * x @ b + c), 0.0) / c)
 
 
 def list_snapshots(folder: Path) -> list[dict]:
@@ -126,26 +128,15 @@ def reconstruct(folder: Path, sigma: float, samples: int | None = None) -> tuple
                             "was written; rebuild from the run's own artifact.safetensors")
     end = max(s["step"] for s in snaps)
     target = gamma_of(sigma)
-    x = solve([s["step"] for s in snaps], [s["gamma"] for s in snaps], target, end)
+    x, fit = solve([s["step"] for s in snaps], [s["gamma"] for s in snaps], target, end)
     out: dict[str, torch.Tensor] = {}
     for w, s in zip(x, snaps):
         with safe_open(str(s["path"]), "pt") as f:
             for k in f.keys():
                 v = f.get_tensor(k).double() * float(w)
                 out[k] = out[k] + v if k in out else v
-    fit = _fit_error([s["step"] for s in snaps], [s["gamma"] for s in snaps], x, target, end)
     info = {"sigma_rel": sigma, "step": end, "snapshots": len(snaps), "profile_error": fit}
     return out, info
-
-
-def _fit_error(steps, gammas, x, target_gamma, end) -> float:
-    """||sum_i x_i p_i - p_target|| / ||p_target||: how well the snapshots can express the target."""
-    t, g = np.asarray(steps, dtype=np.float64), np.asarray(gammas, dtype=np.float64)
-    a = _inner(t[:, None], g[:, None], t[None, :], g[None, :])
-    b = _inner(t, g, np.float64(end), np.float64(target_gamma))
-    c = float(_inner(np.float64(end), np.float64(target_gamma), np.float64(end), np.float64(target_gamma)))
-    err2 = float(x @ a @ x - 2 * x @ b + c)
-    return math.sqrt(max(err2, 0.0) / c)
 
 
 def apply_ema_length(net: torch.nn.Module, artifact: Path, sigma: float, prefix: str = "") -> dict:
