@@ -83,6 +83,24 @@ def test_a_config_saved_before_the_controller_hold_reads_as_it_was_trained():
     assert incompatible_changes(old_base, to_dict(get_preset("fmnist", "base"))) == []
 
 
+def test_controller_and_stop_grad_settings_are_ignored_on_resume_while_they_cannot_act():
+    """A fixed-c_lf run (target_bits 0) resumes whatever the controller's settings; a run without
+    the stop-grad whatever its KL weight; either refuses as soon as the setting acts."""
+    old = to_dict(get_preset("fmnist", "latents"))
+    old["diffusion"].update(target_bits=0.0, controller_hold_samples=0, controller_smoothing=0.0, controller_rate=0.1,
+                            stop_grad_kl_weight=0.5)
+    new = get_preset("fmnist", "latents")
+    new.diffusion.target_bits, new.diffusion.loss_factor = 0.0, old["diffusion"]["loss_factor"]
+    assert incompatible_changes(old, to_dict(new)) == []
+    new.diffusion.target_bits = 180.0  # the controller switched on: its settings now matter
+    assert {d.split(":")[0] for d in incompatible_changes(old, to_dict(new))} == {
+        "diffusion.target_bits", "diffusion.controller_hold_samples", "diffusion.controller_smoothing",
+        "diffusion.controller_rate"}
+    new.diffusion.target_bits, new.diffusion.prior_stop_grad = 0.0, True
+    assert {d.split(":")[0] for d in incompatible_changes(old, to_dict(new))} == {
+        "diffusion.prior_stop_grad", "diffusion.stop_grad_kl_weight"}
+
+
 def test_fmnist_stage2_samples_with_ddim_and_stage1_keeps_ancestral():
     from unified_latents.presets import get_preset
 

@@ -251,3 +251,22 @@ def test_wandb_log_sends_scalars_throughput_and_previews(tmp_path, monkeypatch):
     assert sent[3] == {"loss": 2.5, "lr": 1e-3, "sec": 2.0, "examples_per_sec": 32.0, "samples": 164}
     assert sent[4] == {"preview/reconstructions": ("image", (8, 4, 3)), "samples": 164} and sent[5] == "finished"
     assert isinstance(make_log("wandb", tmp_path, 0, {}, main=False), type(make_log("", tmp_path, 0, {}, True)))
+
+
+def test_report_gives_bits_per_padded_input_pixel_and_per_original_pixel():
+    # fmnist pads 28x28 to 32x32: the training log's bits/pixel count the 1,024 padded pixels,
+    # the report also divides by the 784 original ones (clips: per original pixel per frame)
+    from unified_latents.data import IMAGE, VIDEO
+    from unified_latents.eval.report import metric_rows
+
+    ev = {"gfid": 30.0, "gfid_samples": 10, "reference_images": 10, "reference": "fmnist:test", "kid": 0.01,
+          "kid_std": 0.001, "rfid": 40.0, "rfid_samples": 10, "psnr": 23.0, "ssim": 0.8,
+          "prior_bits_per_image": 196.0, "prior_bpp": 196.0 / 1024, "base_bits_per_image": 98.0, "base_bpp": 98.0 / 1024}
+    rows = dict(metric_rows(ev, IMAGE, 28))
+    prior = rows["latent bitrate, stage-1 prior (unconditional)"]
+    assert prior.startswith("196.0 bits/")
+    assert f"{196 / 1024:.4f}" in prior and f"{196 / 784:.4f} per original 28x28 pixel" in prior
+    base = rows[next(k for k in rows if k.startswith("latent bitrate, base model"))]
+    assert f"{98 / 784:.4f} per original 28x28 pixel" in base
+    clip = dict(metric_rows({**ev, "video": True, "frames": 16}, VIDEO, 64))
+    assert f"{196 / (64 * 64 * 16):.4f} per original 64x64 pixel" in clip["latent bitrate, stage-1 prior (unconditional)"]

@@ -341,6 +341,8 @@ EARLIER_BEHAVIOUR = {"diffusion": {"controller_hold_samples": 0, "controller_smo
 # Stage-1 objective fields that a stage-2 (or pixel) run carries but never uses.
 STAGE1_ONLY = ("diffusion.loss_factor", "diffusion.target_bits", "diffusion.controller_rate",
                "diffusion.controller_hold_samples", "diffusion.controller_smoothing", "diffusion.stop_grad_kl_weight")
+# The bitrate controller's settings, unused while it is off (target_bits 0: c_lf fixed).
+CONTROLLER = ("diffusion.controller_rate", "diffusion.controller_hold_samples", "diffusion.controller_smoothing")
 
 
 def from_saved(d: dict) -> RunConfig:
@@ -364,6 +366,10 @@ def incompatible_changes(old: dict, new: dict) -> list[str]:
         pass
     fo, fn = flatten(old), flatten(new)
     ignored = (*CHANGEABLE, *(STAGE1_ONLY if new.get("stage") != "latents" else ()))
+    if not fo.get("diffusion.target_bits") and not fn.get("diffusion.target_bits"):
+        ignored += CONTROLLER  # a fixed c_lf before and after: the controller never acts
+    if not fo.get("diffusion.prior_stop_grad") and not fn.get("diffusion.prior_stop_grad"):
+        ignored += ("diffusion.stop_grad_kl_weight",)  # the KL weight only acts with the stop-grad
     diffs = []
     for key in sorted(set(fo) | set(fn)):
         if fo.get(key) != fn.get(key) and not any(key == p or key.startswith(p + ".") for p in ignored):
