@@ -213,3 +213,16 @@ def test_a_state_written_before_the_controllers_buffer_was_added_resumes(tmp_pat
     res = _train(cfg, data, tmp_path / "old")
     assert res.samples == 64 and "resuming" in capsys.readouterr().out
     assert float(load_file(res.artifact)["controlled_bits"]) > 0 and straight.samples == 64
+
+
+def test_a_run_whose_prior_network_gets_no_gradient_resumes_exactly(tmp_path):
+    # A Gaussian (KL) prior leaves the prior network unused: its parameters never get optimizer
+    # state, and the resumed optimizer must not expect any (it used to refuse the state).
+    cfg, data = _cfg(tmp_path, **{"diffusion.prior_kind": "gaussian"})
+    straight = _train(cfg, data, tmp_path / "straight")
+    _train(cfg, data, tmp_path / "resumed", until=32)
+    resumed = _train(cfg, data, tmp_path / "resumed")
+    assert resumed.samples == 64
+    assert_tree_equal(load_file(straight.artifact), load_file(resumed.artifact))
+    optim = load_state(tmp_path / "resumed" / "state-000000000064")["optim"]
+    assert not any(k.startswith("prior.") for k in optim) and any(k.startswith("decoder.") for k in optim)

@@ -137,6 +137,7 @@ def load_tensors(path: Path, tensors: dict) -> None:
         have = set(HuggingFaceStorageReader(str(path)).read_metadata().state_dict_metadata)
         for part in ("model", "ema", "posthoc"):
             _drop_absent(tensors.get(part, {}), part, have)
+        _drop_stateless(tensors.get("optim", {}).get("state", {}), "optim.state", have)
         with _quiet():
             dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=dist.world() == 1)
     except (Exception, CheckpointException) as e:  # a truncated or missing shard, another shape, ...
@@ -149,6 +150,15 @@ def _drop_absent(tree: dict, prefix: str, have: set) -> None:
             _drop_absent(tree[k], f"{prefix}.{k}", have)
         elif k.rsplit(".", 1)[-1] in LATER_KEYS and f"{prefix}.{k}" not in have:
             del tree[k]
+
+
+def _drop_stateless(state: dict, prefix: str, have: set) -> None:
+    """Optimizer entries of parameters that had no state when the state was written (no gradient
+    had reached them: the unused prior network of a Gaussian-prior run) are dropped from the
+    template, so that they have none after the resume either."""
+    for name in list(state):
+        if not any(f"{prefix}.{name}.{k}" in have for k in state[name]):
+            del state[name]
 
 
 def _reason(e: BaseException) -> str:
