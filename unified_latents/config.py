@@ -339,10 +339,10 @@ CHANGEABLE = ("data.source", "data.eval_source", "data.skip_bad", "data.workers"
 # matters, and is only filled in, for a stop-grad run).
 EARLIER_BEHAVIOUR = {"diffusion": {"controller_hold_samples": 0, "controller_smoothing": 0.0}}
 # Stage-1 objective fields that a stage-2 (or pixel) run carries but never uses.
-STAGE1_ONLY = ("diffusion.loss_factor", "diffusion.target_bits", "diffusion.controller_rate",
-               "diffusion.controller_hold_samples", "diffusion.controller_smoothing", "diffusion.stop_grad_kl_weight")
 # The bitrate controller's settings, unused while it is off (target_bits 0: c_lf fixed).
-CONTROLLER = ("diffusion.controller_rate", "diffusion.controller_hold_samples", "diffusion.controller_smoothing")
+CONTROLLER = ("diffusion.controller_rate", "diffusion.controller_hold_samples", "diffusion.controller_smoothing",
+              "diffusion.controller_min", "diffusion.controller_max")
+STAGE1_ONLY = ("diffusion.loss_factor", "diffusion.target_bits", *CONTROLLER, "diffusion.stop_grad_kl_weight")
 
 
 def from_saved(d: dict) -> RunConfig:

@@ -193,16 +193,22 @@ def _set_aside(outdir: Path, names: list[str]) -> None:
 def _load(run: Run, path: Path) -> dict:
     meta = dist.on_every(lambda: read_meta(path), f"reading {path}", ResumeError)
     tensors, groups = run.state_tensors()  # templates laid out like this run (sharded or not)
-    load_tensors(path, tensors)  # collective: a read error anywhere raises everywhere
-    dist.on_every(lambda: _apply(run, path, tensors, groups), f"loading {path}", ResumeError)
+    stateless = load_tensors(path, tensors)  # collective: a read error anywhere raises everywhere
+    dist.on_every(lambda: _apply(run, path, tensors, groups, stateless), f"loading {path}", ResumeError)
     return meta
 
 
-def _apply(run: Run, path: Path, tensors: dict, groups: list) -> None:
+def _apply(run: Run, path: Path, tensors: dict, groups: list, stateless: dict) -> None:
+    """Load the read state into the run. Parameters that had no optimizer state are loaded with
+    the template's fresh entries (every torch version accepts a full optimizer state), then
+    left with none, as in the run that wrote it."""
     opts = StateDictOptions(strict=False)  # frozen parameters are not in the state
     try:
-        set_state_dict(run.model, run.opt, model_state_dict=tensors["model"],
-                       optim_state_dict={"state": tensors["optim"]["state"], "param_groups": groups}, options=opts)
+        set_state_dict(run.model, run.opt, model_state_dict=tensors["model"], options=opts,
+                       optim_state_dict={"state": {**tensors["optim"]["state"], **stateless}, "param_groups": groups})
+        params = dict(run.model.named_parameters())
+        for name in stateless:
+            run.opt.state.pop(params[name], None)
         set_model_state_dict(run.ema.model, tensors["ema"], options=opts)
         for i, p in enumerate(run.posthoc):
             set_model_state_dict(p.model, tensors["posthoc"][str(i)], options=opts)

@@ -129,19 +129,22 @@ def read_meta(path: Path) -> dict:
 LATER_KEYS = ("controlled_bits",)
 
 
-def load_tensors(path: Path, tensors: dict) -> None:
+def load_tensors(path: Path, tensors: dict) -> dict:
     """Fill `tensors` (a template of the same keys, sharded like this run) in place from the state
-    at `path`; entries named in LATER_KEYS that the state lacks are dropped from the template.
-    Collective: a read error on any process raises ResumeError on every process."""
+    at `path`; entries named in LATER_KEYS that the state lacks are dropped from the template, and
+    so are the optimizer entries of parameters that had no optimizer state when it was written
+    (returned: {name: template entry}). Collective: a read error on any process raises
+    ResumeError on every process."""
     try:
         have = set(HuggingFaceStorageReader(str(path)).read_metadata().state_dict_metadata)
         for part in ("model", "ema", "posthoc"):
             _drop_absent(tensors.get(part, {}), part, have)
-        _drop_stateless(tensors.get("optim", {}).get("state", {}), "optim.state", have)
+        stateless = _drop_stateless(tensors.get("optim", {}).get("state", {}), "optim.state", have)
         with _quiet():
             dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=dist.world() == 1)
     except (Exception, CheckpointException) as e:  # a truncated or missing shard, another shape, ...
         raise ResumeError(f"cannot read training state {path}: {_reason(e)}") from None
+    return stateless
 
 
 def _drop_absent(tree: dict, prefix: str, have: set) -> None:
@@ -152,13 +155,15 @@ def _drop_absent(tree: dict, prefix: str, have: set) -> None:
             del tree[k]
 
 
-def _drop_stateless(state: dict, prefix: str, have: set) -> None:
-    """Optimizer entries of parameters that had no state when the state was written (no gradient
-    had reached them: the unused prior network of a Gaussian-prior run) are dropped from the
-    template, so that they have none after the resume either."""
-    for name in list(state):
-        if not any(f"{prefix}.{name}.{k}" in have for k in state[name]):
-            del state[name]
+def _drop_stateless(state: dict, prefix: str, have: set) -> dict:
+    """Take out of the template, and return, the optimizer entries of parameters that had no state
+    when the state was written (no gradient had reached them: the unused prior network of a
+    Gaussian-prior run). A state with no optimizer entries at all keeps the template whole, so it
+    is refused rather than resumed with fresh moments."""
+    if not any(k.startswith(prefix + ".") for k in have):
+        return {}
+    return {name: state.pop(name) for name in list(state)
+            if not any(f"{prefix}.{name}.{k}" in have for k in state[name])}
 
 
 def _reason(e: BaseException) -> str:
