@@ -4,6 +4,7 @@ wrong (16-bit, transparency, palette, CMYK)."""
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,8 @@ CLI = {
     "untrusted TorchScript": (["eval", "--artifact", "{b}", "--inception", "{tmp}/inc.pt"], "--trust-torchscript"),
     "train.batch=0": (["train", *FAST, "--set", "train.batch=0"], "train.batch"),
     "negative learning rate": (["train", *FAST, "--set", "train.lr=-1e-3"], "train.lr"),
+    "resolution below the encoder's downsampling": (["train", *FAST, "--set", "data.resolution=2"], "data.resolution"),
+    "resolution not a multiple of it": (["train", *FAST, "--set", "data.resolution=6"], "downsampling 4x4"),
 }
 
 
@@ -154,6 +157,21 @@ def test_bad_command_line_values_are_one_error_and_write_nothing(artifacts, tmp_
     r = _cli(capsys, *args)
     _assert_one_error(r, needle)
     assert not out.exists()
+
+
+def test_an_unwritable_output_folder_is_one_error(artifacts, tmp_path, capsys, monkeypatch):
+    # tests may run as root, whom permissions do not stop: the folder reads as unwritable here
+    import os
+
+    from unified_latents.cli import args as cli_args
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(cli_args.os, "access", lambda p, mode: Path(p) != locked and real(p, mode))
+    r = _cli(capsys, "sample", "--artifact", artifacts["cond"][1], "--outdir", locked / "out")
+    _assert_one_error(r, "is not writable")
+    assert not any(locked.iterdir())
 
 
 # ----------------------------------------------------------------------------- image modes

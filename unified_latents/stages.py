@@ -15,7 +15,7 @@ from .data.prepared import RowRange
 from .data.fingerprint import data_fingerprint
 from .data.latent_shards import INDEX, load_cache, write_index, write_shard
 from .errors import ConfigError, UserError
-from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
+from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint, latent_shape
 from .objectives.registry import artifact_config, build_model, load_model
 from .training import TrainResult, train
 
@@ -24,6 +24,8 @@ def train_stage(cfg: RunConfig, outdir: Path, device: torch.device, progress: bo
                 until: int | None = None) -> TrainResult:
     if cfg.stage == "base":
         return _train_base(cfg, Path(outdir), device, progress, until)
+    if cfg.stage == "latents":
+        latent_shape(cfg)  # grids that do not divide into the networks' levels: refused before anything is written
     data = load_images(cfg.data)
     if data.skipped:
         dist.print0(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")

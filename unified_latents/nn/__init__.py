@@ -1,3 +1,3 @@
 """Networks only: no noise, no losses."""
 
-from .networks import DENOISERS, ENCODERS, ResNetEncoder, UNet, ViT, build_denoiser, build_encoder, encoder_grid
+from .networks import DENOISERS, ENCODERS, ResNetEncoder, UNet, ViT, build_denoiser, build_encoder, check_grid, encoder_grid

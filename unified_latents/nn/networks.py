@@ -41,6 +41,19 @@ def encoder_grid(cfg: NetConfig, dims: int, size: tuple[int, ...]) -> tuple[int,
     return tuple(grid)
 
 
+def check_grid(cfg: NetConfig, dims: int, size: tuple[int, ...], role: str, fix: str) -> None:
+    """ConfigError unless every axis of the grid `size` that a network sees is a multiple of the
+    factor its patches and stride-2 levels shrink it by (else its output would not fit its input)."""
+    as_tuple = lambda v: v if isinstance(v, tuple) else (v,) * dims  # noqa: E731
+    factor = list(as_tuple(_patch(cfg, dims)))
+    for level in range(len(cfg.channels) - 1 if cfg.arch != "vit" else 0):
+        factor = [f * k for f, k in zip(factor, as_tuple(_down(cfg, dims, level)))]
+    if any(s % f for s, f in zip(size, factor)):
+        show = lambda t: "x".join(map(str, t))  # noqa: E731
+        raise ConfigError(f"the {role} sees a {show(size)} grid, which is not a multiple of its downsampling "
+                          f"{show(factor)} (patch {cfg.patch}, {len(cfg.channels)} levels): {fix}")
+
+
 class ResNetEncoder(nn.Module):
     """Deterministic encoder x [N, C, *S] -> z_clean [N, latent, *S / (patch * 2^(levels-1))]."""
 

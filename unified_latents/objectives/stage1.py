@@ -21,7 +21,7 @@ from ..diffusion import (
     sigmoid_weight,
 )
 from ..data.modality import modality_of
-from ..nn import build_denoiser, build_encoder, encoder_grid
+from ..nn import build_denoiser, build_encoder, check_grid, encoder_grid
 from .base import Losses, autocast, bcast, denoise, elbo_bits, seeded_noise
 from .noise import BatchNoise
 
@@ -30,9 +30,17 @@ VARIANCE_SEED_OFFSET = 2_000_003  # a learned variance's eps for example seed s:
 
 
 def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
-    """[latent_channels, *grid] that the encoder produces for the configured input size."""
+    """[latent_channels, *grid] that the encoder produces for the configured input size; a
+    ConfigError when the input or latent grid does not divide into a network's levels."""
     m = modality_of(cfg.data)
-    grid = encoder_grid(cfg.model.encoder, m.dims, m.example_shape(cfg.data)[1:])
+    size = m.example_shape(cfg.data)[1:]
+    fix = "make data.resolution" + (" and data.frames multiples" if m.video else " a multiple") + " of it"
+    check_grid(cfg.model.encoder, m.dims, size, "encoder", fix)
+    check_grid(cfg.model.decoder, m.dims, size, "decoder", fix)
+    grid = encoder_grid(cfg.model.encoder, m.dims, size)
+    if cfg.diffusion.prior_kind == "diffusion":
+        check_grid(cfg.model.prior, m.dims, grid, "prior (on the latent grid)",
+                   "give model.prior fewer levels or a smaller patch, or a larger input")
     return (cfg.model.latent_channels, *grid)
 
 
