@@ -347,3 +347,25 @@ def test_batch_sizes_come_from_request_then_config_then_data(tiny_cfg):
     stored["sample"]["batch"] = -1
     with pytest.raises(ConfigError, match="sample.batch=-1"):
         from_dict(stored)
+
+
+def test_rfid_compares_reconstructions_with_their_own_originals(tmp_path, monkeypatch):
+    # With a perfect decoder the reconstructions are their originals: rFID must be ~0 whether the
+    # reference set holds more rows than were reconstructed or fewer (then the originals' own
+    # features are computed); against other held-out images it would not be.
+    from unified_latents.eval.evaluate import EvalRequest, evaluate_artifact
+
+    inc = _stand_in_inception(tmp_path / "inc.pt")
+    data, held = make_npz(tmp_path / "d.npz", n=24), make_npz(tmp_path / "h.npz", n=12, seed=1)
+    fast = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
+    assert run_ul("train", *fast, "--data", str(data), "--eval-data", str(held), "--outdir", str(tmp_path / "s1")).returncode == 0
+    r = run_ul("train", "--stage", "base", *fast, "--artifact", str(tmp_path / "s1" / "artifact.safetensors"),
+               "--outdir", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    monkeypatch.setattr(UnifiedLatents, "reconstruct", lambda self, x, *a, **k: x)
+    for recon, ref in ((6, 12), (12, 6)):
+        ev = evaluate_artifact(tmp_path / "b" / "artifact.safetensors",
+                               EvalRequest(samples=6, recon=recon, ref_count=ref, inception=str(inc), progress=False,
+                                           trust_torchscript=True, sampling={"base_steps": 2, "decoder_steps": 2}))
+        assert ev["rfid_samples"] == recon and abs(ev["rfid"]) < 1e-3, (recon, ref, ev["rfid"])
+        assert ev["psnr"] > 60
