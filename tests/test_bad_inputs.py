@@ -137,7 +137,7 @@ CLI = {
     "train.batch=0": (["train", *FAST, "--set", "train.batch=0"], "train.batch"),
     "negative learning rate": (["train", *FAST, "--set", "train.lr=-1e-3"], "train.lr"),
     "resolution below the encoder's downsampling": (["train", *FAST, "--set", "data.resolution=2"], "data.resolution"),
-    "resolution not a multiple of it": (["train", *FAST, "--set", "data.resolution=6"], "downsampling 4x4"),
+    "resolution not a multiple of the patch": (["train", *FAST, "--set", "data.resolution=7"], "patch 2x2"),
 }
 
 

@@ -17,6 +17,7 @@ from .eval.fid import find_inception
 from .eval.plots import plot_curves, plot_rate_distortion
 from .eval.report import read_stats, report_sections, write_report
 from .files import atomic_write_text
+from .objectives.stage1 import check_grids
 from .presets import get_preset
 from .stages import base_config, train_stage
 
@@ -37,6 +38,7 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
     cfg1 = apply_overrides(get_preset(preset, "latents"), overrides)
     m = modality_of(cfg1.data)
     samples, recon, ref_count = eval_counts(m, samples, recon, ref_count)
+    check_grids(cfg1, apply_overrides(get_preset(preset, "base"), overrides).model.base)  # before any training
     res1 = train_stage(cfg1, outdir / "latents", device, progress)
     times["stage 1"] = time.time() - t0
     t0 = time.time()

@@ -15,7 +15,8 @@ from .data.prepared import RowRange
 from .data.fingerprint import data_fingerprint
 from .data.latent_shards import INDEX, load_cache, write_index, write_shard
 from .errors import ConfigError, UserError
-from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint, latent_shape
+from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
+from .objectives.stage1 import check_grids
 from .objectives.registry import artifact_config, build_model, load_model
 from .training import TrainResult, train
 
@@ -25,7 +26,7 @@ def train_stage(cfg: RunConfig, outdir: Path, device: torch.device, progress: bo
     if cfg.stage == "base":
         return _train_base(cfg, Path(outdir), device, progress, until)
     if cfg.stage == "latents":
-        latent_shape(cfg)  # grids that do not divide into the networks' levels: refused before anything is written
+        check_grids(cfg)  # grids the networks cannot take: refused before anything is written
     data = load_images(cfg.data)
     if data.skipped:
         dist.print0(f"skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}")
@@ -142,6 +143,7 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
     if not cfg.base.stage1_artifact:
         raise ConfigError("stage 'base' needs the stage-1 artifact: pass --artifact runs/.../artifact.safetensors")
     stage1, s1cfg = load_model(Path(cfg.base.stage1_artifact), device, stage="latents")
+    check_grids(s1cfg, cfg.model.base)  # before the latent cache is written
     if not cfg.base.latents and cfg.data.source == s1cfg.data.source:
         dist.print0(f"reading {cfg.data.source}, the training data named in the stage-1 artifact's config",
                     file=sys.stderr)

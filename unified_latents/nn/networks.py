@@ -42,16 +42,21 @@ def encoder_grid(cfg: NetConfig, dims: int, size: tuple[int, ...]) -> tuple[int,
 
 
 def check_grid(cfg: NetConfig, dims: int, size: tuple[int, ...], role: str, fix: str) -> None:
-    """ConfigError unless every axis of the grid `size` that a network sees is a multiple of the
-    factor its patches and stride-2 levels shrink it by (else its output would not fit its input)."""
+    """ConfigError unless every axis of the grid `size` that a network sees is a multiple of its
+    patch (else un-patching cannot give back the input's size) and at least the factor its patch
+    and stride-2 levels shrink it by (else its deepest levels see nothing but padding). Uneven
+    sizes between levels are fine: the U-Net resizes at its skips, the encoder rounds up."""
     as_tuple = lambda v: v if isinstance(v, tuple) else (v,) * dims  # noqa: E731
-    factor = list(as_tuple(_patch(cfg, dims)))
+    patch = as_tuple(_patch(cfg, dims))
+    factor = list(patch)
     for level in range(len(cfg.channels) - 1 if cfg.arch != "vit" else 0):
         factor = [f * k for f, k in zip(factor, as_tuple(_down(cfg, dims, level)))]
-    if any(s % f for s, f in zip(size, factor)):
-        show = lambda t: "x".join(map(str, t))  # noqa: E731
-        raise ConfigError(f"the {role} sees a {show(size)} grid, which is not a multiple of its downsampling "
-                          f"{show(factor)} (patch {cfg.patch}, {len(cfg.channels)} levels): {fix}")
+    show = lambda t: "x".join(map(str, t))  # noqa: E731
+    if any(s % p for s, p in zip(size, patch)):
+        raise ConfigError(f"the {role} sees a {show(size)} grid, which is not a multiple of its patch {show(patch)}: {fix}")
+    if any(s < f for s, f in zip(size, factor)):
+        raise ConfigError(f"the {role} sees a {show(size)} grid, smaller than its downsampling {show(factor)} "
+                          f"(patch and stride-2 levels): {fix}")
 
 
 class ResNetEncoder(nn.Module):

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import RunConfig
+from ..config import NetConfig, RunConfig
 from ..errors import ConfigError
 from ..diffusion import (
     CosineSchedule,
@@ -30,18 +30,29 @@ VARIANCE_SEED_OFFSET = 2_000_003  # a learned variance's eps for example seed s:
 
 
 def latent_shape(cfg: RunConfig) -> tuple[int, ...]:
-    """[latent_channels, *grid] that the encoder produces for the configured input size; a
-    ConfigError when the input or latent grid does not divide into a network's levels."""
+    """[latent_channels, *grid] that the encoder produces for the configured input size."""
+    m = modality_of(cfg.data)
+    grid = encoder_grid(cfg.model.encoder, m.dims, m.example_shape(cfg.data)[1:])
+    return (cfg.model.latent_channels, *grid)
+
+
+def check_grids(cfg: RunConfig, base: NetConfig | None = None) -> None:
+    """Before training: ConfigError when the input grid does not fit the encoder or decoder, or
+    the latent grid the prior (and `base`, a base model's network). Artifacts are not checked
+    when loaded: what trained has run."""
     m = modality_of(cfg.data)
     size = m.example_shape(cfg.data)[1:]
-    fix = "make data.resolution" + (" and data.frames multiples" if m.video else " a multiple") + " of it"
+    fix = ("set data.resolution" + (" and data.frames" if m.video else "")
+           + " to a multiple of the patch, at least the downsampling")
     check_grid(cfg.model.encoder, m.dims, size, "encoder", fix)
     check_grid(cfg.model.decoder, m.dims, size, "decoder", fix)
-    grid = encoder_grid(cfg.model.encoder, m.dims, size)
+    grid = latent_shape(cfg)[1:]
     if cfg.diffusion.prior_kind == "diffusion":
         check_grid(cfg.model.prior, m.dims, grid, "prior (on the latent grid)",
-                   "give model.prior fewer levels or a smaller patch, or a larger input")
-    return (cfg.model.latent_channels, *grid)
+                   "give model.prior fewer levels or a smaller patch, or the input more pixels")
+    if base is not None:
+        check_grid(base, m.dims, grid, "base model (on the latent grid)",
+                   "give model.base fewer levels or a smaller patch")
 
 
 class UnifiedLatents(nn.Module):

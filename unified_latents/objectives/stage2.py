@@ -24,7 +24,7 @@ from ..diffusion import (
     sigmoid_weight,
 )
 from ..diffusion.guidance import guided
-from ..nn import build_denoiser, check_grid
+from ..nn import build_denoiser
 from .base import Autoencoder, Losses, bcast, denoise, elbo_bits, seeded_noise
 from .noise import BatchNoise
 from .stage1 import UnifiedLatents
@@ -74,8 +74,6 @@ class BaseModel(nn.Module):
         self.num_classes = cfg.data.num_classes
         self.modality = stage1.modality
         self.context = bool(cfg.base.context) and self.modality.video
-        check_grid(cfg.model.base, stage1.dims, stage1.z_shape[1:], "base model (on the latent grid)",
-                   "give model.base fewer levels or a smaller patch")
         self.net = build_denoiser(cfg.model.base, stage1.dims, ch, ch, cond_ch=ch + 1 if self.context else 0,
                                   num_classes=self.num_classes)
         lam0 = stage1.cfg.diffusion.lam0  # the maximum log-SNR is the encoder's, not a free choice
