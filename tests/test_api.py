@@ -58,6 +58,7 @@ def test_encode_decode_reconstruct_and_bits_agree_with_the_cli(artifacts, tmp_pa
         ul.bits(arrays, seeds=[1, 2])
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_export_folder_loads_everywhere_an_artifact_does(artifacts, tmp_path):
     s1, base, _ = artifacts
     r = run_ul("export", "--artifact", str(base), "--to", str(tmp_path / "ul-tiny"))

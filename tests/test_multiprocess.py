@@ -34,6 +34,7 @@ def base_artifact(tmp_path_factory):
     return tmp / "b" / "artifact.safetensors"
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_sample_on_two_processes_writes_the_same_bytes(base_artifact, tmp_path):
     common = ["sample", "--artifact", str(base_artifact), "--seeds", "0-10", "--base-steps", "3", "--decoder-steps", "3",
               "--device", "cpu"]
@@ -86,6 +87,7 @@ def _stats(d):
     return [json.loads(ln) for ln in (d / "stats.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_encode_on_two_processes_writes_shards_that_stage2_reads_lazily(base_artifact, tmp_path):
     s1 = base_artifact.parents[1] / "s1" / "artifact.safetensors"
     data = base_artifact.parents[1] / "d.npz"

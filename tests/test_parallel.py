@@ -153,6 +153,7 @@ def _stats(d):
     return [json.loads(ln) for ln in (d / "stats.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_fsdp_two_processes_match_ddp_and_one_process_and_resume_bitwise(tmp_path):
     data = make_npz(tmp_path / "d.npz")
     common = [*ARGS, "--data", str(data), "--set", "train.total_samples=64"]
@@ -216,6 +217,7 @@ def test_ul_info_prints_memory_per_gpu_for_ddp_and_fsdp():
     assert mem["gpus"] == 16 and mem["micro_batch"] == 16 and mem["fsdp_gib"] < mem["ddp_gib"]
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_sigterm_to_torchrun_checkpoints_every_rank_and_the_rerun_resumes(tmp_path):
     # Preemption: the scheduler sends SIGTERM to torchrun, which forwards it to the workers; they
     # agree to stop at the next step, write the state (each its shards) and exit.

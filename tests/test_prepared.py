@@ -47,6 +47,7 @@ def test_prepared_data_round_trips_images_labels_and_order(tmp_path, kind):
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_training_from_prepared_data_equals_training_from_the_folder(tmp_path):
     src = _folder(tmp_path / "src")
     args = ["--preset", "tiny", "--no-progress", "--set", "data.channels=3", "--set", "data.pad=0",

@@ -141,6 +141,7 @@ def _tiny_rgb_run(tmp_path, data, norm):
     return load_model(out / "artifact.safetensors", stage="latents")[0]
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_tiny_rgb_run_latents_see_colour(tmp_path):
     """Red and blue swapped must move the latent by a clear margin over the encoder noise at
     log-SNR 5 after a short 3-channel run with the RGB presets' norm; the narrow networks'

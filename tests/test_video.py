@@ -236,6 +236,7 @@ def test_fvd_needs_weights_and_matches_frechet_of_features(tmp_path, monkeypatch
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_video_stages_end_to_end_cli(tmp_path):
     inc = _stand_in_inception(tmp_path / "inc.pt")
     i3d = _stand_in_i3d(tmp_path / "i3d.pt")
