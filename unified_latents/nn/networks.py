@@ -29,14 +29,18 @@ def _down(cfg: NetConfig, dims: int, level: int):
     return nd_size(dims, 2, 2 if halve_t else 1)
 
 
+def _level_factors(cfg: NetConfig, dims: int) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """Per axis: the patch, then the stride of each stride-2 level (none in a ViT)."""
+    as_tuple = lambda v: v if isinstance(v, tuple) else (v,) * dims  # noqa: E731
+    levels = len(cfg.channels) - 1 if cfg.arch != "vit" else 0
+    return as_tuple(_patch(cfg, dims)), [as_tuple(_down(cfg, dims, level)) for level in range(levels)]
+
+
 def encoder_grid(cfg: NetConfig, dims: int, size: tuple[int, ...]) -> tuple[int, ...]:
     """The grid ([H, W] or [T, H, W]) an encoder maps an input grid `size` to."""
-    p = _patch(cfg, dims)
-    p = p if isinstance(p, tuple) else (p,) * dims
-    grid = [s // k for s, k in zip(size, p)]
-    for level in range(len(cfg.channels) - 1):
-        st = _down(cfg, dims, level)
-        st = st if isinstance(st, tuple) else (st,) * dims
+    patch, strides = _level_factors(cfg, dims)
+    grid = [s // k for s, k in zip(size, patch)]
+    for st in strides:
         grid = [(g + k - 1) // k for g, k in zip(grid, st)]  # kernel 3, padding 1: ceil(g / stride)
     return tuple(grid)
 
@@ -46,11 +50,10 @@ def check_grid(cfg: NetConfig, dims: int, size: tuple[int, ...], role: str, fix:
     patch (else un-patching cannot give back the input's size) and at least the factor its patch
     and stride-2 levels shrink it by (else its deepest levels see nothing but padding). Uneven
     sizes between levels are fine: the U-Net resizes at its skips, the encoder rounds up."""
-    as_tuple = lambda v: v if isinstance(v, tuple) else (v,) * dims  # noqa: E731
-    patch = as_tuple(_patch(cfg, dims))
+    patch, strides = _level_factors(cfg, dims)
     factor = list(patch)
-    for level in range(len(cfg.channels) - 1 if cfg.arch != "vit" else 0):
-        factor = [f * k for f, k in zip(factor, as_tuple(_down(cfg, dims, level)))]
+    for st in strides:
+        factor = [f * k for f, k in zip(factor, st)]
     show = lambda t: "x".join(map(str, t))  # noqa: E731
     if any(s % p for s, p in zip(size, patch)):
         raise ConfigError(f"the {role} sees a {show(size)} grid, which is not a multiple of its patch {show(patch)}: {fix}")
