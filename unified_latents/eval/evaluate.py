@@ -186,15 +186,33 @@ def evaluate(model: BaseModel, request: EvalRequest, posthoc: dict | None = None
     m, cfg = model.modality, model.cfg
     if not dist.is_main():
         request = dataclasses.replace(request, out=None, progress=False)
-    samples, recon, ref_count = eval_counts(m, request.samples, request.recon, request.ref_count)
-    sc = dataclasses.replace(cfg.sample, **request.sampling)
     fvd_net = None
     if request.i3d and m.has_fvd:
         from .fvd import I3DFeatures
 
         fvd_net = I3DFeatures(request.i3d, request.device, request.trust_torchscript)  # fails now, with where to get the weights, if missing
+    ctx, reference, (samples, recon, ref_count) = eval_context(model, request)
+    scores = eval_samples(ctx, samples, ref_count, fvd_net)
+    cont = eval_continuations(ctx, recon) if (model.context and recon) else None
+    pixel = None
+    if cfg.stage == "pixel":  # no latents: nothing to reconstruct; the ELBO is a bound on the pixels' bits
+        n = min(500, len(ctx.held))
+        bits, bpp = eval_bits(ctx, n)
+        pixel, recon = PixelBits(bits, bpp, n), 0
+    recs = eval_reconstructions(ctx, recon) if recon else None
+    res = EvalResult(reference, scores, cont, pixel, recs, cfg.stage, eval_flops(model, ctx.sc), ctx.sc, posthoc)
+    if request.out is not None:
+        atomic_write_text(Path(request.out) / "eval.json", json.dumps(res.to_dict(), indent=2))
+    return res
+
+
+def eval_context(model: BaseModel, request: EvalRequest) -> tuple[_Context, Reference, tuple[int, int, int]]:
+    """What every part of an evaluation shares (the held-out data, Inception, the reference
+    features), the reference's description, and the counts (samples, recon, ref_count) in force."""
+    m, s1cfg = model.modality, model.stage1.cfg
+    samples, recon, ref_count = eval_counts(m, request.samples, request.recon, request.ref_count)
+    sc = dataclasses.replace(model.cfg.sample, **request.sampling)
     net = InceptionFeatures(request.inception, request.device, request.trust_torchscript, request.fid_resize)  # fails early, with the fix, if the weights are missing
-    s1cfg = model.stage1.cfg
     src, split = named_by_artifact(s1cfg.data)
     held = load_images(s1cfg.data, src, split)
     ref_count = min(ref_count, len(held))
@@ -206,18 +224,7 @@ def evaluate(model: BaseModel, request: EvalRequest, posthoc: dict | None = None
     ctx = _Context(model, request, sc, held, None, net)
     ctx.ref = eval_reference(ctx, key, ref_count)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames, net.resize)
-    scores = eval_samples(ctx, samples, ref_count, fvd_net)
-    cont = eval_continuations(ctx, recon) if (model.context and recon) else None
-    pixel = None
-    if cfg.stage == "pixel":  # no latents: nothing to reconstruct; the ELBO is a bound on the pixels' bits
-        n = min(500, len(held))
-        bits, bpp = eval_bits(ctx, n)
-        pixel, recon = PixelBits(bits, bpp, n), 0
-    recs = eval_reconstructions(ctx, recon) if recon else None
-    res = EvalResult(reference, scores, cont, pixel, recs, cfg.stage, eval_flops(model, sc), sc, posthoc)
-    if request.out is not None:
-        atomic_write_text(Path(request.out) / "eval.json", json.dumps(res.to_dict(), indent=2))
-    return res
+    return ctx, reference, (samples, recon, ref_count)
 
 
 def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> SampleScores:
