@@ -105,6 +105,6 @@ def test_fmnist_stage2_samples_with_ddim_and_stage1_keeps_ancestral():
     from unified_latents.presets import get_preset
 
     base = get_preset("fmnist", "base")
-    assert base.sample.sampler == "ddim" and base.sample.base_steps == 96 and base.sample.decoder_steps == 16
+    assert base.sample.sampler == "ddim" and base.sample.base_steps == 12 and base.sample.decoder_steps == 16
     assert get_preset("fmnist").sample.sampler == "ancestral"
     assert get_preset("tiny", "base").sample.sampler == "ancestral"
