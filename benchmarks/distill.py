@@ -22,6 +22,7 @@ without their FIDs, for a machine that was busy during the first run. --rows pic
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -44,10 +45,14 @@ def student(artifact: Path, out: Path, part: str, steps: int, per_round: int) ->
     return out
 
 
+def row_context(shared, model, sampling: dict):
+    """The evaluation context of one row: the shared held-out data, Inception and reference
+    features (loaded once), with this row's model and sampling settings."""
+    return dataclasses.replace(shared, model=model, sc=dataclasses.replace(model.cfg.sample, **sampling))
+
+
 def decoder_row(name: str, model, steps: int, args) -> dict:
-    sampling = {"sampler": "ddim", "decoder_steps": steps}
-    ctx, _, _ = eval_context(model, EvalRequest(recon=args.recon, ref_count=args.ref_count, sampling=sampling,
-                                                progress=False))
+    ctx = row_context(args.shared, model, {"sampler": "ddim", "decoder_steps": steps})
     rec = None if args.time_only else eval_reconstructions(ctx, args.recon)
     x = to_float(ctx.held.images[: args.time_batch])
     t0 = time.perf_counter()
@@ -59,9 +64,7 @@ def decoder_row(name: str, model, steps: int, args) -> dict:
 
 
 def base_row(name: str, model, base_steps: int, decoder_steps: int, args) -> dict:
-    sampling = {"sampler": "ddim", "base_steps": base_steps, "decoder_steps": decoder_steps}
-    ctx, _, _ = eval_context(model, EvalRequest(samples=args.samples, ref_count=args.ref_count, sampling=sampling,
-                                                progress=False))
+    ctx = row_context(args.shared, model, {"sampler": "ddim", "base_steps": base_steps, "decoder_steps": decoder_steps})
     s = None if args.time_only else eval_samples(ctx, args.samples, args.ref_count, None)
     seeds = list(range(args.time_batch))
     labels = class_labels(seeds, None, model.num_classes)
@@ -117,6 +120,7 @@ def main() -> None:
     args = ap.parse_args()
     args.outdir.mkdir(parents=True, exist_ok=True)
     teacher, cfg = load_model(args.artifact, "cpu", stage="base")
+    args.shared, _, _ = eval_context(teacher, EvalRequest(ref_count=args.ref_count, progress=False))
     dec, base = rows(args, teacher, cfg.sample.decoder_steps, cfg.sample.base_steps)
     print(f"\n| decoder | DDIM steps | rFID ({args.recon}, vs own originals) | PSNR (dB) | decoder s / image |\n"
           "|---|---|---|---|---|")
