@@ -50,6 +50,7 @@ class NetConfig:
     dropout: float = 0.0
     emb_dim: int = 128  # width of the log-SNR embedding
     norm: str = "group"  # conv normalisation: "group" (<= 32 groups) or "layer" (1 group; nn/layers.py norm)
+    cond_all_levels: bool = False  # U-Net with a cond (the decoder): z0 enters every down level, not only the first
 
 
 @dataclass

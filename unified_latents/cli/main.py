@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import dist
 from ..errors import UserError
+from ..presets import PRESETS
 from .args import at_least, ema_length_arg, guidance, parse_seeds, positive, writable_dir, zero_or_two_plus
 from .data_cmd import add_data_commands, cmd_data
 from .demo_cmd import add_demo_command, cmd_demo
@@ -42,7 +43,7 @@ SAMPLER_NAMES = ["ancestral", "ddim", "dpm++2m"]  # diffusion/samplers.py SAMPLE
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="fmnist", help="named preset: fmnist (default), imagenet512, video-fmnist, kinetics600, tiny, tiny-video")
+    p.add_argument("--preset", default="fmnist", help=f"named preset: {', '.join(PRESETS)} (default: fmnist)")
     p.add_argument("--baseline", choices=["kl-vae"],
                    help="train a baseline instead of UL: kl-vae (Stable-Diffusion-style KL autoencoder, scaled latents)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -83,6 +83,15 @@ class ResNetEncoder(nn.Module):
         return self.out(self.body(self.patch(x)))
 
 
+def _resized(cond: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """cond on a level's grid: averaged where the grid is coarser, repeated (nearest) where finer."""
+    src = cond.shape[2:]
+    if any(t < s for s, t in zip(src, size)):
+        pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[len(size)]
+        cond = pool(cond, [min(s, t) for s, t in zip(src, size)])
+    return cond if cond.shape[2:] == size else F.interpolate(cond, size=size, mode="nearest")
+
+
 class _Denoiser(nn.Module):
     """Shared conditioning: log-SNR embedding plus an optional class embedding."""
 
@@ -110,6 +119,10 @@ class UNet(_Denoiser):
         ch, e = cfg.channels, cfg.emb_dim
         self.patch_in = conv_nd(dims, in_ch, ch[0], _patch(cfg, dims), stride=_patch(cfg, dims))
         self.cond_in = conv_nd(dims, cond_ch, ch[0], 3, padding=1) if cond_ch else None
+        # cond_all_levels: z0 also enters each deeper level on its grid, before its blocks (zero-initialised, so
+        # training starts from the first-level-only network)
+        self.cond_deep = (nn.ModuleList([zero_init(conv_nd(dims, cond_ch, c, 3, padding=1)) for c in ch[:-1]])
+                          if cond_ch and cfg.cond_all_levels else None)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
             cin = ch[max(i - 1, 0)]
@@ -134,10 +147,11 @@ class UNet(_Denoiser):
         emb = self.embed(lam, labels)  # [N, emb]
         h = self.patch_in(x)  # [N, c0, *S/p]
         if self.cond_in is not None:
-            cond = F.interpolate(cond, size=h.shape[2:], mode="nearest")  # z0 upsampled to the grid
-            h = h + self.cond_in(cond)
+            h = h + self.cond_in(F.interpolate(cond, size=h.shape[2:], mode="nearest"))  # z0 upsampled to the grid
         skips = []
-        for blocks, down in zip(self.down, self.downsample):
+        for i, (blocks, down) in enumerate(zip(self.down, self.downsample)):
+            if i and self.cond_deep is not None:
+                h = h + self.cond_deep[i - 1](_resized(cond, h.shape[2:]))
             for blk in blocks:
                 h = blk(h, emb)
             skips.append(h)
