@@ -53,13 +53,15 @@ def test_denoiser_depends_on_conditioning():
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize("dims, x_shape, cond_shape", [(2, (2, 3, 16, 16), (2, 4, 4, 4)), (3, (2, 1, 8, 16, 16), (2, 4, 2, 4, 4))])
+@pytest.mark.parametrize("dims, x_shape, cond_shape",
+                         [(2, (2, 3, 16, 16), (2, 4, 8, 8)), (3, (2, 1, 8, 16, 16), (2, 4, 2, 4, 4))])
 def test_cond_all_levels_starts_as_first_level_conditioning(dims, x_shape, cond_shape):
     """z0 at every level: zero-initialised extras, so the same weights give the first-level-only
     output at the start; after a step of training the deeper levels respond to z0."""
     one = NetConfig(arch="unet", channels=[8, 16, 16], blocks=[1, 1, 1], emb_dim=16)
     every = NetConfig(**{**one.__dict__, "cond_all_levels": True})
-    a, b = build_denoiser(one, dims, x_shape[1], x_shape[1], cond_ch=4), build_denoiser(every, dims, x_shape[1], x_shape[1], cond_ch=4)
+    ch = x_shape[1]
+    a, b = (build_denoiser(cfg, dims, ch, ch, cond_ch=4) for cfg in (one, every))
     missing = b.load_state_dict(a.state_dict(), strict=False).missing_keys
     assert sorted(missing) == [f"cond_deep.{i}.{w}" for i in (0, 1) for w in ("bias", "weight")]
     x, lam, c = torch.randn(x_shape), torch.zeros(2), torch.randn(cond_shape)
@@ -67,6 +69,20 @@ def test_cond_all_levels_starts_as_first_level_conditioning(dims, x_shape, cond_
     torch.nn.init.normal_(b.patch_out.weight, std=0.1)  # the zero-initialised output layer passes no gradient
     b(x, lam, cond=c).square().mean().backward()
     assert all(m.weight.grad.abs().sum() > 0 for m in b.cond_deep)  # they learn from the first step
+
+
+def test_cond_on_a_level_grid_and_where_it_does_not_apply():
+    from unified_latents.errors import ConfigError
+    from unified_latents.nn.networks import _resized
+
+    z = torch.arange(16.0).view(1, 1, 4, 4)
+    assert torch.equal(_resized(z, (2, 2)), torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))  # 2x2 means
+    assert torch.equal(_resized(z, (8, 8))[0, 0, ::2, ::2], z[0, 0])  # each value repeated
+    every = NetConfig(arch="unet", channels=[8], blocks=[1], cond_all_levels=True)
+    with pytest.raises(ConfigError, match="model.decoder.cond_all_levels"):
+        build_denoiser(every, 2, 1, 1)  # a U-Net without z0 (prior, base)
+    with pytest.raises(ConfigError, match="model.decoder.cond_all_levels"):
+        build_denoiser(NetConfig(arch="vit", width=16, heads=2, cond_all_levels=True), 2, 1, 1, cond_ch=4)
 
 
 def test_imagenet512_preset_on_meta_device():

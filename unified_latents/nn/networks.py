@@ -196,6 +196,7 @@ DENOISERS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "vit": ViT}
 
 def build_encoder(cfg: NetConfig, dims: int, in_ch: int, out_ch: int) -> nn.Module:
     _check(cfg, ENCODERS, "encoder")
+    _check_cond_levels(cfg, "encoder", cond_ch=0)
     return ENCODERS[cfg.arch](cfg, dims, in_ch, out_ch)
 
 
@@ -203,7 +204,15 @@ def build_denoiser(
     cfg: NetConfig, dims: int, in_ch: int, out_ch: int, cond_ch: int = 0, num_classes: int = 0
 ) -> nn.Module:
     _check(cfg, DENOISERS, "denoiser")
+    _check_cond_levels(cfg, "denoiser", cond_ch)
     return DENOISERS[cfg.arch](cfg, dims, in_ch, out_ch, cond_ch, num_classes)
+
+
+def _check_cond_levels(cfg: NetConfig, role: str, cond_ch: int) -> None:
+    """cond_all_levels only means something for a U-Net that takes a cond (the decoder): never ignored silently."""
+    if cfg.cond_all_levels and (cfg.arch != "unet" or not cond_ch):
+        raise ConfigError(f"{role} ({cfg.arch}{'' if cond_ch else ', no z0 input'}): cond_all_levels applies only to "
+                          f"the decoder's U-Net; set it as model.decoder.cond_all_levels with model.decoder.arch=unet")
 
 
 def _check(cfg: NetConfig, registry: dict, role: str) -> None:
