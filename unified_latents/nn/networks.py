@@ -147,7 +147,7 @@ class UNet(_Denoiser):
         emb = self.embed(lam, labels)  # [N, emb]
         h = self.patch_in(x)  # [N, c0, *S/p]
         if self.cond_in is not None:
-            h = h + self.cond_in(F.interpolate(cond, size=h.shape[2:], mode="nearest"))  # z0 upsampled to the grid
+            h = h + self.cond_in(_resized(cond, h.shape[2:]))  # z0 on the first level's grid
         skips = []
         for i, (blocks, down) in enumerate(zip(self.down, self.downsample)):
             if i and self.cond_deep is not None:
