@@ -1,14 +1,15 @@
 import pytest
 
-from unified_latents.config import apply_overrides, from_dict, from_saved, incompatible_changes, to_dict
-from unified_latents.presets import get_preset
+from unified_latents.config import apply_overrides, flatten, from_dict, from_saved, incompatible_changes, to_dict
+from unified_latents.presets import PRESETS, get_preset
 from unified_latents.errors import ConfigError
 
 
 def test_round_trip_all_presets():
-    for name in ("tiny", "fmnist", "imagenet512"):
-        cfg = get_preset(name)
-        assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
+    for name in PRESETS:
+        for stage in ("latents", "base"):
+            cfg = get_preset(name, stage)
+            assert to_dict(from_dict(to_dict(cfg))) == to_dict(cfg)
 
 
 def test_overrides_typed():
@@ -108,3 +109,16 @@ def test_fmnist_stage2_samples_with_ddim_and_stage1_keeps_ancestral():
     assert base.sample.sampler == "ddim" and base.sample.base_steps == 12 and base.sample.decoder_steps == 16
     assert get_preset("fmnist").sample.sampler == "ancestral"
     assert get_preset("tiny", "base").sample.sampler == "ancestral"
+
+
+@pytest.mark.parametrize("stage", ["latents", "base"])
+def test_fmnist_long_is_the_main_job_with_only_its_stated_changes(stage):
+    # a retuned fmnist preset carries over to fmnist-long; only the decoder width, the lengths,
+    # the stage-1 preview/checkpoint spacing and stage 2's EMA settings differ
+    short, long = (flatten(to_dict(get_preset(name, stage))) for name in ("fmnist", "fmnist-long"))
+    differ = {k for k in short if short[k] != long[k]}
+    expected = {"model.decoder.channels", "train.total_samples"} | (
+        {"train.image_every", "train.ckpt_every"} if stage == "latents" else
+        {"train.image_every", "train.posthoc_ema", "train.posthoc_every"})
+    assert differ == expected
+    assert long["model.decoder.channels"] == [32, 64, 128] and long["train.total_samples"] == 2 * short["train.total_samples"]

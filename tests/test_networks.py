@@ -85,6 +85,53 @@ def test_cond_on_a_level_grid_and_where_it_does_not_apply():
         build_denoiser(NetConfig(arch="vit", width=16, heads=2, cond_all_levels=True), 2, 1, 1, cond_ch=4)
 
 
+def test_per_frame_decoder_draws_each_frame_from_its_own_noise_the_whole_latent_and_its_time():
+    from unified_latents.nn.networks import PerFrame
+
+    cfg = NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], emb_dim=16, per_frame=True)
+    net = build_denoiser(cfg, 3, 1, 1, cond_ch=2, cond_frames=2)
+    assert isinstance(net, PerFrame) and net.inner.patch_in.weight.dim() == 4  # a 2-D network inside
+    assert net.inner.cond_in.in_channels == 2 * 2 + 2 * len(PerFrame.FREQS)
+    for p in net.parameters():  # break zero-init so outputs respond to inputs
+        torch.nn.init.normal_(p, std=0.1)
+    x, lam, z = torch.randn(2, 1, 4, 8, 8), torch.tensor([-1.0, 2.0]), torch.randn(2, 2, 2, 4, 4)
+    out = net(x, lam, cond=z)
+    assert out.shape == x.shape
+    # frame 2 alone through the inner network, given the stacked latent and frame 2's time signals
+    when = torch.tensor((2 + 0.5) / 4)
+    waves = torch.stack([f(torch.pi * k * when) for k in PerFrame.FREQS for f in (torch.sin, torch.cos)])
+    cond2 = torch.cat([z.flatten(1, 2), waves.view(1, -1, 1, 1).expand(2, -1, 4, 4)], dim=1)
+    assert torch.allclose(out[:, :, 2], net.inner(x[:, :, 2], lam, cond=cond2), atol=1e-5)
+    x2 = x.clone()
+    x2[:, :, 1] += 1.0  # another frame's noise leaves frame 2 alone
+    assert torch.equal(net(x2, lam, cond=z)[:, :, 2], out[:, :, 2])
+    z2 = z.clone()
+    z2[:, :, 1] += 1.0  # but every latent frame reaches every frame
+    assert not torch.allclose(net(x, lam, cond=z2)[:, :, 0], out[:, :, 0])
+    same = x[:, :, :1].expand(-1, -1, 4, -1, -1)  # identical noisy frames still differ by their time
+    drawn = net(same, lam, cond=z)
+    assert not torch.allclose(drawn[:, :, 0], drawn[:, :, 3])
+
+
+def test_per_frame_only_for_a_video_decoder():
+    from unified_latents.config import apply_overrides
+    from unified_latents.errors import ConfigError
+    from unified_latents.objectives.stage1 import check_grids
+
+    cfg = NetConfig(arch="unet", channels=[8], blocks=[1], per_frame=True)
+    for dims, cond_ch, frames in [(2, 4, 0), (3, 0, 0), (3, 4, 0)]:  # images; the prior or base model; no latent frames
+        with pytest.raises(ConfigError, match="model.decoder.per_frame"):
+            build_denoiser(cfg, dims, 1, 1, cond_ch=cond_ch, cond_frames=frames)
+    with pytest.raises(ConfigError, match="model.decoder.per_frame"):
+        from unified_latents.objectives.registry import build_model
+        build_model(apply_overrides(get_preset("tiny"), ["model.decoder.per_frame=true"]))
+    # the grid check sees one frame: three stride-2 levels need 8 frames in 3-D, not per frame
+    deep = ["data.frames=4", "model.decoder.patch=2", "model.decoder.channels=[8,8,8,8]", "model.decoder.blocks=[1,1,1,1]"]
+    with pytest.raises(ConfigError, match="smaller than its downsampling"):
+        check_grids(apply_overrides(get_preset("tiny-video"), deep))
+    check_grids(apply_overrides(get_preset("tiny-video"), deep + ["model.decoder.per_frame=true"]))
+
+
 def test_imagenet512_preset_on_meta_device():
     from unified_latents.eval import stage1_report
     from unified_latents.objectives.registry import build_model

@@ -194,6 +194,32 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {"resnet_encoder": ResNetEncoder
 DENOISERS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "vit": ViT}
 
 
+class PerFrame(nn.Module):
+    """A video denoiser made of a 2-D one run on every frame alone (2-D convolutions cost a third
+    of 3-D ones per weight and run faster on a CPU). Each frame sees its own noisy frame and, as
+    cond, the clip's whole z0 (latent frames stacked as channels) with sinusoids of the frame's
+    time, so it knows which moment of the latent it draws. Same signature as the 2-D network."""
+
+    FREQS = (1, 2, 4, 8)  # sin and cos of pi * k * (frame time in (0, 1))
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, lam, cond=None, labels=None):
+        n, t = x.shape[0], x.shape[2]
+        frames = lambda v: v.transpose(1, 2).reshape(n * t, v.shape[1], *v.shape[3:])  # noqa: E731
+        if cond is not None:
+            when = (torch.arange(t, device=x.device, dtype=cond.dtype) + 0.5) / t
+            waves = torch.stack([f(torch.pi * k * when) for k in self.FREQS for f in (torch.sin, torch.cos)])
+            waves = waves.view(1, -1, t, 1, 1).expand(n, -1, t, *cond.shape[3:])  # [N, 8, T, h, w]
+            stacked = cond.flatten(1, 2)[:, :, None].expand(-1, -1, t, -1, -1)  # [N, c*T', T, h, w]
+            cond = frames(torch.cat([stacked, waves], dim=1))
+        labels = labels.repeat_interleave(t) if labels is not None else None
+        out = self.inner(frames(x), lam.repeat_interleave(t), cond, labels)  # [N*T, C, H, W]
+        return out.view(n, t, *out.shape[1:]).transpose(1, 2)
+
+
 def build_encoder(cfg: NetConfig, dims: int, in_ch: int, out_ch: int) -> nn.Module:
     _check(cfg, ENCODERS, "encoder")
     _check_cond_levels(cfg, "encoder", cond_ch=0)
@@ -201,11 +227,18 @@ def build_encoder(cfg: NetConfig, dims: int, in_ch: int, out_ch: int) -> nn.Modu
 
 
 def build_denoiser(
-    cfg: NetConfig, dims: int, in_ch: int, out_ch: int, cond_ch: int = 0, num_classes: int = 0
+    cfg: NetConfig, dims: int, in_ch: int, out_ch: int, cond_ch: int = 0, num_classes: int = 0, cond_frames: int = 0
 ) -> nn.Module:
+    """`cond_frames`: the latent frames of z0, which a per-frame video decoder stacks as channels."""
     _check(cfg, DENOISERS, "denoiser")
     _check_cond_levels(cfg, "denoiser", cond_ch)
-    return DENOISERS[cfg.arch](cfg, dims, in_ch, out_ch, cond_ch, num_classes)
+    if not cfg.per_frame:
+        return DENOISERS[cfg.arch](cfg, dims, in_ch, out_ch, cond_ch, num_classes)
+    if dims != 3 or not cond_ch or not cond_frames:
+        raise ConfigError("per_frame applies only to the decoder of a video model (data.frames > 1): "
+                          "set it as model.decoder.per_frame=true, or leave it false")
+    inner_cond = cond_ch * cond_frames + 2 * len(PerFrame.FREQS)
+    return PerFrame(DENOISERS[cfg.arch](cfg, 2, in_ch, out_ch, inner_cond, num_classes))
 
 
 def _check_cond_levels(cfg: NetConfig, role: str, cond_ch: int) -> None:

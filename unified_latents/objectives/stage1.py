@@ -45,7 +45,8 @@ def check_grids(cfg: RunConfig, base: NetConfig | None = None) -> None:
     fix = ("set data.resolution" + (" and data.frames" if m.video else "")
            + " to a multiple of the patch, at least the downsampling")
     check_grid(cfg.model.encoder, m.dims, size, "encoder", fix)
-    check_grid(cfg.model.decoder, m.dims, size, "decoder", fix)
+    per_frame = cfg.model.decoder.per_frame and m.video  # a 2-D network on each frame (else build_denoiser refuses it)
+    check_grid(cfg.model.decoder, 2 if per_frame else m.dims, size[1:] if per_frame else size, "decoder", fix)
     grid = latent_shape(cfg)[1:]
     if cfg.diffusion.prior_kind == "diffusion":
         check_grid(cfg.model.prior, m.dims, grid, "prior (on the latent grid)",
@@ -72,11 +73,12 @@ class UnifiedLatents(nn.Module):
         out_ch = m.latent_channels * (2 if d.learned_variance else 1)  # mean (and log-variance)
         self.encoder = build_encoder(m.encoder, self.dims, c, out_ch)
         self.prior = build_denoiser(m.prior, self.dims, m.latent_channels, m.latent_channels)
-        self.decoder = build_denoiser(m.decoder, self.dims, c, c, cond_ch=m.latent_channels)
-        self.sched_z = CosineSchedule(d.lam_z_min, d.lam0)
-        self.sched_x = CosineSchedule(d.lam_x_min, d.lam_x_max, cfg.pixel_shift())
         self.x_shape = self.modality.example_shape(cfg.data)
         self.z_shape = latent_shape(cfg)
+        self.decoder = build_denoiser(m.decoder, self.dims, c, c, cond_ch=m.latent_channels,
+                                      cond_frames=self.z_shape[1] if self.modality.video else 0)
+        self.sched_z = CosineSchedule(d.lam_z_min, d.lam0)
+        self.sched_x = CosineSchedule(d.lam_x_min, d.lam_x_max, cfg.pixel_shift())
         # The loss factor is state (the bitrate controller moves it), so it is saved and restored.
         # DDP must not wait for gradients of a network an ablation leaves unused.
         self.has_unused_parameters = d.prior_kind != "diffusion"
