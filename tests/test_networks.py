@@ -91,16 +91,18 @@ def test_per_frame_decoder_draws_each_frame_from_its_own_noise_the_whole_latent_
     cfg = NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], emb_dim=16, per_frame=True)
     net = build_denoiser(cfg, 3, 1, 1, cond_ch=2, cond_frames=2)
     assert isinstance(net, PerFrame) and net.inner.patch_in.weight.dim() == 4  # a 2-D network inside
-    assert net.inner.cond_in.in_channels == 2 * 2 + 2 * len(PerFrame.FREQS)
+    assert net.inner.cond_in.in_channels == 2 + 2 * 2 + 2 * len(PerFrame.FREQS)
     for p in net.parameters():  # break zero-init so outputs respond to inputs
         torch.nn.init.normal_(p, std=0.1)
     x, lam, z = torch.randn(2, 1, 4, 8, 8), torch.tensor([-1.0, 2.0]), torch.randn(2, 2, 2, 4, 4)
     out = net(x, lam, cond=z)
     assert out.shape == x.shape
-    # frame 2 alone through the inner network, given the stacked latent and frame 2's time signals
+    # frame 2 alone through the inner network, given z0 at its time (frame 2 of 4 sits three quarters of
+    # the way from latent frame 0's centre to latent frame 1's), the stacked latent and its time signals
     when = torch.tensor((2 + 0.5) / 4)
     waves = torch.stack([f(torch.pi * k * when) for k in PerFrame.FREQS for f in (torch.sin, torch.cos)])
-    cond2 = torch.cat([z.flatten(1, 2), waves.view(1, -1, 1, 1).expand(2, -1, 4, 4)], dim=1)
+    at_time = 0.25 * z[:, :, 0] + 0.75 * z[:, :, 1]
+    cond2 = torch.cat([at_time, z.flatten(1, 2), waves.view(1, -1, 1, 1).expand(2, -1, 4, 4)], dim=1)
     assert torch.allclose(out[:, :, 2], net.inner(x[:, :, 2], lam, cond=cond2), atol=1e-5)
     x2 = x.clone()
     x2[:, :, 1] += 1.0  # another frame's noise leaves frame 2 alone

@@ -197,8 +197,8 @@ DENOISERS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "vit": ViT}
 class PerFrame(nn.Module):
     """A video denoiser made of a 2-D one run on every frame alone (2-D convolutions cost a third
     of 3-D ones per weight and run faster on a CPU). Each frame sees its own noisy frame and, as
-    cond, the clip's whole z0 (latent frames stacked as channels) with sinusoids of the frame's
-    time, so it knows which moment of the latent it draws. Same signature as the 2-D network."""
+    cond, z0 at its own time (linear between latent frames), the clip's whole z0 (latent frames
+    stacked as channels) and sinusoids of the frame's time. Same signature as the 2-D network."""
 
     FREQS = (1, 2, 4, 8)  # sin and cos of pi * k * (frame time in (0, 1))
 
@@ -214,7 +214,8 @@ class PerFrame(nn.Module):
             waves = torch.stack([f(torch.pi * k * when) for k in self.FREQS for f in (torch.sin, torch.cos)])
             waves = waves.view(1, -1, t, 1, 1).expand(n, -1, t, *cond.shape[3:])  # [N, 8, T, h, w]
             stacked = cond.flatten(1, 2)[:, :, None].expand(-1, -1, t, -1, -1)  # [N, c*T', T, h, w]
-            cond = frames(torch.cat([stacked, waves], dim=1))
+            aligned = F.interpolate(cond, size=(t, *cond.shape[3:]), mode="trilinear")  # [N, c, T, h, w], linear in time
+            cond = frames(torch.cat([aligned, stacked, waves], dim=1))
         labels = labels.repeat_interleave(t) if labels is not None else None
         out = self.inner(frames(x), lam.repeat_interleave(t), cond, labels)  # [N*T, C, H, W]
         return out.view(n, t, *out.shape[1:]).transpose(1, 2)
@@ -237,7 +238,7 @@ def build_denoiser(
     if dims != 3 or not cond_ch or not cond_frames:
         raise ConfigError("per_frame applies only to the decoder of a video model (data.frames > 1): "
                           "set it as model.decoder.per_frame=true, or leave it false")
-    inner_cond = cond_ch * cond_frames + 2 * len(PerFrame.FREQS)
+    inner_cond = cond_ch * (1 + cond_frames) + 2 * len(PerFrame.FREQS)
     return PerFrame(DENOISERS[cfg.arch](cfg, 2, in_ch, out_ch, inner_cond, num_classes))
 
 
