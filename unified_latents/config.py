@@ -51,7 +51,7 @@ class NetConfig:
     emb_dim: int = 128  # width of the log-SNR embedding
     norm: str = "group"  # conv normalisation: "group" (<= 32 groups) or "layer" (1 group; nn/layers.py norm)
     cond_all_levels: bool = False  # U-Net with a cond (the decoder): z0 enters every down level, not only the first
-    per_frame: bool = False  # video decoder: a 2-D network on each frame alone, given the clip's whole z0 and the frame's time
+    per_frame: bool = False  # video decoder: a 2-D network on each frame alone, given z0 at its time, the whole z0, the time
 
 
 @dataclass

@@ -196,7 +196,7 @@ DENOISERS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "vit": ViT}
 
 class PerFrame(nn.Module):
     """A video denoiser made of a 2-D one run on every frame alone (2-D convolutions cost a third
-    of 3-D ones per weight and run faster on a CPU). Each frame sees its own noisy frame and, as
+    of 3-D ones per weight). Each frame sees its own noisy frame and, as
     cond, z0 at its own time (linear between latent frames), the clip's whole z0 (latent frames
     stacked as channels) and sinusoids of the frame's time. Same signature as the 2-D network."""
 
@@ -214,7 +214,7 @@ class PerFrame(nn.Module):
             waves = torch.stack([f(torch.pi * k * when) for k in self.FREQS for f in (torch.sin, torch.cos)])
             waves = waves.view(1, -1, t, 1, 1).expand(n, -1, t, *cond.shape[3:])  # [N, 8, T, h, w]
             stacked = cond.flatten(1, 2)[:, :, None].expand(-1, -1, t, -1, -1)  # [N, c*T', T, h, w]
-            aligned = F.interpolate(cond, size=(t, *cond.shape[3:]), mode="trilinear")  # [N, c, T, h, w], linear in time
+            aligned = F.interpolate(cond, size=(t, *cond.shape[3:]), mode="trilinear", align_corners=False)  # [N, c, T, h, w]
             cond = frames(torch.cat([aligned, stacked, waves], dim=1))
         labels = labels.repeat_interleave(t) if labels is not None else None
         out = self.inner(frames(x), lam.repeat_interleave(t), cond, labels)  # [N*T, C, H, W]
