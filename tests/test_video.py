@@ -245,7 +245,6 @@ def test_per_frame_decoder_trains_saves_and_reconstructs_clips(tmp_path):
     assert json.loads(r.stdout)["images"] == 2 and (tmp_path / "reconstructions.png").exists()
 
 
-
 @pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_video_stages_end_to_end_cli(tmp_path):
     inc = _stand_in_inception(tmp_path / "inc.pt")
