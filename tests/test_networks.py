@@ -124,6 +124,8 @@ def test_per_frame_only_for_a_video_decoder():
     for dims, cond_ch, frames in [(2, 4, 0), (3, 0, 0), (3, 4, 0)]:  # images; the prior or base model; no latent frames
         with pytest.raises(ConfigError, match="model.decoder.per_frame"):
             build_denoiser(cfg, dims, 1, 1, cond_ch=cond_ch, cond_frames=frames)
+    with pytest.raises(ConfigError, match="model.decoder.per_frame"):  # the encoder: refused, not ignored
+        build_encoder(NetConfig(arch="resnet_encoder", channels=[8], blocks=[1], per_frame=True), 3, 1, 4)
     with pytest.raises(ConfigError, match="model.decoder.per_frame"):
         from unified_latents.objectives.registry import build_model
         build_model(apply_overrides(get_preset("tiny"), ["model.decoder.per_frame=true"]))

@@ -196,9 +196,9 @@ DENOISERS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "vit": ViT}
 
 class PerFrame(nn.Module):
     """A video denoiser made of a 2-D one run on every frame alone (2-D convolutions cost a third
-    of 3-D ones per weight). Each frame sees its own noisy frame and, as
-    cond, z0 at its own time (linear between latent frames), the clip's whole z0 (latent frames
-    stacked as channels) and sinusoids of the frame's time. Same signature as the 2-D network."""
+    of 3-D ones per weight). Each frame sees its own noisy frame and, as cond, z0 at its own time
+    (linear between latent frames), the clip's whole z0 (latent frames stacked as channels) and
+    sinusoids of the frame's time. Same signature as the 2-D network."""
 
     FREQS = (1, 2, 4, 8)  # sin and cos of pi * k * (frame time in (0, 1))
 
@@ -221,9 +221,15 @@ class PerFrame(nn.Module):
         return out.view(n, t, *out.shape[1:]).transpose(1, 2)
 
 
+_PER_FRAME_ONLY = ("per_frame applies only to the decoder of a video model (data.frames > 1): "
+                   "set it as model.decoder.per_frame=true, or leave it false")
+
+
 def build_encoder(cfg: NetConfig, dims: int, in_ch: int, out_ch: int) -> nn.Module:
     _check(cfg, ENCODERS, "encoder")
     _check_cond_levels(cfg, "encoder", cond_ch=0)
+    if cfg.per_frame:
+        raise ConfigError(f"encoder: {_PER_FRAME_ONLY}")
     return ENCODERS[cfg.arch](cfg, dims, in_ch, out_ch)
 
 
@@ -236,8 +242,7 @@ def build_denoiser(
     if not cfg.per_frame:
         return DENOISERS[cfg.arch](cfg, dims, in_ch, out_ch, cond_ch, num_classes)
     if dims != 3 or not cond_ch or not cond_frames:
-        raise ConfigError("per_frame applies only to the decoder of a video model (data.frames > 1): "
-                          "set it as model.decoder.per_frame=true, or leave it false")
+        raise ConfigError(f"denoiser: {_PER_FRAME_ONLY}")
     inner_cond = cond_ch * (1 + cond_frames) + 2 * len(PerFrame.FREQS)
     return PerFrame(DENOISERS[cfg.arch](cfg, 2, in_ch, out_ch, inner_cond, num_classes))
 
