@@ -205,7 +205,7 @@ def test_a_state_written_before_the_controllers_buffer_was_added_resumes(tmp_pat
         del self._buffers["controlled_bits"]
 
     monkeypatch.setattr(UnifiedLatents, "__init__", earlier_init)
-    monkeypatch.setattr(UnifiedLatents, "after_step", lambda self, m: {"loss_factor": self.loss_factor})
+    monkeypatch.setattr(UnifiedLatents, "after_step", lambda self, m, ok=None: {"loss_factor": self.loss_factor})
     _train(cfg, data, tmp_path / "old", until=32)
     monkeypatch.undo()
     assert not any("controlled_bits" in k for k in load_state(tmp_path / "old" / "state-000000000032")["model"])

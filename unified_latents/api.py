@@ -34,10 +34,15 @@ from .objectives.registry import load_model
 class UnifiedLatentsModel:
     """A loaded artifact (EMA weights, eval mode) on one device."""
 
-    def __init__(self, model, cfg, device: torch.device):
-        self.model, self.cfg, self.device = model, cfg, device
+    def __init__(self, model, cfg):
+        self.model, self.cfg = model, cfg
         self.stage1 = getattr(model, "stage1", model)  # a base model carries its frozen stage 1
         self.data = self.stage1.cfg.data
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks are now (a diffusers pipeline's `.to("cuda")` moves them)."""
+        return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ generation
 
@@ -130,9 +135,9 @@ def _image(chw: torch.Tensor) -> Image.Image:
 def load(path: str | Path, device: str = "auto") -> UnifiedLatentsModel:
     """An artifact (`artifact.safetensors` of stage 1 or of a base model), a folder written by
     `ul export`, or a Hub repo id ("user/name") holding one, ready to use.
-    device: "auto" (a GPU when there is one), "cuda" or "cpu"."""
+    device: "auto" (a GPU when there is one), "cuda", "cuda:N" (that GPU) or "cpu"."""
     from .export import fetch  # a Hub name ("user/name") is downloaded with huggingface_hub
 
     dev = dist.init(device)
     model, cfg = load_model(fetch(str(path)), dev)
-    return UnifiedLatentsModel(model, cfg, dev)
+    return UnifiedLatentsModel(model, cfg)

@@ -26,7 +26,8 @@ class DataConfig:
     channels: int = 1  # 1 (gray) or 3 (RGB); inputs of any mode are converted
     pad: int = 2  # border added around the stored images (Fashion-MNIST 28 -> 32); metrics crop it off
     skip_bad: bool = False  # skip unreadable image files instead of stopping
-    workers: int = 0  # DataLoader processes decoding training batches ahead of the step (0 = in the training process)
+    workers: int = -1  # DataLoader processes decoding training batches ahead of the step (0 = in the training
+    #                    process; -1 = auto: 4 per process on CUDA, fewer if the CPUs are fewer; 0 elsewhere)
     image_column: str = "image"  # `ul data prepare hf:NAME`: the dataset's image column
     label_column: str = "label"  # ... and its label column (none: unlabelled)
     num_classes: int = 10  # labels kept for later stages; 0 = unconditional data
@@ -136,7 +137,7 @@ class TrainConfig:
     keep: int = 2  # training states kept
     async_checkpoint: bool = True  # under torchrun: write states in a background thread (tensors copied to CPU first)
     max_bad_steps: int = 20  # consecutive non-finite steps before stopping
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # allow bf16 mixed precision: what accel.amp=auto uses on CUDA (accel.amp forces it)
     shard: str = "ddp"  # several processes: "ddp" (a full replica each) or "fsdp" (FSDP2: parameters,
     #                     gradients, optimizer and EMA sharded per block; bf16 parameters on CUDA with amp)
     compile: bool = False  # torch.compile each network block
@@ -161,6 +162,28 @@ class EvalConfig:
     batch: int = 0
 
 
+Switch = typing.NewType("Switch", str)  # "auto", "on" or "off" (YAML's true/false are read as on/off)
+SWITCH = ("auto", "on", "off")
+NOISE = ("auto", "host", "device")
+
+
+@dataclass
+class AccelConfig:
+    """Every device-dependent performance choice (unified_latents/accel.py resolves them). "auto"
+    picks by device (on for CUDA, off elsewhere); "on"/"off" force a choice on any device, so a
+    CPU test can take the path a GPU takes. None of them changes what is optimised beyond float
+    rounding."""
+
+    amp: Switch = Switch("auto")  # bf16 autocast around network calls, training and inference; auto: CUDA and train.amp
+    channels_last: Switch = Switch("auto")  # conv weights and inputs channels-last (4-D) / channels-last-3d (5-D)
+    tf32: Switch = Switch("auto")  # TF32 matmuls and convolutions (never for the Inception features of FID)
+    fused_adam: Switch = Switch("auto")  # fused AdamW kernel; a non-finite step is then skipped on the device
+    pin_memory: Switch = Switch("auto")  # pinned host batches and non-blocking copies to the device
+    cudnn_benchmark: Switch = Switch("auto")  # cuDNN picks the fastest convolution algorithm per shape
+    noise: str = "auto"  # generation noise: "host" (per-seed CPU generators) or "device" (counter-based
+    #                      per-seed streams drawn on the device); auto: device on CUDA, host elsewhere
+
+
 @dataclass
 class RunConfig:
     stage: str = "latents"
@@ -171,6 +194,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     def pixel_shift(self) -> float:
         d = self.diffusion
@@ -193,6 +217,11 @@ def _coerce(value, tp, where: str):
             return None
         tp = next(a for a in args if a is not type(None))
         return _coerce(value, tp, where)
+    if tp is Switch:
+        value = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        if value not in SWITCH:
+            raise ConfigError(f"{where}: expected one of {', '.join(SWITCH)}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -266,7 +295,7 @@ _POSITIVE = ("data.resolution", "data.channels", "data.frame_stride", "data.clip
              "sample.decoder_steps", "sample.base_steps",
              "diffusion.loss_factor", "diffusion.mse_sigma", "diffusion.controller_min", "diffusion.controller_max",
              *(f"model.{n}.{k}" for n in _NETS for k in ("patch", "patch_t", "width", "heads", "emb_dim")))
-_NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "data.workers", "train.micro_batch", "train.warmup_samples",
+_NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "train.micro_batch", "train.warmup_samples",
                  "train.image_every", "train.ckpt_every", "train.ckpt_minutes", "train.posthoc_every",  # 0 = a preview / checkpoint only at the end
                  "train.weight_decay", "train.grad_clip", "sample.batch", "eval.batch", "sample.guidance",
                  "diffusion.target_bits", "diffusion.kl_weight", "diffusion.stop_grad_kl_weight", "diffusion.controller_rate",
@@ -309,6 +338,10 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
     for key, closed in _UNIT.items():
         if not (0 <= flat[key] <= 1 if closed else 0 <= flat[key] < 1):
             raise bad(key, "in [0, 1]" if closed else "in [0, 1)")
+    if flat["data.workers"] < -1:
+        raise bad("data.workers", "-1 (auto), 0 or more")
+    if flat["accel.noise"] not in NOISE:
+        raise bad("accel.noise", "one of " + ", ".join(NOISE))
     lengths = flat["train.posthoc_ema"]  # 0.28: training/posthoc_ema.py's MAX_SIGMA_REL
     if any(not 0 < x <= 0.28 for x in lengths) or len({round(x, 4) for x in lengths}) != len(lengths):
         raise bad("train.posthoc_ema", "a list of distinct relative EMA lengths, each in (0, 0.28]")
@@ -333,7 +366,7 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
 CHANGEABLE = ("data.source", "data.eval_source", "data.skip_bad", "data.workers", "base.stage1_artifact",
               "base.latents", "train.total_samples", "train.posthoc_every", "train.log_every", "train.log", "train.image_every", "train.ckpt_every",
               "train.ckpt_minutes", "train.keep", "train.async_checkpoint", "train.max_bad_steps", "train.micro_batch",
-              "train.shard", "train.compile", "train.activation_checkpointing", "sample", "eval")
+              "train.shard", "train.compile", "train.activation_checkpointing", "train.amp", "sample", "eval", "accel")
 
 
 # Fields added later whose earlier behaviour is not their default: a saved config (a run's

@@ -13,19 +13,46 @@ from .errors import TrainingError, UserError
 
 def init(device: str = "auto") -> torch.device:
     """Join the process group if launched by torchrun; return this process's device. `device`:
-    "auto" (this process's GPU when there is one, else the CPU), "cuda" or "cpu"."""
-    if device not in ("auto", "cuda", "cpu"):
-        raise UserError(f"--device must be auto, cuda or cpu, got {device!r}")
+    "auto" (this process's GPU when there is one, else the CPU), "cuda", "cuda:N" (GPU N, one
+    process) or "cpu"."""
+    index = _gpu_index(device)
     use_cuda = torch.cuda.is_available() and device != "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: this PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
+    if not use_cuda:
+        _join("gloo", None)
+        return torch.device("cpu")
+    if index is not None and index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 ...)")
+    gpu = torch.device("cuda", local_gpu() if index is None else index)
+    torch.cuda.set_device(gpu)
+    _join("nccl", gpu)
+    return gpu
+
+
+def _gpu_index(device: str) -> int | None:
+    """N of "cuda:N"; None for auto, cuda and cpu; UserError for anything else."""
+    if device in ("auto", "cuda", "cpu"):
+        return None
+    head, _, tail = device.partition(":")
+    if head != "cuda" or not tail.isdigit():
+        raise UserError(f"--device must be auto, cuda, cuda:N or cpu, got {device!r}")
+    return int(tail)
+
+
+def local_gpu() -> int:
+    """This process's GPU index among the visible ones: LOCAL_RANK where every process of a node
+    sees all its GPUs (torchrun), modulo the visible count where a launcher gives each process its
+    own (srun with one GPU per task: LOCAL_RANK 3 and a single visible GPU, index 0)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count())
+
+
+def _join(backend: str, device: torch.device | None) -> None:
+    """Join the process group when launched by torchrun (RANK and WORLD_SIZE set); binding NCCL to
+    this process's GPU (device_id) lets it connect eagerly instead of guessing the device."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    if use_cuda:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+        extra = {"device_id": device} if device is not None else {}
+        dist.init_process_group(backend, timeout=timedelta(minutes=30), **extra)
 
 
 def shutdown() -> None:
@@ -85,6 +112,16 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def any_of(flags: list[bool]) -> list[bool]:
+    """Each flag: true on any process (every process gets the same answer). Host values summed over
+    a gloo group, so asking costs no device synchronisation."""
+    if not dist.is_initialized():
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=_objects_group())
+    return [v > 0 for v in t.tolist()]
 
 
 def all_agree(flag: bool) -> bool:

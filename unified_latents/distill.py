@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .accel import autocast
 from .config import to_dict
 from .data import load_images, to_float
 from .diffusion import alpha_sigma, sample_lams
@@ -109,9 +110,11 @@ class _Part:
         return z, {"labels": labels}
 
     def predict(self, net, z_t, lam, kw):
-        if self.part == "decoder":
-            return denoise(net, z_t, lam, cond=kw["cond"], amp=False)
-        return denoise(net, z_t, lam, None, kw["labels"], amp=False)
+        """Teacher or student x_hat, in the precision the network was trained in (accel.amp)."""
+        with autocast((self.s1 if self.part == "decoder" else self.model).cfg, self.device):
+            if self.part == "decoder":
+                return denoise(net, z_t, lam, cond=kw["cond"])
+            return denoise(net, z_t, lam, None, kw["labels"])
 
 
 def distill_round(part: _Part, teacher, student, steps: int, req: DistillRequest, seed: int, progress: bool) -> list[float]:

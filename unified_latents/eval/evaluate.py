@@ -218,9 +218,11 @@ def eval_context(model: BaseModel, request: EvalRequest) -> tuple[_Context, Refe
     ref_count = min(ref_count, len(held))
     recon = min(recon, len(held))  # a held-out set smaller than asked for is used whole (eval.json says how many)
     d = s1cfg.data
-    # the reference features are keyed on content: the held-out data's fingerprint and the network file's hash
+    # the reference features are keyed on content (the held-out data's fingerprint, the network file's
+    # hash) and on how they were computed (resize, device type and precision)
     key = dist.broadcast_object(dist.on_main(lambda: json.dumps([data_fingerprint(d, src, split), ref_count, net.sha256,
-                                                                 net.resize]), "fingerprinting the held-out data"))
+                                                                 net.resize, net.precision]),
+                                             "fingerprinting the held-out data"))
     ctx = _Context(model, request, sc, held, None, net)
     ctx.ref = eval_reference(ctx, key, ref_count)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames, net.resize)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..accel import exact_fp32
 from ..data.fingerprint import file_sha256
 from ..errors import UserError
 
@@ -116,7 +117,17 @@ class InceptionFeatures:
             except (RuntimeError, AttributeError):
                 self.fast = None
 
+    @property
+    def precision(self) -> str:
+        """What the features were computed with, for cache keys: features of one network differ
+        by device (kernels; the CPU's folded network) beyond what FID should absorb silently."""
+        return f"{self.device.type}{'-folded' if self.fast is not None else ''}-fp32-ieee"
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with exact_fp32():  # no TF32, no autocast: features comparable with any other run's
+            return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast is not None:
             try:
                 return self.fast(x.contiguous(memory_format=torch.channels_last))

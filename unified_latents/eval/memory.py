@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
-from ..training.parallel import blocks, checkpoint_blocks, trainable_networks
+from ..training.parallel import blocks, trainable_networks, wrap_blocks
 
 
 class MetaNoise:
@@ -79,7 +79,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, labels: torch.Tens
         nets = trainable_networks(model)
         hooks = [b.register_forward_pre_hook(lambda m, args: [count(a) for a in args] and None)
                  for n in nets for b in blocks(n)]
-        checkpoint_blocks(nets)
+        wrap_blocks(nets, compile=False, recompute=True)
     try:
         with mock.patch.object(F, "scaled_dot_product_attention", _fused_sdpa):
             with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):

@@ -4,13 +4,14 @@ loss container, per-sample noise, and the one denoiser wrapper around every netw
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 
+from ..accel import resolve
 from ..diffusion import alpha_sigma, x_from_v
+from .noise import CounterNoise
 
 if TYPE_CHECKING:
     from .noise import BatchNoise
@@ -40,8 +41,10 @@ class Objective(Protocol):
     def __call__(self, x: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
         """forward: per-example loss terms of the examples `x` given their slice of the noise."""
 
-    def after_step(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Called after each optimizer step with the batch's metrics; returns values to log."""
+    def after_step(self, metrics: dict, ok: torch.Tensor | None = None) -> dict:
+        """Called after each optimizer step with the batch's metrics (0-d tensors on the device, or
+        floats); returns values to log (tensors or floats). `ok`: a 0-d bool tensor, False when the
+        device skipped the step (the fused optimizer's found_inf), which must then change nothing."""
 
     def previews(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pictures worth a look during training: {name: float images or clips in [-1, 1]}."""
@@ -80,21 +83,13 @@ class Autoencoder(Protocol):
         """The base model's log-SNR schedule shift given base.shift."""
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA around a network call (fp32 master weights); nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def denoise(net: Callable[..., torch.Tensor], x_t: torch.Tensor, lam: torch.Tensor, cond: torch.Tensor | None = None,
-            labels: torch.Tensor | None = None, amp: bool = True) -> torch.Tensor:
+            labels: torch.Tensor | None = None) -> torch.Tensor:
     """x_hat = alpha x_t - sigma v (UL_SPEC 6) of a v-predicting network: the one place where the
-    parameterisation and the precision of a network call are set. `amp`: bf16 on CUDA around the
-    network (inference); the training losses pass False and leave precision to the loop (train.amp)."""
+    parameterisation of a network call is set. Precision is the caller's context: the training
+    loop's autocast, or an inference method's `accel.autocast` (bf16 where training used it)."""
     a, s = (bcast(v, x_t) for v in alpha_sigma(lam))
-    with autocast(x_t.device) if amp else nullcontext():
-        v = net(x_t, lam, cond=cond, labels=labels)  # [N, *x_t.shape[1:]]
+    v = net(x_t, lam, cond=cond, labels=labels)  # [N, *x_t.shape[1:]]
     return x_from_v(x_t, v.float(), a, s)
 
 
@@ -103,9 +98,8 @@ def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-class seeded_noise:
-    """Per-example random streams: example k's noise depends only on its seed, never on the
-    batch it shares or the device count (DESIGN principle 8)."""
+class HostNoise:
+    """Per-example random streams from CPU generators, copied to `device`."""
 
     def __init__(self, seeds: list[int], device=None):
         self.device = torch.device(device or "cpu")
@@ -123,11 +117,23 @@ class seeded_noise:
         return self.normal(tuple(x.shape[1:])).to(x.dtype)
 
 
+def seeded_noise(seeds: list[int], device=None, on_device: bool = False) -> HostNoise | CounterNoise:
+    """Per-example random streams: example k's noise depends only on its seed, never on the
+    batch it shares or the device count (DESIGN principle 8). `on_device` (accel.noise): drawn
+    by one kernel on the device (objectives/noise.py CounterNoise) instead of per seed on the
+    host and copied; the two give different numbers, each reproducible."""
+    return CounterNoise(seeds, device or "cpu") if on_device else HostNoise(seeds, device)
+
+
+def generation_noise(cfg: RunConfig, seeds: list[int], device) -> HostNoise | CounterNoise:
+    """seeded_noise where `cfg`'s accel.noise puts it on `device`."""
+    return seeded_noise(seeds, device, resolve(cfg, device).device_noise)
+
+
 def elbo_bits(nats_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int, z_shape: tuple[int, ...],
-              seeds: list[int], device, n_t: int = 8) -> torch.Tensor:
+              noise: HostNoise | CounterNoise, device, n_t: int = 8) -> torch.Tensor:
     """Bits per example [N] of an ELBO: `nats_fn(t [N], eps [N, *z_shape]) -> nats [N]` averaged
-    over n_t stratified t per example (the held-out bitrate estimator; UL_SPEC 7)."""
-    noise = seeded_noise(seeds, device)
+    over n_t stratified t per example, drawn from `noise` (the held-out bitrate estimator; UL_SPEC 7)."""
     total = torch.zeros(n, dtype=torch.float64, device=device)
     for k in range(n_t):
         t = torch.remainder(noise.uniform(()) + k / n_t, 1.0)

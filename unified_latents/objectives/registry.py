@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import dist
+from ..accel import apply_backends, lay_out, resolve
 from ..config import RunConfig, from_saved
 from ..errors import ArtifactError, ConfigError, UserError
 from ..presets import get_preset
@@ -92,4 +93,6 @@ def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None
         model.load_state_dict(tensors)
     except RuntimeError as e:
         raise ArtifactError(f"{path}: weights do not fit the network its config describes ({str(e)[:200]})") from None
-    return model.to(device).eval(), cfg
+    acc = resolve(cfg, device)
+    apply_backends(acc)  # TF32 and cuDNN autotuning as in training
+    return lay_out(model.to(device), acc).eval(), cfg

@@ -4,6 +4,7 @@ trained jointly on L = L_z + c_lf * L_x, both in nats per example.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,7 +23,8 @@ from ..diffusion import (
 )
 from ..data.modality import modality_of
 from ..nn import build_denoiser, build_encoder, check_grid, encoder_grid
-from .base import Losses, autocast, bcast, denoise, elbo_bits, seeded_noise
+from ..accel import autocast
+from .base import Losses, bcast, denoise, elbo_bits, generation_noise
 from .noise import BatchNoise
 
 MEAN_SEED_OFFSET = 3_000_017  # decoder seeds of the j-th sample averaged by reconstruct(mean_of=K)
@@ -54,6 +56,14 @@ def check_grids(cfg: RunConfig, base: NetConfig | None = None) -> None:
     if base is not None:
         check_grid(base, m.dims, grid, "base model (on the latent grid)",
                    "give model.base fewer levels or a smaller patch")
+
+
+@functools.lru_cache(maxsize=8)
+def _alpha_sigma0(lam0: float) -> tuple[float, float]:
+    """alpha(lam0), sigma(lam0) as Python floats, computed once (not read back from a tensor every
+    training step)."""
+    a, s = alpha_sigma(torch.tensor(lam0, dtype=torch.float64))
+    return float(a), float(s)
 
 
 class UnifiedLatents(nn.Module):
@@ -133,7 +143,8 @@ class UnifiedLatents(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z_clean [N, *z_shape] (the mean, when the encoder also predicts a variance)."""
-        return self.encode_stats(x)[0]
+        with autocast(self.cfg, x.device):
+            return self.encode_stats(x)[0]
 
     def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean, log sigma_z^2 or None): the encoder's output, split when it learns a variance."""
@@ -159,13 +170,14 @@ class UnifiedLatents(nn.Module):
         and its entropy credit. What stage 2 trains on and what every bitrate is measured on."""
         eps = None
         if self.cfg.diffusion.learned_variance:
-            eps = seeded_noise([s + VARIANCE_SEED_OFFSET for s in seeds], x.device).normal(self.z_shape)
-        return self.sample_latent(x, eps)
+            eps = generation_noise(self.cfg, [s + VARIANCE_SEED_OFFSET for s in seeds], x.device).normal(self.z_shape)
+        with autocast(self.cfg, x.device):
+            return self.sample_latent(x, eps)
 
     def noisy_latent(self, z_clean: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """z0 = alpha(lam0) z_clean + sigma(lam0) eps: the latent the decoder sees (UL_SPEC 2)."""
-        a, s = alpha_sigma(torch.tensor(self.cfg.diffusion.lam0, dtype=torch.float64))
-        return float(a) * z_clean + float(s) * eps
+        a, s = _alpha_sigma0(self.cfg.diffusion.lam0)
+        return a * z_clean + s * eps
 
     def prior_loss(self, z_clean: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Unweighted ELBO of z0 under the prior + terminal KL, nats per example [N] (eq. 3).
@@ -177,7 +189,7 @@ class UnifiedLatents(nn.Module):
             return prior_terminal_kl(z_clean, self.cfg.diffusion.lam0)
         lam = self.sched_z.lam(t)
         a, s = (bcast(v, z_clean) for v in alpha_sigma(lam))
-        z_hat = denoise(self.prior, a * z_clean + s * eps, lam, amp=False)
+        z_hat = denoise(self.prior, a * z_clean + s * eps, lam)
         diff = elbo_integrand(z_clean, z_hat, lam, self.sched_z.neg_dlam_dt(t))
         return diff + prior_terminal_kl(z_clean, self.cfg.diffusion.lam_z_min)
 
@@ -193,7 +205,7 @@ class UnifiedLatents(nn.Module):
             return ((x.float() - self.regress(z0)) ** 2).flatten(1).sum(1) / (2 * self.cfg.diffusion.mse_sigma**2)
         lam = self.sched_x.lam(t)
         a, s = (bcast(v, x) for v in alpha_sigma(lam))
-        x_hat = denoise(self.decoder, a * x + s * eps, lam, cond=z0, amp=False)
+        x_hat = denoise(self.decoder, a * x + s * eps, lam, cond=z0)
         w = sigmoid_weight(lam, self.cfg.diffusion.bias)
         return elbo_integrand(x, x_hat, lam, self.sched_x.neg_dlam_dt(t), w)
 
@@ -226,36 +238,42 @@ class UnifiedLatents(nn.Module):
         )
 
     @torch.no_grad()
-    def after_step(self, metrics: dict[str, float]) -> dict[str, float]:
+    def after_step(self, metrics: dict, ok: torch.Tensor | None = None) -> dict:
         """Bitrate controller: dual ascent on log c_lf toward `target_bits` (bits per image).
 
         Too many bits -> lower c_lf (decoder loss cheaper, latent less useful) and vice versa. It
         holds c_lf for the first `controller_hold_samples` (an untrained prior charges ~700 bits
         for anything, and answering that collapses the latent), then follows an EMA of the batch
         bitrate (an EMA that starts at the target), and moves log c_lf by at most `controller_rate` per
-        step (relative error clipped to 1)."""
-        d = self.cfg.diffusion
-        if d.target_bits > 0 and metrics.get("samples", math.inf) > d.controller_hold_samples:
-            smooth = d.controller_smoothing * float(self.controlled_bits) + (1 - d.controller_smoothing) * metrics["bits_per_image"]
-            self.controlled_bits.fill_(smooth)
-            err = max(-1.0, min(1.0, (smooth - d.target_bits) / d.target_bits))
-            new = float(self.log_loss_factor) - d.controller_rate * err
-            new = min(max(new, math.log(d.controller_min)), math.log(d.controller_max))
-            self.log_loss_factor.fill_(new)
-            return {"loss_factor": self.loss_factor, "controlled_bits": smooth}
-        return {"loss_factor": self.loss_factor}
+        step (relative error clipped to 1). Computed on the buffers' device (no host read);
+        `ok` False (a step the device skipped) leaves both buffers as they were."""
+        d, llf, held = self.cfg.diffusion, self.log_loss_factor, self.controlled_bits
+        if not (d.target_bits > 0 and metrics.get("samples", math.inf) > d.controller_hold_samples):
+            return {"loss_factor": llf.exp()}
+        bits = torch.as_tensor(metrics["bits_per_image"], dtype=torch.float64, device=llf.device)
+        smooth = d.controller_smoothing * held + (1 - d.controller_smoothing) * bits
+        err = ((smooth - d.target_bits) / d.target_bits).clamp(-1.0, 1.0)
+        new = (llf - d.controller_rate * err).clamp(math.log(d.controller_min), math.log(d.controller_max))
+        if ok is not None:
+            smooth, new = torch.where(ok, smooth, held), torch.where(ok, new, llf)
+        held.copy_(smooth)
+        llf.copy_(new)
+        return {"loss_factor": llf.exp(), "controlled_bits": held.clone()}
 
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
     def decode(self, z0: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
         """Decoder sample x [N, *x_shape] in [-1, 1] given z0 (UL_SPEC 5 step 2)."""
+        with autocast(self.cfg, z0.device):
+            return self._decode(z0, seeds, steps, sampler)
+
+    def _decode(self, z0: torch.Tensor, seeds: list[int], steps: int | None, sampler: str | None):
         if self.cfg.diffusion.decoder_kind == "mse":
-            with autocast(z0.device):
-                return self.regress(z0).clamp(-1, 1)
+            return self.regress(z0).clamp(-1, 1)
         sc = self.cfg.sample
         steps, sampler = steps or sc.decoder_steps, sampler or sc.sampler
-        noise = seeded_noise(seeds, z0.device)
+        noise = generation_noise(self.cfg, seeds, z0.device)
         x = noise.normal(self.x_shape)
         lams = sample_lams(self.sched_x, steps, z0.device)
 
@@ -270,7 +288,7 @@ class UnifiedLatents(nn.Module):
     def decode_clean(self, z_clean: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
         """Decoder sample given z_clean: the log-SNR-5 noise drawn from seed + 1,000,003 as in
         `reconstruct`, so decode_clean(encode(x)) is reconstruct(x) (the encoder mean, with a learned variance)."""
-        eps = seeded_noise([s + 1_000_003 for s in seeds], z_clean.device).normal(self.z_shape)
+        eps = generation_noise(self.cfg, [s + 1_000_003 for s in seeds], z_clean.device).normal(self.z_shape)
         return self.decode(self.noisy_latent(z_clean, eps), seeds, steps, sampler)
 
     @torch.no_grad()
@@ -281,9 +299,10 @@ class UnifiedLatents(nn.Module):
         optimal reconstruction; sample j uses decoder seeds offset by j * MEAN_SEED_OFFSET)."""
         if mean_of < 1:
             raise ValueError(f"mean_of={mean_of}: the number of decoder samples to average must be 1 or more")
-        noise = seeded_noise([s + 1_000_003 for s in seeds], x.device)
+        noise = generation_noise(self.cfg, [s + 1_000_003 for s in seeds], x.device)
         eps = noise.normal(self.z_shape)
-        z_clean, _ = self.sample_latent(x, noise.normal(self.z_shape) if self.cfg.diffusion.learned_variance else None)
+        with autocast(self.cfg, x.device):
+            z_clean, _ = self.sample_latent(x, noise.normal(self.z_shape) if self.cfg.diffusion.learned_variance else None)
         z0 = self.noisy_latent(z_clean, eps)
         out = self.decode(z0, seeds, steps, sampler)
         if self.cfg.diffusion.decoder_kind == "mse":
@@ -296,7 +315,9 @@ class UnifiedLatents(nn.Module):
     def bits(self, x: torch.Tensor, seeds: list[int], n_t: int = 8) -> torch.Tensor:
         """Prior bitrate estimate per example in bits [N]: L_z averaged over n_t stratified t."""
         z_clean, extra = self.encode_sample(x, seeds)
-        bits = elbo_bits(lambda t, eps: self.prior_loss(z_clean, t, eps), x.shape[0], self.z_shape, seeds, x.device, n_t)
+        noise = generation_noise(self.cfg, seeds, x.device)
+        with autocast(self.cfg, x.device):
+            bits = elbo_bits(lambda t, eps: self.prior_loss(z_clean, t, eps), x.shape[0], self.z_shape, noise, x.device, n_t)
         return bits + extra.double() / math.log(2)
 
     def previews(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

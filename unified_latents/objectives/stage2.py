@@ -25,7 +25,8 @@ from ..diffusion import (
 )
 from ..diffusion.guidance import guided
 from ..nn import build_denoiser
-from .base import Autoencoder, Losses, bcast, denoise, elbo_bits, seeded_noise
+from ..accel import autocast
+from .base import Autoencoder, Losses, bcast, denoise, elbo_bits, generation_noise
 from .noise import BatchNoise
 from .stage1 import UnifiedLatents
 
@@ -150,11 +151,11 @@ class BaseModel(nn.Module):
         return self.stage1.encode(held), min(k, self.z_shape[1])
 
     def denoise(self, z_t: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor | None,
-                cond: torch.Tensor | None = None, amp: bool = False) -> torch.Tensor:
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         """z_hat of the base network (no context given: the empty conditioning map)."""
         if cond is None and self.context:
             cond = self.context_cond(None, None, z_t.shape[0], z_t.device)
-        return denoise(self.net, z_t, lam, cond, labels, amp)
+        return denoise(self.net, z_t, lam, cond, labels)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None, noise: dict[str, torch.Tensor]) -> Losses:
         """z: z_clean [N, *z_shape] of the frozen encoder (never rescaled for UL)."""
@@ -185,7 +186,7 @@ class BaseModel(nn.Module):
         elbo = elbo_integrand(z.detach(), z_hat.detach(), lam, ndl) + prior_terminal_kl(z, self.sched.lam_min)
         return weighted, elbo
 
-    def after_step(self, metrics: dict[str, float]) -> dict[str, float]:
+    def after_step(self, metrics: dict, ok: torch.Tensor | None = None) -> dict:
         return {}
 
     # ------------------------------------------------------------------ generation
@@ -198,14 +199,14 @@ class BaseModel(nn.Module):
         cmap = None if ctx is None else ctx[1]
 
         def cond(z_t, lam):
-            return self.denoise(z_t, lam, labels, cmap, amp=True)
+            return self.denoise(z_t, lam, labels, cmap)
 
         fn = cond
         if labels is not None and self.num_classes:
             null = torch.full_like(labels, self.num_classes)
 
             def uncond(z_t, lam):
-                return self.denoise(z_t, lam, null, cmap, amp=True)
+                return self.denoise(z_t, lam, null, cmap)
 
             fn = guided(cond, uncond, guidance, interval)
         if ctx is None:
@@ -220,9 +221,13 @@ class BaseModel(nn.Module):
 
         `context` = (z_clean [N, *z_shape], k): the first k latent frames are given; they come
         back as the context's own z0 (alpha0 z_clean + sigma0 eps), unchanged by the sampler."""
-        sc = self.cfg.sample
         device = next(self.net.parameters()).device
-        noise = seeded_noise(seeds, device)
+        with autocast(self.cfg, device):
+            return self._sample_latents(seeds, labels, steps, sampler, guidance, interval, context, device)
+
+    def _sample_latents(self, seeds, labels, steps, sampler, guidance, interval, context, device):
+        sc = self.cfg.sample
+        noise = generation_noise(self.cfg, seeds, device)
         z = noise.normal(self.z_shape)
         lams = sample_lams(self.sched, steps or sc.base_steps, z.device)
         ctx = None
@@ -230,7 +235,7 @@ class BaseModel(nn.Module):
             z_ctx, k = context
             z_ctx = z_ctx.to(device) * self.latent_scale
             mask = self.context_mask(torch.full((len(seeds),), int(k), device=device))
-            z0_ctx = self.stage1.noisy_latent(z_ctx, seeded_noise([s + CONTEXT_SEED_OFFSET for s in seeds], device).normal(self.z_shape))
+            z0_ctx = self.stage1.noisy_latent(z_ctx, generation_noise(self.cfg, [s + CONTEXT_SEED_OFFSET for s in seeds], device).normal(self.z_shape))
             ctx = (mask, self.context_cond(z0_ctx, mask, len(seeds), device), z_ctx)
         fn = self.model_fn(labels, sc.guidance if guidance is None else guidance,
                            sc.guidance_interval if interval is None else interval, ctx)
@@ -250,7 +255,9 @@ class BaseModel(nn.Module):
         second column): the same estimator as the stage-1 prior's, with this network. With a latent
         scale factor the bits are those of the scaled latents."""
         z = z * self.latent_scale
-        return elbo_bits(lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, seeds, z.device, n_t)
+        noise = generation_noise(self.cfg, seeds, z.device)
+        with autocast(self.cfg, z.device):
+            return elbo_bits(lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, noise, z.device, n_t)
 
     @torch.no_grad()
     def image_bits(self, x: torch.Tensor, labels: torch.Tensor | None, seeds: list[int], n_t: int = 8) -> torch.Tensor:

@@ -37,12 +37,16 @@ class EMA:
         return min(self.decay, (1 + step) / (10 + step))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
+    def update(self, model: nn.Module, step: int, ok: torch.Tensor | None = None) -> None:
+        """Average in the model's weights after optimizer step `step`. `ok` (a 0-d bool tensor on the
+        device): whether the device took that step; where it did not, the average is unchanged
+        (weight 0), without a host read."""
         d = self.decay_at(step)
         src = dict(model.named_parameters())
         dst = dict(self.model.named_parameters())
         names = [n for n in self.trainable(model) if n in dst]
         if names:
-            torch._foreach_lerp_([_local(dst[n]) for n in names], [_local(src[n].detach()) for n in names], 1 - d)
+            w = 1 - d if ok is None else ok.to(torch.float32) * (1 - d)
+            torch._foreach_lerp_([_local(dst[n]) for n in names], [_local(src[n].detach()) for n in names], w)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)

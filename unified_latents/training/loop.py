@@ -157,14 +157,15 @@ def _train_loop(run: Run, start: int, log, preview_x, save_previews, progress, u
             end = t.total_samples if until is None else min(until, t.total_samples)
             items = MicroBatches(data, DataOrder(len(data), t.seed), run.samples, end, t.batch, dist.rank(),
                                  run.per_rank, run.micro)
-            batches = iter(micro_batch_loader(items, cfg.data.workers, pin=run.device.type == "cuda"))
+            batches = iter(micro_batch_loader(items, run.accel.workers, pin=run.accel.pin_memory))
             while run.samples < end:
-                step, lr, gnorm = _step(run, batches)
+                step, lr = _step(run, batches)
                 bar.update(t.batch)
                 if step % t.log_every == 0 or run.samples >= t.total_samples:
+                    settle(run)  # the steps' device results, read once per logged step
                     now = time.time()
-                    rec = {"samples": run.samples, "step": step + 1, "lr": lr, "grad_norm": float(gnorm),
-                           "bad_steps": run.bad_total, "sec": now - t_last, **run.metrics}
+                    rec = {"samples": run.samples, "step": step + 1, "lr": lr, "bad_steps": run.bad_total,
+                           "sec": now - t_last, **run.metrics}
                     t_last = now
                     _log(rec, run.model.log_keys, t.total_samples, stats_f, bar, show)
                     log.scalars(rec)
@@ -188,6 +189,7 @@ def _finish(run: Run, start: int, preview) -> TrainResult:
     t = run.cfg.train
     if run.samples == start and run.artifact_at == run.samples:
         return TrainResult(run.artifact, run.samples, run.metrics)  # already finished: rewrite nothing
+    settle(run)
     art = checkpoint(run)
     finish_pending(run)
     if run.samples >= t.total_samples and not (t.image_every > 0 and run.samples % t.image_every == 0):
@@ -228,9 +230,12 @@ def _setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device
     return run
 
 
-def _step(run: Run, batches) -> tuple[int, float, torch.Tensor]:
-    """One optimizer step on the global batch at run.samples: (step index, lr, gradient norm)."""
-    t, model, device = run.cfg.train, run.model, run.device
+def _step(run: Run, batches) -> tuple[int, float]:
+    """One optimizer step on the global batch at run.samples: (step index, lr). Nothing here reads
+    a device value on the host when the optimizer can skip a non-finite step itself (the fused
+    kernel's found_inf): the step's loss terms, gradient norm and finiteness stay on the device
+    until `settle`. Otherwise whether to step is read at once (one read per step)."""
+    t, model, device, acc = run.cfg.train, run.model, run.device, run.accel
     rank, per_rank = dist.rank(), run.per_rank
     step = run.samples // t.batch
     lr = lr_at(run.cfg, run.samples)
@@ -243,44 +248,69 @@ def _step(run: Run, batches) -> tuple[int, float, torch.Tensor]:
     sums = _accumulate(run, batches, noise)
     keys = sorted(sums)
     red = dist.all_sum(torch.stack([sums[k] for k in keys]).to(device)) / t.batch
-    run.metrics = {k: float(v) for k, v in zip(keys, red)}
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
     gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a replicated DTensor
-    if math.isfinite(run.metrics["loss"]) and bool(torch.isfinite(gnorm)):
-        run.opt.step()
-        run.ema.update(model, step)
-        for p in run.posthoc:
-            p.update(model, step)
-        run.metrics.update(model.after_step({**run.metrics, "samples": run.samples + t.batch}))
-        run.consecutive_bad = 0
+    ok = torch.isfinite(red[keys.index("loss")]) & torch.isfinite(gnorm)
+    run.live = {**dict(zip(keys, red)), "grad_norm": gnorm}
+    run.unread.append(ok)
+    if run.accel.fused_adam:  # the kernel skips a non-finite step on the device: nothing is read here
+        run.opt.found_inf = (~ok).to(torch.float32)
+        _update(run, step, ok)
     else:
-        run.bad_total += 1
-        run.consecutive_bad += 1
-        if run.consecutive_bad >= t.max_bad_steps:
-            raise TrainingError(
-                f"{run.consecutive_bad} consecutive training steps gave a non-finite loss or gradient "
-                f"at {run.samples:,} samples; the last good checkpoint in {run.outdir} is kept. "
-                "Lower train.lr or raise train.warmup_samples, then rerun to resume"
-            )
+        settle(run)  # the one host read of the step: was it finite?
+        if not run.consecutive_bad:
+            _update(run, step, None)
     run.opt.zero_grad(set_to_none=True)
     run.samples += t.batch
-    return step, lr, gnorm
+    return step, lr
+
+
+def _update(run: Run, step: int, ok: torch.Tensor | None) -> None:
+    """The optimizer step, the EMAs and the objective's after_step; `ok` (on the device): whether
+    the step was finite, where only the device knows (each then leaves a skipped step out)."""
+    run.opt.step()
+    run.ema.update(run.model, step, ok)
+    for p in run.posthoc:
+        p.update(run.model, step, ok)
+    metrics = {**run.metrics, **run.live, "samples": run.samples + run.cfg.train.batch}
+    run.live.update(run.model.after_step(metrics, ok))
+
+
+def settle(run: Run) -> None:
+    """Read what the steps since the last read left on the device, in one transfer: their
+    finiteness flags (counting bad steps; too many in a row stop training) and the last step's
+    metrics (run.metrics, floats)."""
+    if not (run.unread or run.live):
+        return
+    names = list(run.live)
+    vals = [torch.as_tensor(run.live[k], dtype=torch.float64, device=run.device).reshape(()) for k in names]
+    host = torch.stack([*(f.to(torch.float64) for f in run.unread), *vals]).tolist()
+    flags, run.unread, run.live = host[: len(run.unread)], [], {}
+    run.metrics.update(zip(names, host[len(flags):]))
+    for good in flags:
+        run.consecutive_bad = 0 if good else run.consecutive_bad + 1
+        run.bad_total += 0 if good else 1
+        if run.consecutive_bad >= run.cfg.train.max_bad_steps:
+            raise TrainingError(
+                f"{run.consecutive_bad} consecutive training steps gave a non-finite loss or gradient "
+                f"by {run.samples:,} samples; the last good checkpoint in {run.outdir} is kept. "
+                "Lower train.lr or raise train.warmup_samples, then rerun to resume"
+            )
 
 
 def _accumulate(run: Run, batches, noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Forward and backward over this process's micro-batches of the step (the next items of
     `batches`: data/sampler.py MicroBatches through a DataLoader); sums of each logged term."""
-    t, device, micro, per_rank = run.cfg.train, run.device, run.micro, run.per_rank
-    use_amp = t.amp and device.type == "cuda"
+    t, acc, micro, per_rank = run.cfg.train, run.accel, run.micro, run.per_rank
     fwd = run.layout.forward
     sums: dict[str, torch.Tensor] = {}
     for m0 in range(0, per_rank, micro):
         sl = slice(m0, m0 + micro)
         x, labels = next(batches)
-        x, labels = x.to(device, non_blocking=True), (labels.to(device) if labels is not None else None)
+        x, labels = acc.to_device(x), acc.to_device(labels)
         last = m0 + micro >= per_rank
         with nullcontext() if last else run.layout.no_sync():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with acc.autocast():
                 losses = fwd(x, labels, {k: v[sl] for k, v in noise.items()})
             # DDP and FSDP average gradients over processes: scale so the result is the mean over the global batch.
             (losses.total.sum() * (dist.world() / t.batch)).backward()
@@ -296,12 +326,13 @@ def _after_step(run: Run, flag: _StopFlag, preview: Callable[[], None]) -> None:
     if crossed(t.image_every):
         preview()
     timed = t.ckpt_minutes > 0 and time.monotonic() - run.saved_time >= 60 * t.ckpt_minutes
-    # Rank 0's clock decides a timed checkpoint; any process's signal stops all of them.
-    due = torch.tensor([float(flag.stop), float(timed and dist.is_main())], device=run.device)
-    stop, timed = (dist.all_sum(due) > 0).tolist()
+    # Rank 0's clock decides a timed checkpoint; any process's signal stops all of them (agreed on
+    # over gloo with host values: no device synchronisation).
+    stop, timed = dist.any_of([flag.stop, timed and dist.is_main()])
     if crossed(t.posthoc_every):
         write_posthoc(run)
     if crossed(t.ckpt_every) or stop or timed:
+        settle(run)
         checkpoint(run)
     if stop:
         finish_pending(run)

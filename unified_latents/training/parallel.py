@@ -1,5 +1,6 @@
 """How a model is laid out on the devices: DDP or FSDP2, activation checkpointing, torch.compile,
-channels_last, TF32 and the optimizer. The loop calls `prepare` and then only uses what it returns.
+the memory format, TF32 and the optimizer, as the resolved `Accel` (unified_latents/accel.py) asks.
+The loop calls `prepare` and then only uses what it returns.
 
 Units of sharding, checkpointing and compilation are the networks' blocks (nn/layers.py ResBlock
 and TransformerBlock) inside the trainable top-level networks of the objective (encoder, prior,
@@ -19,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
 from .. import dist
+from ..accel import Accel, apply_backends, lay_out, resolve
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..nn.layers import ResBlock, TransformerBlock
@@ -79,32 +81,46 @@ def prepare(cfg: RunConfig, model: nn.Module, ema: EMA, device: torch.device) ->
     t = cfg.train
     if t.shard not in SHARDS:
         raise ConfigError(f"train.shard must be one of {', '.join(SHARDS)}, got {t.shard!r}")
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls (convolutions use TF32 by default)
-        model.to(memory_format=torch.channels_last)  # 4-D conv weights; 5-D (video) ones stay as they are
+    acc = resolve(cfg, device)
+    apply_backends(acc)
+    for m in (model, ema.model):  # the EMA copy too: inference from it uses the same layout
+        lay_out(m, acc)
     sharding = dist.world() > 1 and t.shard == "fsdp"
     nets = trainable_networks(model) if (sharding or t.compile or t.activation_checkpointing) else []
-    if t.activation_checkpointing:
-        checkpoint_blocks(nets)
-    if t.compile:
-        for b in (b for n in nets for b in blocks(n)):
-            b.compile()
+    wrap_blocks(nets, compile=t.compile, recompute=t.activation_checkpointing)
     layout_ddp, units = None, []
     if sharding:
-        units = _fully_shard(nets, device, mixed=t.amp and device.type == "cuda")
+        units = _fully_shard(nets, device, mixed=acc.amp)
         _fully_shard(trainable_networks_like(ema.model, nets, model), device, mixed=False)
     elif dist.world() > 1:
         layout_ddp = DDP(model, find_unused_parameters=model.has_unused_parameters)
+    return Layout(layout_ddp or model, optimizer(cfg, model, acc), layout_ddp, units)
+
+
+def optimizer(cfg: RunConfig, model: nn.Module, acc: Accel) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; the fused kernel where `acc` asks for it (which also
+    lets the loop skip a non-finite step on the device: `found_inf`)."""
+    t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
-                            fused=device.type == "cuda")
-    return Layout(layout_ddp or model, opt, layout_ddp, units)
+    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+                             fused=acc.fused_adam)
 
 
-def checkpoint_blocks(nets: list[nn.Module]) -> None:
-    """Recompute each block's activations in the backward pass instead of keeping them."""
-    for b in (b for n in nets for b in blocks(n)):
-        b.forward = functools.partial(checkpoint, b.forward, use_reentrant=False)
+def wrap_blocks(nets: list[nn.Module], compile: bool, recompute: bool) -> None:
+    """Compile each block's forward and/or recompute its activations in the backward pass. The
+    compiled function runs inside the checkpoint (Dynamo does not trace into `checkpoint`, so a
+    compiled checkpointed forward would compile nothing), and the recompile limit covers one
+    specialisation per block (blocks of one class share a code object; each shape recompiles)."""
+    bs = [b for n in nets for b in blocks(n)]
+    if compile and bs:
+        import torch._dynamo
+
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, len(bs) + 8)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * len(bs) + 64)
+    for b in bs:
+        fwd = torch.compile(b.forward) if compile else b.forward
+        b.forward = functools.partial(checkpoint, fwd, use_reentrant=False) if recompute else fwd
 
 
 def trainable_networks_like(copy: nn.Module, nets: list[nn.Module], model: nn.Module) -> list[nn.Module]:
@@ -117,7 +133,10 @@ def _fully_shard(nets: list[nn.Module], device: torch.device, mixed: bool) -> li
     """FSDP2 per block, then per network (its remaining parameters); returns the sharded units."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
+    # Inputs stay as they come (cast_forward_inputs=False): autocast casts what the matmuls take,
+    # while the log-SNR reaches NoiseEmbedding in fp32 (in bf16, 7.30 and 7.32 are one value).
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+              if mixed else MixedPrecisionPolicy())
     units = []
     for net in nets:
         for b in blocks(net):

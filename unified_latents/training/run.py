@@ -9,6 +9,7 @@ are still resumed from when the run is not sharded.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from .. import dist
+from ..accel import Accel, contiguous, lay_out, resolve
 from ..config import RunConfig, to_dict
 from ..data.fingerprint import comparable, data_fingerprint
 from ..errors import ConfigError, ResumeError, TrainingError
@@ -50,10 +52,13 @@ class Run:
     artifact_kind: str
     per_rank: int
     micro: int
+    accel: Accel | None = None  # the resolved device choices (unified_latents/accel.py)
     samples: int = 0
     bad_total: int = 0
     consecutive_bad: int = 0
-    metrics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # the last step's values, as floats (see loop.settle)
+    live: dict = field(default_factory=dict)  # ... as 0-d device tensors, not yet read
+    unread: list = field(default_factory=list)  # finiteness flags of the steps not yet read
     saved_at: int = -1  # sample count of the last state written
     artifact_at: int | None = None  # sample count of the artifact on disk (rank 0 reads it; all agree)
     saved_time: float = field(default_factory=time.monotonic)
@@ -126,13 +131,15 @@ def setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device,
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
     model = build_model().to(device)
     fps = fingerprints(cfg, model)  # before sharding: the encoder's weights are read whole
+    acc = resolve(cfg, device)
+    lay_out(model, acc)  # before the EMA copies are made, so they share the layout
     ema = EMA(model, cfg.train.ema_decay)
     if cfg.train.posthoc_ema and cfg.train.shard == "fsdp" and dist.world() > 1:
         raise ConfigError("train.posthoc_ema is not supported with train.shard=fsdp yet; use train.shard=ddp, "
                           "or train without post-hoc EMA")
     posthoc = [PowerEMA(model, s) for s in cfg.train.posthoc_ema]
     layout = prepare(cfg, model, ema, device)
-    run = Run(cfg, outdir, model, ema, layout, data, device, artifact_kind, per_rank, micro,
+    run = Run(cfg, outdir, model, ema, layout, data, device, artifact_kind, per_rank, micro, acc,
               fingerprints=fps, posthoc=posthoc)
     if cfg.train.async_checkpoint and dist.world() > 1:
         run.ckpt_group = dist.side_group()
@@ -259,7 +266,7 @@ def _disk_guard(run: Run, fn):
     except (OSError, CheckpointException) as e:
         kept = f"the previous training state ({before:,} samples) is kept" if before >= 0 else "no training state was written yet"
         raise TrainingError(f"could not write the checkpoint at {run.samples:,} samples in {run.outdir} ({_reason(e)}); "
-                            f"{kept}: free space (or fix the folder) and rerun the same command to resume from it") from None
+                            f"{kept}: {_fix(e)} and rerun the same command to resume from it") from None
 
 
 def _checkpoint(run: Run) -> Path:
@@ -272,6 +279,7 @@ def _checkpoint(run: Run) -> Path:
     write_posthoc(run)
     if run.saved_at != run.samples:
         tensors, _ = run.state_tensors()
+        tensors = contiguous(tensors)  # channels-last weights and moments: safetensors writes contiguous ones
         run.pending = save_state(run.outdir, run.samples, tensors, run.meta(), run.cfg.train.keep, run.ckpt_group)
         if run.pending.future is None:
             finish_pending(run)
@@ -287,8 +295,19 @@ def finish_pending(run: Run) -> None:
         pending.finish()
     except (OSError, CheckpointException) as e:
         raise TrainingError(f"could not complete the training state {pending.final} ({_reason(e)}); the states "
-                            "before it are kept: free space (or fix the folder) and rerun the same command to "
-                            "resume") from None
+                            f"before it are kept: {_fix(e)} and rerun the same command to resume") from None
+
+
+def _fix(e: Exception) -> str:
+    """What to do about a failed write: free space only when space ran out (errno ENOSPC/EDQUOT,
+    also inside DCP's collected per-rank errors); make the folder writable when it is not."""
+    text = f"{e} {getattr(e, 'strerror', '')}"
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text:
+        return "free space"
+    if getattr(e, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM) or "Permission denied" in text \
+            or "Read-only" in text:
+        return "make the folder writable"
+    return "fix the cause above (if it names no folder problem, please report it as a bug)"
 
 
 def _reason(e: Exception) -> str:
