@@ -7,7 +7,8 @@ import torch
 # `datasets` caches what load_dataset reads (hf: sources in the tests) here, not in ~/.cache
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="ul-test-hf-"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (scripts/test.sh runs two workers) each worker computes on one core.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)

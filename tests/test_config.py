@@ -1,6 +1,7 @@
 import pytest
 
-from unified_latents.config import apply_overrides, flatten, from_dict, from_saved, incompatible_changes, to_dict
+from unified_latents.config import apply_overrides, flatten, from_dict, to_dict
+from unified_latents.saved_config import from_saved, incompatible_changes
 from unified_latents.presets import PRESETS, get_preset
 from unified_latents.errors import ConfigError
 

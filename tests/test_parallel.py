@@ -184,6 +184,20 @@ def test_fsdp_two_processes_match_ddp_and_one_process_and_resume_bitwise(tmp_pat
     assert_tree_equal(a["model"], c["model"], exact=False, rtol=0, atol=2e-3, where="model")
 
 
+@pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
+def test_fsdp_with_bf16_parameters_trains_as_ddp_under_autocast(tmp_path):
+    """accel.amp forced on the CPU: FSDP2 with bf16 parameters (fp32 reduction, the log-SNR kept
+    fp32) and DDP under bf16 autocast log the same losses within bf16's rounding."""
+    data = make_npz(tmp_path / "d.npz")
+    common = [*ARGS, "--data", str(data), "--set", "train.total_samples=32", "--set", "accel.amp=on"]
+    _torchrun(*common, "--outdir", str(tmp_path / "ddp"))
+    _torchrun(*common, "--set", "train.shard=fsdp", "--outdir", str(tmp_path / "fsdp"))
+    rows = list(zip(_stats(tmp_path / "ddp"), _stats(tmp_path / "fsdp"), strict=True))
+    assert len(rows) == 4
+    for r1, r2 in rows:
+        assert math.isclose(r1["loss"], r2["loss"], rel_tol=3e-2), (r1, r2)
+
+
 # --------------------------------------------------------------------------- memory estimate (ul info)
 
 

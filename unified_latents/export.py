@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .config import from_saved
+from .saved_config import from_saved
 from .data.modality import modality_of
 from .errors import UserError
 from .eval.report import metric_rows, table

@@ -10,7 +10,8 @@ import torch
 
 from .. import dist
 from ..accel import apply_backends, lay_out, resolve
-from ..config import RunConfig, from_saved
+from ..config import RunConfig
+from ..saved_config import from_saved
 from ..errors import ArtifactError, ConfigError, UserError
 from ..presets import get_preset
 from ..training.checkpoint import load_artifact

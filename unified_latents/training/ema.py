@@ -46,7 +46,10 @@ class EMA:
         dst = dict(self.model.named_parameters())
         names = [n for n in self.trainable(model) if n in dst]
         if names:
-            w = 1 - d if ok is None else ok.to(torch.float32) * (1 - d)
-            torch._foreach_lerp_([_local(dst[n]) for n in names], [_local(src[n].detach()) for n in names], w)
+            dsts, srcs = [_local(dst[n]) for n in names], [_local(src[n].detach()) for n in names]
+            if ok is None:
+                torch._foreach_lerp_(dsts, srcs, 1 - d)
+            else:  # a list of 0-d weights: one 0-d tensor would be read as a Python scalar (a host read)
+                torch._foreach_lerp_(dsts, srcs, [ok.to(dsts[0].dtype) * (1 - d)] * len(dsts))
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)

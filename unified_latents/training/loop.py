@@ -27,7 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import dist
-from ..config import RunConfig, incompatible_changes, to_dict
+from ..config import RunConfig, to_dict
+from ..saved_config import incompatible_changes
 from ..data import DataOrder
 from ..data.sampler import MicroBatches, micro_batch_loader
 from ..errors import ConfigError, ResumeError, TrainingError
