@@ -49,8 +49,21 @@ def garments(n: int, seed: int = 0):
         yield (255 * (m * fg + (1 - m) * bg)).round().to(torch.uint8).numpy(), labels[idx].tolist()
 
 
-TRAIN = ["--preset", "rgb32", "--no-progress", "--set", "data.resolution=64", "--set", "train.image_every=0",
-         "--set", "train.ckpt_every=0", "--set", "train.log_every=1", "--set", "data.eval_source=''"]
+TRAIN = [
+    "--preset",
+    "rgb32",
+    "--no-progress",
+    "--set",
+    "data.resolution=64",
+    "--set",
+    "train.image_every=0",
+    "--set",
+    "train.ckpt_every=0",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "data.eval_source=''",
+]
 
 # ru_maxrss survives fork and exec (it would report the benchmark's own memory at the fork), so
 # the peak is read from VmHWM, which starts afresh with the new program's address space.
@@ -68,15 +81,31 @@ print("PEAK", hwm)
 
 
 def train_peak(data: Path, out: Path, steps: int, workers: int) -> dict:
-    args = ["train", *TRAIN, "--data", str(data), "--outdir", str(out), "--set", f"train.total_samples={128 * steps}",
-            "--set", f"data.workers={workers}"]
-    r = subprocess.run([sys.executable, "-c", RUN, json.dumps(args)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    args = [
+        "train",
+        *TRAIN,
+        "--data",
+        str(data),
+        "--outdir",
+        str(out),
+        "--set",
+        f"train.total_samples={128 * steps}",
+        "--set",
+        f"data.workers={workers}",
+    ]
+    r = subprocess.run(
+        [sys.executable, "-c", RUN, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     recs = [json.loads(ln) for ln in (out / "stats.jsonl").read_text().splitlines()][3:]  # after warm-up
-    return {"peak_gib": int(r.stdout.split("PEAK", 1)[1]) / 2**20,
-            "train_ips": len(recs) * 128 / sum(x["sec"] for x in recs)}
+    return {
+        "peak_gib": int(r.stdout.split("PEAK", 1)[1]) / 2**20,
+        "train_ips": len(recs) * 128 / sum(x["sec"] for x in recs),
+    }
 
 
 def loader_ips(data: Path, workers: int, batches: int = 200) -> float:
@@ -112,25 +141,51 @@ def main() -> None:
             prepare_chunks(tmp / name, garments(n), 64, 3, True, f"garments-{n}", progress=False)
         prep_s = time.time() - t0
         size = sum(f.stat().st_size for f in (tmp / "large").rglob("*") if f.is_file())
-        rows = {name: train_peak(tmp / name, tmp / f"run-{name}", args.steps, args.workers) for name in ("small", "large")}
+        rows = {
+            name: train_peak(tmp / name, tmp / f"run-{name}", args.steps, args.workers) for name in ("small", "large")
+        }
         ips = {w: loader_ips(tmp / "large", w) for w in (0, args.workers)}
-    print(f"prepared {args.images:,} + {args.small:,} images in {prep_s:.0f} s; the large set is {size / 2**30:.2f} GiB "
-          f"on disk ({size / args.images / 1024:.1f} KiB per image); torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"| dataset | images | peak resident memory of the training process | training images/s ({args.workers} workers) |")
+    print(
+        f"prepared {args.images:,} + {args.small:,} images in {prep_s:.0f} s; the large set is {size / 2**30:.2f} GiB "
+        f"on disk ({size / args.images / 1024:.1f} KiB per image); torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads\n"
+    )
+    print(
+        "| dataset | images | peak resident memory of the training process | training images/s "
+        f"({args.workers} workers) |"
+    )
     print("|---|---|---|---|")
     for name, n in (("small", args.small), ("large", args.images)):
         r = rows[name]
         print(f"| {name} | {n:,} | {r['peak_gib']:.2f} GiB | {r['train_ips']:.1f} |")
-    print(f"\npeak RSS, large minus small: {rows['large']['peak_gib'] - rows['small']['peak_gib']:+.2f} GiB (target: within 1.5 GiB)")
-    print(f"loader alone on the large set: {ips[0]:.0f} images/s in-process, {ips[args.workers]:.0f} images/s with "
-          f"{args.workers} workers; the training step takes {rows['large']['train_ips']:.1f} images/s")
+    print(
+        f"\npeak RSS, large minus small: {rows['large']['peak_gib'] - rows['small']['peak_gib']:+.2f} GiB "
+        "(target: within 1.5 GiB)"
+    )
+    print(
+        f"loader alone on the large set: {ips[0]:.0f} images/s in-process, {ips[args.workers]:.0f} images/s with "
+        f"{args.workers} workers; the training step takes {rows['large']['train_ips']:.1f} images/s"
+    )
     if args.eval_artifact:
         print(f"ul eval, 1,000 samples with their Inception features ({args.eval_device}): {eval_seconds(args):.0f} s")
 
 
 def eval_seconds(args) -> float:
-    cmd = [sys.executable, "-m", "unified_latents", "eval", "--artifact", str(args.eval_artifact), "--recon", "0",
-           "--ref-count", "1000", "--device", args.eval_device, "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unified_latents",
+        "eval",
+        "--artifact",
+        str(args.eval_artifact),
+        "--recon",
+        "0",
+        "--ref-count",
+        "1000",
+        "--device",
+        args.eval_device,
+        "--json",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([*cmd, "--samples", "10"], env=env, check=True, capture_output=True)  # fills the reference cache
     t0 = time.perf_counter()

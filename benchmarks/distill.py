@@ -69,12 +69,26 @@ def base_row(name: str, model, base_steps: int, decoder_steps: int, args) -> dic
     seeds = list(range(args.time_batch))
     labels = class_labels(seeds, None, model.num_classes)
     t0 = time.perf_counter()
-    generate_images(model, seeds, labels, batch=args.time_batch, steps=base_steps, decoder_steps=decoder_steps,
-                    sampler="ddim", guidance=ctx.sc.guidance, interval=ctx.sc.guidance_interval)
+    generate_images(
+        model,
+        seeds,
+        labels,
+        batch=args.time_batch,
+        steps=base_steps,
+        decoder_steps=decoder_steps,
+        sampler="ddim",
+        guidance=ctx.sc.guidance,
+        interval=ctx.sc.guidance_interval,
+    )
     sec = (time.perf_counter() - t0) / args.time_batch
     nan = float("nan")
-    return {"name": name, "steps": f"{base_steps} + {decoder_steps}", "fid": s.gfid if s else nan,
-            "kid": s.kid * 1e3 if s else nan, "sec": sec}
+    return {
+        "name": name,
+        "steps": f"{base_steps} + {decoder_steps}",
+        "fid": s.gfid if s else nan,
+        "kid": s.kid * 1e3 if s else nan,
+        "sec": sec,
+    }
 
 
 ROWS = ("decoder-teacher", "decoder-fewer", "decoder-student", "base-teacher", "base-fewer", "base-student", "both")
@@ -91,17 +105,21 @@ def rows(args, teacher, td: int, tb: int) -> tuple[list[dict], list[dict]]:
         path = student(args.artifact, args.outdir / f"base-{nb}.safetensors", "base", nb, args.samples_per_round)
         bstudent, _ = load_model(path, "cpu", stage="base")
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
-    plan = {"decoder-teacher": lambda: decoder_row("teacher", teacher, td, args),
-            "decoder-fewer": lambda: decoder_row("teacher, fewer steps", teacher, nd, args),
-            "decoder-student": lambda: decoder_row("distilled", dstudent, nd, args),
-            "base-teacher": lambda: base_row("teacher", teacher, tb, td, args),
-            "base-fewer": lambda: base_row("teacher, fewer steps", teacher, nb, td, args),
-            "base-student": lambda: base_row("distilled base", bstudent, nb, td, args)}
+    plan = {
+        "decoder-teacher": lambda: decoder_row("teacher", teacher, td, args),
+        "decoder-fewer": lambda: decoder_row("teacher, fewer steps", teacher, nd, args),
+        "decoder-student": lambda: decoder_row("distilled", dstudent, nd, args),
+        "base-teacher": lambda: base_row("teacher", teacher, tb, td, args),
+        "base-fewer": lambda: base_row("teacher, fewer steps", teacher, nb, td, args),
+        "base-student": lambda: base_row("distilled base", bstudent, nb, td, args),
+    }
     out = {k: plan[k]() for k in ROWS[:-1] if k in want}
     if "both" in want:
         bstudent.stage1.decoder.load_state_dict(dstudent.stage1.decoder.state_dict())
         out["both"] = base_row("distilled base + distilled decoder", bstudent, nb, nd, args)
-    return [v for k, v in out.items() if k.startswith("decoder")], [v for k, v in out.items() if not k.startswith("decoder")]
+    return [v for k, v in out.items() if k.startswith("decoder")], [
+        v for k, v in out.items() if not k.startswith("decoder")
+    ]
 
 
 def main() -> None:
@@ -115,19 +133,25 @@ def main() -> None:
     ap.add_argument("--ref-count", type=int, default=2000)
     ap.add_argument("--samples-per-round", type=int, default=16_000)
     ap.add_argument("--time-batch", type=int, default=250)
-    ap.add_argument("--time-only", action="store_true", help="only the seconds per image (no FID): to re-time on a quiet machine")
+    ap.add_argument(
+        "--time-only", action="store_true", help="only the seconds per image (no FID): to re-time on a quiet machine"
+    )
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows among {', '.join(ROWS)}")
     args = ap.parse_args()
     args.outdir.mkdir(parents=True, exist_ok=True)
     teacher, cfg = load_model(args.artifact, "cpu", stage="base")
     args.shared, _, _ = eval_context(teacher, EvalRequest(ref_count=args.ref_count, progress=False))
     dec, base = rows(args, teacher, cfg.sample.decoder_steps, cfg.sample.base_steps)
-    print(f"\n| decoder | DDIM steps | rFID ({args.recon}, vs own originals) | PSNR (dB) | decoder s / image |\n"
-          "|---|---|---|---|---|")
+    print(
+        f"\n| decoder | DDIM steps | rFID ({args.recon}, vs own originals) | PSNR (dB) | decoder s / image |\n"
+        "|---|---|---|---|---|"
+    )
     for r in dec:
         print(f"| {r['name']} | {r['steps']} | {r['fid']:.2f} | {r['psnr']:.2f} | {r['sec']:.4f} |")
-    print(f"\n| generation | base + decoder DDIM steps | gFID ({args.samples}) | KID x 1e3 | s / image |\n"
-          "|---|---|---|---|---|")
+    print(
+        f"\n| generation | base + decoder DDIM steps | gFID ({args.samples}) | KID x 1e3 | s / image |\n"
+        "|---|---|---|---|---|"
+    )
     for r in base:
         print(f"| {r['name']} | {r['steps']} | {r['fid']:.2f} | {r['kid']:.1f} | {r['sec']:.4f} |")
 

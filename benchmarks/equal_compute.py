@@ -31,12 +31,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unified_latents.config import apply_overrides  # noqa: E402
-from unified_latents.presets import baseline_overrides, get_preset  # noqa: E402
+from unified_latents.eval.evaluate import EvalRequest, evaluate_artifact  # noqa: E402
 from unified_latents.eval.flops import generation_report, stage1_report  # noqa: E402
 from unified_latents.objectives import BaseModel, UnifiedLatents  # noqa: E402
 from unified_latents.objectives.pixel import PixelSpace  # noqa: E402
-from unified_latents.eval.evaluate import EvalRequest, evaluate_artifact  # noqa: E402
 from unified_latents.objectives.registry import artifact_config, preset_config  # noqa: E402
+from unified_latents.presets import baseline_overrides, get_preset  # noqa: E402
 from unified_latents.stages import base_config, train_stage  # noqa: E402
 from unified_latents.training.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 
@@ -95,7 +95,7 @@ def main() -> None:
         cfg.train.warmup_samples = min(cfg.train.warmup_samples, total // 10)
         ae_samples = 0
         if m != "pixel":
-                ae_samples = artifact_config(Path(stage1[m])).train.total_samples
+            ae_samples = artifact_config(Path(stage1[m])).train.total_samples
         for i in range(1, args.points + 1):
             until = max(batch, total * i // args.points // batch * batch)
             key = f"{m}@{until}"
@@ -105,33 +105,54 @@ def main() -> None:
             res = train_stage(cfg, out / m, device, progress=False, until=until)
             train_s = time.time() - t0
             t0 = time.time()
-            ev = evaluate_artifact(res.artifact, EvalRequest(args.samples, 0, args.ref_count, device=device, progress=False,
-                                                             out=out / f"{m}-eval-{i}"))
-            results[key] = {"method": m, "samples_seen": res.samples, "train_flops": res.samples * per_sample,
-                            "autoencoder_train_flops": ae_samples * ae_per_sample, "gfid": ev["gfid"],
-                            "kid": ev["kid"], "kid_std": ev["kid_std"], "gfid_samples": ev["gfid_samples"],
-                            "reference": f"{ev['reference_images']} {ev['reference']}",
-                            "train_seconds": train_s, "eval_seconds": time.time() - t0}
+            ev = evaluate_artifact(
+                res.artifact,
+                EvalRequest(args.samples, 0, args.ref_count, device=device, progress=False, out=out / f"{m}-eval-{i}"),
+            )
+            results[key] = {
+                "method": m,
+                "samples_seen": res.samples,
+                "train_flops": res.samples * per_sample,
+                "autoencoder_train_flops": ae_samples * ae_per_sample,
+                "gfid": ev["gfid"],
+                "kid": ev["kid"],
+                "kid_std": ev["kid_std"],
+                "gfid_samples": ev["gfid_samples"],
+                "reference": f"{ev['reference_images']} {ev['reference']}",
+                "train_seconds": train_s,
+                "eval_seconds": time.time() - t0,
+            }
             atomic_write_text(results_path, json.dumps(results, indent=2))
             r = results[key]
-            print(f"{m:>7} {r['train_flops'] / 1e12:8.1f} TFLOP  gFID {r['gfid']:7.2f}  KID {r['kid'] * 1e3:6.2f}e-3",
-                  flush=True)
+            print(
+                f"{m:>7} {r['train_flops'] / 1e12:8.1f} TFLOP  gFID {r['gfid']:7.2f}  KID {r['kid'] * 1e3:6.2f}e-3",
+                flush=True,
+            )
 
-    rows = sorted(results.values(), key=lambda r: (methods.index(r["method"]) if r["method"] in methods else 99,
-                                                   r["train_flops"]))
+    rows = sorted(
+        results.values(), key=lambda r: (methods.index(r["method"]) if r["method"] in methods else 99, r["train_flops"])
+    )
     names = {"ul": "UL latents", "kl-vae": "KL-VAE latents (scaled)", "pixel": "pixel diffusion"}
-    lines = ["| method | stage-2 training TFLOP | samples seen | gFID | KID x 1e3 | autoencoder training TFLOP |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | stage-2 training TFLOP | samples seen | gFID | KID x 1e3 | autoencoder training TFLOP |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ae = f"{r['autoencoder_train_flops'] / 1e12:.1f}" if r["autoencoder_train_flops"] else "-"
-        lines.append(f"| {names.get(r['method'], r['method'])} | {r['train_flops'] / 1e12:.1f} | {r['samples_seen']:,} | "
-                     f"{r['gfid']:.2f} | {r['kid'] * 1e3:.2f} +- {r['kid_std'] * 1e3:.2f} | {ae} |")
+        lines.append(
+            f"| {names.get(r['method'], r['method'])} | {r['train_flops'] / 1e12:.1f} | {r['samples_seen']:,} | "
+            f"{r['gfid']:.2f} | {r['kid'] * 1e3:.2f} +- {r['kid_std'] * 1e3:.2f} | {ae} |"
+        )
     if rows:
-        lines.append(f"\ngFID and KID: {rows[0]['gfid_samples']} class-conditional samples vs {rows[0]['reference']} "
-                     "images, Inception pool3; no guidance.")
+        lines.append(
+            f"\ngFID and KID: {rows[0]['gfid_samples']} class-conditional samples vs {rows[0]['reference']} "
+            "images, Inception pool3; no guidance."
+        )
     table = "\n".join(lines)
     print(table)
-    atomic_write_text(out / "equal_compute.md", "# Equal-compute comparison\n\n" + table + "\n\n![plot](flops_vs_gfid.png)\n")
+    atomic_write_text(
+        out / "equal_compute.md", "# Equal-compute comparison\n\n" + table + "\n\n![plot](flops_vs_gfid.png)\n"
+    )
 
     import matplotlib
 

@@ -25,7 +25,10 @@ def main() -> None:
     rel = np.linalg.norm(tf1 - torch_, axis=1) / np.linalg.norm(torch_, axis=1)
     print("| images | relative feature change, mean / median | FID between the two resizes |")
     print("|---|---|---|")
-    print(f"| {args.count} Fashion-MNIST test | {rel.mean():.3f} / {np.median(rel):.3f} | {fid_from_features(tf1, torch_):.2f} |")
+    print(
+        f"| {args.count} Fashion-MNIST test | {rel.mean():.3f} / {np.median(rel):.3f} | "
+        f"{fid_from_features(tf1, torch_):.2f} |"
+    )
 
 
 if __name__ == "__main__":

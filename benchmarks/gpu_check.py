@@ -71,14 +71,33 @@ from unified_latents.config import apply_overrides  # noqa: E402
 from unified_latents.presets import get_preset  # noqa: E402
 
 # The choices "auto" makes on CUDA, forced on the CPU by --dry so that it takes the GPU's code paths.
-CUDA_CHOICES = ["accel.amp=on", "accel.channels_last=on", "accel.fused_adam=on", "accel.pin_memory=on",
-                "accel.tf32=on", "accel.noise=device"]
+CUDA_CHOICES = [
+    "accel.amp=on",
+    "accel.channels_last=on",
+    "accel.fused_adam=on",
+    "accel.pin_memory=on",
+    "accel.tf32=on",
+    "accel.noise=device",
+]
 # The imagenet512 networks narrowed, at 64 px: the same blocks and shape changes, at CPU cost (--dry).
-NARROW = ["data.resolution=64", "model.latent_channels=4", "model.encoder.channels=[8,16,32,32]",
-          "model.decoder.channels=[8,16,32]", "model.decoder.width=32", "model.decoder.heads=2",
-          "model.decoder.transformer_blocks=2", "model.decoder.emb_dim=16", "model.prior.width=32",
-          "model.prior.heads=2", "model.prior.transformer_blocks=2", "model.base.channels=[32]",
-          "model.base.width=32", "model.base.heads=2", "model.base.transformer_blocks=2", "model.base.emb_dim=16"]
+NARROW = [
+    "data.resolution=64",
+    "model.latent_channels=4",
+    "model.encoder.channels=[8,16,32,32]",
+    "model.decoder.channels=[8,16,32]",
+    "model.decoder.width=32",
+    "model.decoder.heads=2",
+    "model.decoder.transformer_blocks=2",
+    "model.decoder.emb_dim=16",
+    "model.prior.width=32",
+    "model.prior.heads=2",
+    "model.prior.transformer_blocks=2",
+    "model.base.channels=[32]",
+    "model.base.width=32",
+    "model.base.heads=2",
+    "model.base.transformer_blocks=2",
+    "model.base.emb_dim=16",
+]
 NARROW_PRESET = "imagenet512-narrow"
 
 ARGS = argparse.Namespace(dry=False, out="", deadline=0.0, set=[], inception=None)
@@ -105,7 +124,11 @@ def record(name: str, **fields) -> dict:
 
 
 def error_of(e: Exception) -> dict:
-    return {"type": type(e).__name__, "message": str(e)[:800], "where": traceback.format_exc().strip().splitlines()[-4:]}
+    return {
+        "type": type(e).__name__,
+        "message": str(e)[:800],
+        "where": traceback.format_exc().strip().splitlines()[-4:],
+    }
 
 
 def run_section(name: str, fn) -> dict:
@@ -248,15 +271,26 @@ def captured(fn, *a, **kw):
 
 
 def s_env() -> dict:
-    out = {"torch": torch.__version__, "device": str(DEV), "dry": ARGS.dry, "world": dist.world(),
-           "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
-           "threads": torch.get_num_threads(), "overrides": FORCE}
+    out = {
+        "torch": torch.__version__,
+        "device": str(DEV),
+        "dry": ARGS.dry,
+        "world": dist.world(),
+        "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+        "threads": torch.get_num_threads(),
+        "overrides": FORCE,
+    }
     acc = resolve(cfg_of("tiny"), DEV)
     out["accel"] = {k: v for k, v in dataclasses.asdict(acc).items() if k != "device"}
     if DEV.type == "cuda":
         p = torch.cuda.get_device_properties(DEV)
-        out.update(name=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
-                   cudnn=torch.backends.cudnn.version(), cuda=torch.version.cuda)
+        out.update(
+            name=p.name,
+            capability=f"{p.major}.{p.minor}",
+            memory_gib=round(p.total_memory / 2**30, 1),
+            cudnn=torch.backends.cudnn.version(),
+            cuda=torch.version.cuda,
+        )
     out["matmul_dtype"] = "bfloat16" if DEV.type == "cuda" else "float32"
     out["matmul_tflops"] = round(matmul_peak() / 1e12, 3)
     return out
@@ -280,9 +314,15 @@ def s_video_prepare() -> dict:
         loss = layout.forward(x, None, model.draw_noise(BatchNoise(0, 2, device=DEV)))
     loss.total.sum().backward()
     layout.opt.step()
-    return {"channels_last": acc.channels_last, "amp": acc.amp, "conv3d_weights": len(five),
-            "weights_channels_last_3d": cl3d(five), "ema_channels_last_3d": cl3d(p for p in ema.model.parameters() if p.dim() == 5),
-            "loss_finite": bool(torch.isfinite(loss.total).all()), "all_grads": all(p.grad is not None for p in five)}
+    return {
+        "channels_last": acc.channels_last,
+        "amp": acc.amp,
+        "conv3d_weights": len(five),
+        "weights_channels_last_3d": cl3d(five),
+        "ema_channels_last_3d": cl3d(p for p in ema.model.parameters() if p.dim() == 5),
+        "loss_finite": bool(torch.isfinite(loss.total).all()),
+        "all_grads": all(p.grad is not None for p in five),
+    }
 
 
 def s_pipeline() -> dict:
@@ -290,7 +330,10 @@ def s_pipeline() -> dict:
 
     from unified_latents.stages import base_config, train_stage
 
-    with tempfile.TemporaryDirectory() as d, mock.patch.dict(os.environ, {"UL_CACHE": f"{d}/cache"}):  # its own feature cache
+    with (
+        tempfile.TemporaryDirectory() as d,
+        mock.patch.dict(os.environ, {"UL_CACHE": f"{d}/cache"}),
+    ):  # its own feature cache
         d = Path(d)
         over = [f"data.source={blobs(d / 'train.npz', 64, 0)}", f"data.eval_source={blobs(d / 'held.npz', 32, 1)}"]
         c1 = cfg_of("tiny", "latents", *over)
@@ -298,9 +341,16 @@ def s_pipeline() -> dict:
         captured(train_stage, c1, d / "s1-split", DEV, progress=False, until=c1.train.total_samples // 2)
         log, res = captured(train_stage, c1, d / "s1-split", DEV, progress=False)
         straight, split = load_file(a1), load_file(res.artifact)
-        out = {"resume": {"resumed": "resuming" in log, "samples": res.samples, "of": c1.train.total_samples,
-                          "artifact_max_abs_diff": max(float((straight[k].float() - split[k].float()).abs().max())
-                                                       for k in straight)}}
+        out = {
+            "resume": {
+                "resumed": "resuming" in log,
+                "samples": res.samples,
+                "of": c1.train.total_samples,
+                "artifact_max_abs_diff": max(
+                    float((straight[k].float() - split[k].float()).abs().max()) for k in straight
+                ),
+            }
+        }
         out["host_reads"] = step_reads(c1, d / "s1-split")
         a2 = captured(train_stage, base_config(cfg_of("tiny", "base"), a1), d / "s2", DEV, progress=False)[1].artifact
         out.update(after_training(a1, a2, d))
@@ -350,13 +400,24 @@ def step_reads(cfg, run: Path) -> dict:
                 reads.append(mode.sites)
                 syncs.append([f"{Path(x.filename).name}:{x.lineno}" for x in w if "synchroniz" in str(x.message)])
 
-    more = apply_overrides(cfg, [f"train.total_samples={cfg.train.total_samples + 4 * cfg.train.batch}",
-                                 "train.log_every=2", "train.ckpt_every=0", "train.image_every=0"])
+    more = apply_overrides(
+        cfg,
+        [
+            f"train.total_samples={cfg.train.total_samples + 4 * cfg.train.batch}",
+            "train.log_every=2",
+            "train.ckpt_every=0",
+            "train.image_every=0",
+        ],
+    )
     with mock.patch.object(loop, "_step", step):
         captured(train_stage, more, run, DEV, progress=False)
     sites = sorted({s for r in reads + syncs for s in r})
-    return {"fused_adam": resolve(cfg, DEV).fused_adam, "reads_per_step": [len(r) for r in reads],
-            "syncs_per_step": [len(r) for r in syncs] if DEV.type == "cuda" else None, "sites": sites[:20]}
+    return {
+        "fused_adam": resolve(cfg, DEV).fused_adam,
+        "reads_per_step": [len(r) for r in reads],
+        "syncs_per_step": [len(r) for r in syncs] if DEV.type == "cuda" else None,
+        "sites": sites[:20],
+    }
 
 
 def after_training(a1: Path, a2: Path, d: Path) -> dict:
@@ -369,15 +430,31 @@ def after_training(a1: Path, a2: Path, d: Path) -> dict:
     write_samples(a2, [0, 1, 2], d / "samples", SampleRequest(), DEV, progress=False)
     rec = reconstruct(a1, None, None, count=8, device=DEV, progress=False)
     path, kind = inception_file(d, prefer_pinned=False)
-    ev = evaluate_artifact(a2, EvalRequest(samples=16, recon=8, ref_count=16, inception=path, device=DEV,
-                                           progress=False, trust_torchscript=kind == "stand-in"))
+    ev = evaluate_artifact(
+        a2,
+        EvalRequest(
+            samples=16,
+            recon=8,
+            ref_count=16,
+            inception=path,
+            device=DEV,
+            progress=False,
+            trust_torchscript=kind == "stand-in",
+        ),
+    )
     ul = load(str(a2), str(DEV))
     pics = ul.sample([0, 1])
-    return {"sample_pngs": len(list((d / "samples").glob("0*.png"))),
-            "reconstruct": {k: round(v, 3) for k, v in rec.items() if k in ("psnr", "ssim", "bits_per_image")},
-            "eval": {k: round(ev[k], 4) for k in ("gfid", "kid", "rfid", "psnr", "base_bits_per_image") if k in ev},
-            "inception": kind, "api": {"samples": len(pics), "latent": list(ul.encode(pics).shape),
-                                       "bits_positive": bool((ul.bits(pics) > 0).all())}}
+    return {
+        "sample_pngs": len(list((d / "samples").glob("0*.png"))),
+        "reconstruct": {k: round(v, 3) for k, v in rec.items() if k in ("psnr", "ssim", "bits_per_image")},
+        "eval": {k: round(ev[k], 4) for k in ("gfid", "kid", "rfid", "psnr", "base_bits_per_image") if k in ev},
+        "inception": kind,
+        "api": {
+            "samples": len(pics),
+            "latent": list(ul.encode(pics).shape),
+            "bits_positive": bool((ul.bits(pics) > 0).all()),
+        },
+    }
 
 
 def s_fsdp_lam() -> dict:
@@ -395,8 +472,11 @@ def s_fsdp_lam() -> dict:
         torch.manual_seed(0)
         net = ViT(NetConfig(arch="vit", transformer_blocks=1, width=32, heads=2, patch=1, emb_dim=16), 2, 4, 4).to(DEV)
         seen = {}
-        net.emb.register_forward_pre_hook(lambda m, a: seen.update(
-            lam_dtype=str(a[0].dtype), lam=a[0].tolist(), param_dtype=str(next(m.parameters()).dtype)))
+        net.emb.register_forward_pre_hook(
+            lambda m, a: seen.update(
+                lam_dtype=str(a[0].dtype), lam=a[0].tolist(), param_dtype=str(next(m.parameters()).dtype)
+            )
+        )
         _fully_shard([net], DEV, mixed=True)
         lam = torch.tensor([7.30, 7.31, 7.32], device=DEV)
         with torch.autocast(DEV.type, dtype=torch.bfloat16):
@@ -441,8 +521,13 @@ def s_generation() -> dict:
     sc = base.cfg.sample
     n = 2 if ARGS.dry else 16
     seeds, labels = list(range(n)), torch.arange(n, device=DEV) % max(1, base.num_classes)
-    out = {"batch": n, "sampler": sc.sampler, "base_steps": sc.base_steps, "decoder_steps": s1.cfg.sample.decoder_steps,
-           "guidance": sc.guidance}
+    out = {
+        "batch": n,
+        "sampler": sc.sampler,
+        "base_steps": sc.base_steps,
+        "decoder_steps": s1.cfg.sample.decoder_steps,
+        "guidance": sc.guidance,
+    }
     with torch.no_grad():
         z, x = torch.randn(n, *base.z_shape, device=DEV), acc.layout(torch.randn(n, *s1.x_shape, device=DEV))
         lam = torch.full((n,), 2.0, device=DEV)
@@ -475,7 +560,12 @@ def s_memory() -> dict:
                     s1.encode_sample(x, list(range(b)))
                 else:  # one decoder step of `ul eval`'s generation and reconstruction
                     with acc.autocast():
-                        denoise(s1.decoder, x, torch.full((b,), 2.0, device=DEV), cond=torch.randn(b, *s1.z_shape, device=DEV))
+                        denoise(
+                            s1.decoder,
+                            x,
+                            torch.full((b,), 2.0, device=DEV),
+                            cond=torch.randn(b, *s1.z_shape, device=DEV),
+                        )
             sync()
             out[tag] = {"batch": b, "sec": round(time.perf_counter() - t, 2), "peak_gib": peak_gib()}
         except torch.OutOfMemoryError as e:
@@ -495,8 +585,13 @@ def s_inception() -> dict:
         net(imgs[:batch], batch=batch)  # warm-up (cuDNN autotuning, the CPU's frozen network)
         sec = timed(lambda: net(imgs, batch=batch), reps=1, warm=0)
         feats = net(imgs[:2], batch=2)
-    return {"network": kind, "precision": net.precision, "features": int(feats.shape[1]), "batch": batch,
-            "img_per_s": round(k / sec, 1)}
+    return {
+        "network": kind,
+        "precision": net.precision,
+        "features": int(feats.shape[1]),
+        "batch": batch,
+        "img_per_s": round(k / sec, 1),
+    }
 
 
 def s_compile() -> dict:
@@ -532,22 +627,37 @@ def compiled_step(ac: bool) -> dict:
     layout, acc = prepare(cfg, model, EMA(model, 0.99), DEV), resolve(cfg, DEV)
     x = acc.layout(torch.rand(2, *model.x_shape, device=DEV) * 2 - 1)
     with acc.autocast():
-        loss = layout.forward(x, torch.zeros(2, dtype=torch.long, device=DEV), model.draw_noise(BatchNoise(0, 2, device=DEV)))
+        loss = layout.forward(
+            x, torch.zeros(2, dtype=torch.long, device=DEV), model.draw_noise(BatchNoise(0, 2, device=DEV))
+        )
     loss.total.sum().backward()
     sync()
     c = dynamo.utils.counters
     hits = [k for k in c["unimplemented"] if "recompile" in k.lower() or "cache_size" in k.lower()]
-    return {"blocks": n_blocks, "frames_ok": c["frames"]["ok"], "frames_total": c["frames"]["total"],
-            "unique_graphs": c["stats"]["unique_graphs"], "recompile_limit_hit": bool(hits or c["recompile_limit_hit"]),
-            "loss_finite": bool(torch.isfinite(loss.total).all())}
+    return {
+        "blocks": n_blocks,
+        "frames_ok": c["frames"]["ok"],
+        "frames_total": c["frames"]["total"],
+        "unique_graphs": c["stats"]["unique_graphs"],
+        "recompile_limit_hit": bool(hits or c["recompile_limit_hit"]),
+        "loss_finite": bool(torch.isfinite(loss.total).all()),
+    }
 
 
 def s_train_mfu() -> dict:
     # GPU: micro-batches that fit 80 GB and a few minutes; one GPU, so global batch = micro-batches
-    rows = [("stage1_ac", "latents", 6, 2, ["train.batch=32", "train.micro_batch=32", "train.activation_checkpointing=true"]),
-            ("base", "base", 8, 2, ["train.batch=64", "train.micro_batch=32"]),
-            ("stage1_no_ac", "latents", 4, 2, ["train.batch=16", "train.micro_batch=8"]),
-            ("base_compiled", "base", 8, 3, ["train.batch=64", "train.micro_batch=32", "train.compile=true"])]
+    rows = [
+        (
+            "stage1_ac",
+            "latents",
+            6,
+            2,
+            ["train.batch=32", "train.micro_batch=32", "train.activation_checkpointing=true"],
+        ),
+        ("base", "base", 8, 2, ["train.batch=64", "train.micro_batch=32"]),
+        ("stage1_no_ac", "latents", 4, 2, ["train.batch=16", "train.micro_batch=8"]),
+        ("base_compiled", "base", 8, 3, ["train.batch=64", "train.micro_batch=32", "train.compile=true"]),
+    ]
     if ARGS.dry:
         rows = [(tag, stage, 2, 1, ["train.batch=2"]) for tag, stage, *_ in rows[:2]]
     out = {"preset": NARROW_PRESET if ARGS.dry else "imagenet512", "peak_tflops": round(matmul_peak() / 1e12, 3)}
@@ -569,9 +679,15 @@ def mfu_row(stage: str, steps: int, warm: int, over: list[str]) -> dict:
 
     t = time.time()
     r = ts.measure(NARROW_PRESET if ARGS.dry else "imagenet512", stage, steps, warm, DEV, over)
-    return {"batch": r["batch"], "params_m": round(r["params"] / 1e6, 1), "samples_per_s": round(r["sps"], 3),
-            "gflop_per_sample": round(r["flops"] / 1e9, 2), "mfu_pct": round(100 * r["sps"] * r["flops"] / matmul_peak(), 2),
-            "peak_gib": round(r["mem"] / 2**30, 2) if DEV.type == "cuda" else None, "sec": round(time.time() - t, 1)}
+    return {
+        "batch": r["batch"],
+        "params_m": round(r["params"] / 1e6, 1),
+        "samples_per_s": round(r["sps"], 3),
+        "gflop_per_sample": round(r["flops"] / 1e9, 2),
+        "mfu_pct": round(100 * r["sps"] * r["flops"] / matmul_peak(), 2),
+        "peak_gib": round(r["mem"] / 2**30, 2) if DEV.type == "cuda" else None,
+        "sec": round(time.time() - t, 1),
+    }
 
 
 @contextlib.contextmanager
@@ -593,23 +709,39 @@ def mfu_setup():
         return made[key], (idx % self.classes if self.classes else None)
 
     narrow = {NARROW_PRESET: lambda: presets.Preset(big("latents"), big("base"))} if ARGS.dry else {}
-    with mock.patch.object(ts.RandomData, "get", get), mock.patch.object(loop, "checkpoint", lambda run: run.artifact), \
-            mock.patch.dict(presets.PRESETS, narrow):
+    with (
+        mock.patch.object(ts.RandomData, "get", get),
+        mock.patch.object(loop, "checkpoint", lambda run: run.artifact),
+        mock.patch.dict(presets.PRESETS, narrow),
+    ):
         yield
 
 
-SECTIONS = {"env": s_env, "video_prepare": s_video_prepare, "pipeline": s_pipeline, "fsdp_lam": s_fsdp_lam,
-            "noise": s_noise, "generation": s_generation, "memory": s_memory, "inception": s_inception,
-            "compile": s_compile, "train_mfu": s_train_mfu}
+SECTIONS = {
+    "env": s_env,
+    "video_prepare": s_video_prepare,
+    "pipeline": s_pipeline,
+    "fsdp_lam": s_fsdp_lam,
+    "noise": s_noise,
+    "generation": s_generation,
+    "memory": s_memory,
+    "inception": s_inception,
+    "compile": s_compile,
+    "train_mfu": s_train_mfu,
+}
 
 
 # ----------------------------------------------------------------------------- main
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for gpu_check.jsonl (default: $OUT)")
-    ap.add_argument("--dry", action="store_true", help="tiny sizes on the CPU with the CUDA choices forced (tests this script)")
+    ap.add_argument(
+        "--dry", action="store_true", help="tiny sizes on the CPU with the CUDA choices forced (tests this script)"
+    )
     ap.add_argument("--deadline", type=float, default=330.0, help="seconds after which no section starts")
     ap.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every model")
@@ -633,9 +765,14 @@ def main(argv=None) -> None:
     DEV = dist.init("cpu" if ARGS.dry else "auto")  # under torchrun: joins its group, this process's GPU
     FORCE = [*(CUDA_CHOICES if ARGS.dry else []), *ARGS.set]
     recs = [run_section(name, fn) for name, fn in SECTIONS.items() if not ARGS.only or name in ARGS.only]
-    record("done", total_sec=round(time.time() - T0, 1), sections=len(recs),
-           errors=sum("error" in r for r in recs), errored=[r["check"] for r in recs if "error" in r],
-           skipped=[r["check"] for r in recs if "skipped" in r])
+    record(
+        "done",
+        total_sec=round(time.time() - T0, 1),
+        sections=len(recs),
+        errors=sum("error" in r for r in recs),
+        errored=[r["check"] for r in recs if "error" in r],
+        skipped=[r["check"] for r in recs if "skipped" in r],
+    )
     dist.shutdown()
 
 

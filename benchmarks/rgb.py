@@ -55,11 +55,18 @@ VARIANTS: dict[str, list[str]] = {
     "fmnist-nets": [f"model.{n}.norm=group" for n in ("encoder", "prior", "decoder", "base")]
     + ["diffusion.loss_factor=3", "diffusion.controller_rate=0.02"],
 }
-COLUMNS = [("variant", "{variant}"), ("bits/image", "{bits_per_image:.1f}"), ("PSNR, one sample (dB)", "{psnr:.2f}"),
-           ("PSNR, mean of K samples (dB)", "{psnr_mean:.2f}"), ("PCA codec at equal bits (dB)", "{pca_psnr:.2f}"),
-           ("gain, one sample (dB)", "{gap_db:+.2f}"), ("gain, mean (dB)", "{gap_mean_db:+.2f}"),
-           ("colour sensitivity, end", "{colour_end:.2f}"), ("its minimum after 10%", "{colour_min_after_10pct:.2f}"),
-           ("training min", "{train_minutes:.1f}")]
+COLUMNS = [
+    ("variant", "{variant}"),
+    ("bits/image", "{bits_per_image:.1f}"),
+    ("PSNR, one sample (dB)", "{psnr:.2f}"),
+    ("PSNR, mean of K samples (dB)", "{psnr_mean:.2f}"),
+    ("PCA codec at equal bits (dB)", "{pca_psnr:.2f}"),
+    ("gain, one sample (dB)", "{gap_db:+.2f}"),
+    ("gain, mean (dB)", "{gap_mean_db:+.2f}"),
+    ("colour sensitivity, end", "{colour_end:.2f}"),
+    ("its minimum after 10%", "{colour_min_after_10pct:.2f}"),
+    ("training min", "{train_minutes:.1f}"),
+]
 
 
 def _train_logged(cfg, run: Path, every: int, probe: torch.Tensor, device) -> list[dict]:
@@ -81,8 +88,11 @@ def _train_logged(cfg, run: Path, every: int, probe: torch.Tensor, device) -> li
         logged.append(rec)
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"  {res.samples:>8,} samples: colour sensitivity {rep['colour_sensitivity']:.3f} "
-              f"(shift {rep['shift_sensitivity']:.3f}, noise margin {rep['noise_margin']:.1f})", flush=True)
+        print(
+            f"  {res.samples:>8,} samples: colour sensitivity {rep['colour_sensitivity']:.3f} "
+            f"(shift {rep['shift_sensitivity']:.3f}, noise margin {rep['noise_margin']:.1f})",
+            flush=True,
+        )
     return logged
 
 
@@ -94,8 +104,10 @@ def _check_same_settings(run: Path, cfg) -> None:
     old, new = flatten(json.loads(path.read_text())), flatten(to_dict(cfg))
     changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
     if changed:
-        raise SystemExit(f"{run} was trained with other settings ({', '.join(f'{k}={old[k]!r}' for k in changed[:4])}); "
-                         f"pass another --outdir or delete the folder")
+        raise SystemExit(
+            f"{run} was trained with other settings ({', '.join(f'{k}={old[k]!r}' for k in changed[:4])}); "
+            f"pass another --outdir or delete the folder"
+        )
 
 
 def run_variant(name: str, overrides: list[str], args, codec: PCACodec, test: torch.Tensor, device) -> dict:
@@ -116,11 +128,22 @@ def run_variant(name: str, overrides: list[str], args, codec: PCACodec, test: to
     later = [r["colour_sensitivity"] for r in log if r["samples"] > 0.1 * cfg.train.total_samples]
     pca = codec.psnr_at_bits(test[: args.recon], m["bits_per_image"])
     minutes = sum(rec.get("sec", 0) for rec in read_jsonl(run / "stats.jsonl")) / 60
-    res = {"variant": name, "overrides": overrides + args.set, "bits_per_image": m["bits_per_image"],
-           "psnr": m["psnr"], "psnr_mean": mm["psnr"], "mean_of": args.mean_of, "pca_psnr": pca,
-           "gap_db": m["psnr"] - pca, "gap_mean_db": mm["psnr"] - pca, "colour_end": log[-1]["colour_sensitivity"],
-           "colour_min_after_10pct": min(later) if later else float("nan"), "train_minutes": minutes,
-           "samples": cfg.train.total_samples, "recon": args.recon}
+    res = {
+        "variant": name,
+        "overrides": overrides + args.set,
+        "bits_per_image": m["bits_per_image"],
+        "psnr": m["psnr"],
+        "psnr_mean": mm["psnr"],
+        "mean_of": args.mean_of,
+        "pca_psnr": pca,
+        "gap_db": m["psnr"] - pca,
+        "gap_mean_db": mm["psnr"] - pca,
+        "colour_end": log[-1]["colour_sensitivity"],
+        "colour_min_after_10pct": min(later) if later else float("nan"),
+        "train_minutes": minutes,
+        "samples": cfg.train.total_samples,
+        "recon": args.recon,
+    }
     atomic_write_text(result_path, json.dumps(res, indent=2))
     return res
 
@@ -135,8 +158,10 @@ def fid_floor(data_cfg, test: torch.Tensor, n: int = 2000) -> str:
     net = InceptionFeatures(None, "cpu")
     f_train, f_test = net(train[pick], progress=True), net(test[:n], progress=True)
     k, k_std = kid(f_train, f_test, subset_size=min(1000, n))
-    return (f"FID floor of the split: {n} training crops vs {n} test crops: {fid_from_features(f_train, f_test):.2f} "
-            f"(KID x 1e3 {k * 1e3:.1f} +- {k_std * 1e3:.1f})")
+    return (
+        f"FID floor of the split: {n} training crops vs {n} test crops: {fid_from_features(f_train, f_test):.2f} "
+        f"(KID x 1e3 {k * 1e3:.1f} +- {k_std * 1e3:.1f})"
+    )
 
 
 def train_vs_test(artifact: Path, codec: PCACodec, data_cfg, test: torch.Tensor, n: int = 300) -> str:
@@ -145,15 +170,19 @@ def train_vs_test(artifact: Path, codec: PCACodec, data_cfg, test: torch.Tensor,
     generalisation from the benchmark's few training scenes."""
     model, _ = load_model(artifact, "cpu", stage="latents")
     train = load_images(data_cfg).images
-    sets = {"training crops": train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))[:n]],
-            "test crops": test[:n]}
+    sets = {
+        "training crops": train[torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(0))[:n]],
+        "test crops": test[:n],
+    }
     lines = ["| crops | bits/image | one sample vs PCA | mean of 8 vs PCA |", "|---|---|---|---|"]
     for name, x in sets.items():
         one, _ = evaluate_reconstruction(model, x, progress=False)
         mean, _ = evaluate_reconstruction(model, x, progress=False, mean_of=8, steps=4, sampler="ddim")
         pca = codec.psnr_at_bits(x, one["bits_per_image"])
-        lines.append(f"| {name} | {one['bits_per_image']:.1f} | {one['psnr']:.2f} vs {pca:.2f} dB "
-                     f"({one['psnr'] - pca:+.2f}) | {mean['psnr']:.2f} vs {pca:.2f} dB ({mean['psnr'] - pca:+.2f}) |")
+        lines.append(
+            f"| {name} | {one['bits_per_image']:.1f} | {one['psnr']:.2f} vs {pca:.2f} dB "
+            f"({one['psnr'] - pca:+.2f}) | {mean['psnr']:.2f} vs {pca:.2f} dB ({mean['psnr'] - pca:+.2f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -167,8 +196,12 @@ def main() -> None:
     ap.add_argument("--mean-of", type=int, default=8, help="decoder samples averaged for the posterior-mean PSNR")
     ap.add_argument("--outdir", type=Path, default=Path("runs/rgb"))
     ap.add_argument("--fid-floor", action="store_true", help="only print the FID of real training crops vs test crops")
-    ap.add_argument("--train-vs-test", type=Path, metavar="ARTIFACT",
-                    help="only compare a stage-1 artifact with PCA on training crops and on test crops")
+    ap.add_argument(
+        "--train-vs-test",
+        type=Path,
+        metavar="ARTIFACT",
+        help="only compare a stage-1 artifact with PCA on training crops and on test crops",
+    )
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data_cfg = get_preset(args.preset).data

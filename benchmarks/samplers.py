@@ -32,9 +32,17 @@ def measure(model, sampler: str, base_steps: int, decoder_steps: int, args) -> d
     t0 = time.time()
     res = evaluate(model, EvalRequest(args.samples, args.recon, args.ref_count, sampling=sampling, progress=False))
     rec = res.reconstructions
-    return {"sampler": sampler, "base": base_steps, "decoder": decoder_steps, "calls": base_steps + decoder_steps + 1,
-            "gfid": res.samples.gfid, "kid": res.samples.kid * 1e3, "rfid": rec.rfid if rec else float("nan"),
-            "psnr": rec.psnr if rec else float("nan"), "sec": time.time() - t0}
+    return {
+        "sampler": sampler,
+        "base": base_steps,
+        "decoder": decoder_steps,
+        "calls": base_steps + decoder_steps + 1,
+        "gfid": res.samples.gfid,
+        "kid": res.samples.kid * 1e3,
+        "rfid": rec.rfid if rec else float("nan"),
+        "psnr": rec.psnr if rec else float("nan"),
+        "sec": time.time() - t0,
+    }
 
 
 def main() -> None:
@@ -57,13 +65,19 @@ def main() -> None:
     for sampler, b, d in runs:
         rows.append(measure(model, sampler, b, d, args))
         r = rows[-1]
-        print(f"  {sampler} {b}+{d}: gFID {r['gfid']:.2f}, rFID {r['rfid']:.2f}, PSNR {r['psnr']:.2f} ({r['sec']:.0f} s)",
-              flush=True)
-    print(f"\n| sampler | base + decoder steps | network calls / image | gFID ({args.samples}) | KID x 1e3 | "
-          f"rFID ({args.recon}) | PSNR (dB) | eval wall s |\n|---|---|---|---|---|---|---|---|")
+        print(
+            f"  {sampler} {b}+{d}: gFID {r['gfid']:.2f}, rFID {r['rfid']:.2f}, PSNR {r['psnr']:.2f} ({r['sec']:.0f} s)",
+            flush=True,
+        )
+    print(
+        f"\n| sampler | base + decoder steps | network calls / image | gFID ({args.samples}) | KID x 1e3 | "
+        f"rFID ({args.recon}) | PSNR (dB) | eval wall s |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['sampler']} | {r['base']} + {r['decoder']} | {r['calls']} | {r['gfid']:.2f} | {r['kid']:.1f} | "
-              f"{r['rfid']:.2f} | {r['psnr']:.2f} | {r['sec']:.0f} |")
+        print(
+            f"| {r['sampler']} | {r['base']} + {r['decoder']} | {r['calls']} | {r['gfid']:.2f} | {r['kid']:.1f} | "
+            f"{r['rfid']:.2f} | {r['psnr']:.2f} | {r['sec']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,11 @@ class RandomData:
 
     def get(self, idx):
         g = torch.Generator().manual_seed(int(idx[0]))
-        x = torch.randn(len(idx), *self.shape, generator=g) if self.gaussian else torch.rand(len(idx), *self.shape, generator=g) * 2 - 1
+        x = (
+            torch.randn(len(idx), *self.shape, generator=g)
+            if self.gaussian
+            else torch.rand(len(idx), *self.shape, generator=g) * 2 - 1
+        )
         return x, (idx % self.classes if self.classes else None)
 
 
@@ -107,8 +111,16 @@ def measure(preset: str, stage: str, steps: int, warmup: int, device, overrides:
     cfg, make, data, shape = build(preset, stage, overrides)
     b = cfg.train.batch
     total = b * (steps + warmup)
-    cfg = apply_overrides(cfg, [f"train.total_samples={total}", f"train.warmup_samples={b}", "train.log_every=1",
-                                "train.image_every=0", "train.ckpt_every=0"])
+    cfg = apply_overrides(
+        cfg,
+        [
+            f"train.total_samples={total}",
+            f"train.warmup_samples={b}",
+            "train.log_every=1",
+            "train.image_every=0",
+            "train.ckpt_every=0",
+        ],
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,10 +131,20 @@ def measure(preset: str, stage: str, steps: int, warmup: int, device, overrides:
         dist.barrier()
     timed = recs[warmup + 1 :]
     sps = len(timed) * b / sum(r["sec"] for r in timed) if timed else float("nan")
-    mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    mem = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     params = sum(p.numel() for p in _meta(make).parameters() if p.requires_grad)
-    return {"batch": b, "params": params, "sps": sps, "flops": counted_train_flops(make, shape, cfg.data.num_classes),
-            "mem": mem, "amp": cfg.train.amp}
+    return {
+        "batch": b,
+        "params": params,
+        "sps": sps,
+        "flops": counted_train_flops(make, shape, cfg.data.num_classes),
+        "mem": mem,
+        "amp": cfg.train.amp,
+    }
 
 
 def _meta(make):
@@ -156,14 +178,21 @@ def main() -> None:
 def print_table(args, device, rows: dict, peak: float, bf16: bool) -> None:
     world = dist.world()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.preset}, {world} process(es) on {name}, shard={args.shard}, compile={args.compile}; "
-          f"matmul {'bf16' if bf16 else 'fp32'} measured {peak / 1e9:,.1f} GFLOP/s per device\n")
-    print("| stage | trainable params | global batch | samples/s | GFLOP/sample (fwd+bwd) | achieved GFLOP/s per device | MFU | peak memory per process |")
+    print(
+        f"{args.preset}, {world} process(es) on {name}, shard={args.shard}, compile={args.compile}; "
+        f"matmul {'bf16' if bf16 else 'fp32'} measured {peak / 1e9:,.1f} GFLOP/s per device\n"
+    )
+    print(
+        "| stage | trainable params | global batch | samples/s | GFLOP/sample (fwd+bwd) | achieved GFLOP/s "
+        "per device | MFU | peak memory per process |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for stage, r in rows.items():
         per_dev = r["sps"] * r["flops"] / world
-        print(f"| {stage} | {r['params']:,} | {r['batch']} | {r['sps']:.4g} | {r['flops'] / 1e9:.3f} | "
-              f"{per_dev / 1e9:,.1f} | {100 * per_dev / peak:.1f} % | {r['mem'] / 2**30:.2f} GiB |")
+        print(
+            f"| {stage} | {r['params']:,} | {r['batch']} | {r['sps']:.4g} | {r['flops'] / 1e9:.3f} | "
+            f"{per_dev / 1e9:,.1f} | {100 * per_dev / peak:.1f} % | {r['mem'] / 2**30:.2f} GiB |"
+        )
 
 
 if __name__ == "__main__":

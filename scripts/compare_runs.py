@@ -3,10 +3,11 @@
     python scripts/compare_runs.py RUN_A RUN_B
 
 For every artifact (`*/artifact.safetensors` and `artifact.safetensors`) present in both, it
-reports whether the files are byte-equal (a file in one run only is a difference), whether the tensor bytes and the tensor index are
-equal, and which metadata differ (configs compared field by field, so a new config field with
-its default shows up by name). Then whether each `eval.json` is byte-equal, with the differing
-values if not. Exit status 0 when every tensor and every eval.json is equal, 1 otherwise.
+reports whether the files are byte-equal (a file in one run only is a difference), whether the
+tensor bytes and the tensor index are equal, and which metadata differ (configs compared field
+by field, so a new config field with its default shows up by name). Then whether each
+`eval.json` is byte-equal, with the differing values if not. Exit status 0 when every tensor
+and every eval.json is equal, 1 otherwise.
 Used to show that a refactor changes no result: run the old and the new commit with the same
 command and the same output path (the path is recorded in the run), then compare.
 """
@@ -34,8 +35,11 @@ def _split(path: Path) -> tuple[dict, dict, bytes, bytes]:
 def _diff(a: dict, b: dict) -> dict:
     fa, fb = flatten(a), flatten(b)
     absent = "<absent>"
-    return {k: (fa.get(k, absent), fb.get(k, absent)) for k in sorted(set(fa) | set(fb))
-            if fa.get(k, absent) != fb.get(k, absent)}
+    return {
+        k: (fa.get(k, absent), fb.get(k, absent))
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k, absent) != fb.get(k, absent)
+    }
 
 
 def _json_or_text(v: str | None):
@@ -50,8 +54,10 @@ def compare_artifacts(a: Path, b: Path) -> tuple[bool, list[str]]:
     ia, ma, da, fa = _split(a)
     ib, mb, db, fb = _split(b)
     same = da == db and ia == ib
-    lines = [f"file bytes equal: {fa == fb}; tensor bytes equal: {da == db} ({len(da):,} bytes); "
-             f"tensor index equal: {ia == ib}"]
+    lines = [
+        f"file bytes equal: {fa == fb}; tensor bytes equal: {da == db} ({len(da):,} bytes); "
+        f"tensor index equal: {ia == ib}"
+    ]
     for k in sorted(set(ma) | set(mb)):
         va, vb = _json_or_text(ma.get(k)), _json_or_text(mb.get(k))
         if va == vb:

@@ -47,7 +47,7 @@ def assert_tree_equal(a, b, exact: bool = True, rtol: float = 0.0, atol: float =
             assert_tree_equal(a[k], b[k], exact, rtol, atol, f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_tree_equal(x, y, exact, rtol, atol, f"{where}[{i}]")
     elif torch.is_tensor(a):
         if exact:

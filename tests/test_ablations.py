@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
+from test_diffusion import GaussianOracle
 
 from unified_latents.config import apply_overrides
-from unified_latents.presets import get_preset
-from unified_latents.errors import ConfigError
 from unified_latents.diffusion import prior_terminal_kl
+from unified_latents.errors import ConfigError
 from unified_latents.objectives import UnifiedLatents
 from unified_latents.objectives.noise import BatchNoise
-from test_diffusion import GaussianOracle
+from unified_latents.presets import get_preset
 
 
 def _model(*over):
@@ -21,7 +21,9 @@ def _model(*over):
 
 def _batch(model, n=4):
     g = torch.Generator().manual_seed(0)
-    return torch.rand(n, *model.x_shape, generator=g) * 2 - 1, model.draw_noise(BatchNoise(int(torch.randint(0, 2**31, (), generator=g)), n))
+    return torch.rand(n, *model.x_shape, generator=g) * 2 - 1, model.draw_noise(
+        BatchNoise(int(torch.randint(0, 2**31, (), generator=g)), n)
+    )
 
 
 def _encoder_grad(model, loss):
@@ -56,7 +58,7 @@ def test_stop_grad_regularises_the_latent_with_a_discounted_kl_only():
         kl = prior_terminal_kl(m.encode(x), m.cfg.diffusion.lam0)
         (w * kl).sum().backward()
         want = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in m.encoder.parameters()]
-        for g, e in zip(grads[w], want):
+        for g, e in zip(grads[w], want, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
         # the logged bitrate is still the prior's ELBO of z0 alone, not the regulariser
         assert torch.allclose(out.terms["prior_nats"], m.prior_loss(m.encode(x), noise["t_z"], noise["eps_z"]))
@@ -93,7 +95,9 @@ def test_gaussian_prior_is_weighted_kl():
     l_x = out.terms["decoder_nats"]
     torch.testing.assert_close(out.total, 0.25 * out.terms["prior_nats"] + m.loss_factor * l_x, rtol=1e-5, atol=1e-3)
     z0, _ = m.sample_latent(x, None)
-    torch.testing.assert_close(out.terms["prior_nats"], m.prior_loss(z0, noise["t_z"], noise["eps_z"]), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        out.terms["prior_nats"], m.prior_loss(z0, noise["t_z"], noise["eps_z"]), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_learned_variance_term_matches_formula():
@@ -130,10 +134,31 @@ def test_sweep_writes_table_and_resumes_without_retraining(tmp_path):
     from test_stage2 import _stand_in_inception
 
     inc = _stand_in_inception(tmp_path / "inc.pt")
-    args = ["sweep", "--preset", "tiny", "--loss-factors", "1.3,2.1", "--outdir", str(tmp_path / "sw"),
-            "--data", str(make_npz(tmp_path / "d.npz", n=24)), "--eval-data", str(make_npz(tmp_path / "h.npz", n=8, seed=1)),
-            "--samples", "8", "--recon", "8", "--ref-count", "8", "--inception", str(inc), "--trust-torchscript", "--no-progress",
-            "--set", "train.total_samples=16"]
+    args = [
+        "sweep",
+        "--preset",
+        "tiny",
+        "--loss-factors",
+        "1.3,2.1",
+        "--outdir",
+        str(tmp_path / "sw"),
+        "--data",
+        str(make_npz(tmp_path / "d.npz", n=24)),
+        "--eval-data",
+        str(make_npz(tmp_path / "h.npz", n=8, seed=1)),
+        "--samples",
+        "8",
+        "--recon",
+        "8",
+        "--ref-count",
+        "8",
+        "--inception",
+        str(inc),
+        "--trust-torchscript",
+        "--no-progress",
+        "--set",
+        "train.total_samples=16",
+    ]
     r = run_ul(*args)
     assert r.returncode == 0, r.stderr
     table = (tmp_path / "sw" / "sweep.md").read_text()
@@ -159,7 +184,7 @@ def test_learned_variance_latents_are_seeded_samples_and_the_base_model_counts_t
 
     m = _model("diffusion.learned_variance=true").eval()
     with torch.no_grad():
-        m.encoder.out[-1].bias[m.cfg.model.latent_channels:] = math.log(0.3)  # sigma_z^2 0.3: visible noise
+        m.encoder.out[-1].bias[m.cfg.model.latent_channels :] = math.log(0.3)  # sigma_z^2 0.3: visible noise
     images = (torch.rand(5, *m.x_shape, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
     z = encode_images(m, images, batch=2, first=10)
     z_all = encode_images(m, images[1:], batch=4, first=11)

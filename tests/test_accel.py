@@ -9,10 +9,10 @@ import traceback
 
 import pytest
 import torch
+from helpers import assert_tree_equal, load_state, make_npz
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import assert_tree_equal, load_state, make_npz
 from unified_latents import accel, dist
 from unified_latents.config import apply_overrides
 from unified_latents.errors import ConfigError, UserError
@@ -25,18 +25,30 @@ from unified_latents.training.parallel import prepare
 
 pytestmark = pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true:UserWarning")
 
-CUDA_CHOICES = ["accel.amp=on", "accel.channels_last=on", "accel.fused_adam=on", "accel.pin_memory=on",
-                "accel.tf32=on", "accel.noise=device"]
+CUDA_CHOICES = [
+    "accel.amp=on",
+    "accel.channels_last=on",
+    "accel.fused_adam=on",
+    "accel.pin_memory=on",
+    "accel.tf32=on",
+    "accel.noise=device",
+]
 
 
 @pytest.fixture(autouse=True)
 def _restore_backends():
     """apply_backends switches process-wide flags: put them back for the other tests."""
-    saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
-             torch.backends.cudnn.benchmark)
+    saved = (
+        torch.backends.cuda.matmul.fp32_precision,
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.backends.cudnn.benchmark,
+    )
     yield
-    (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
-     torch.backends.cudnn.benchmark) = saved
+    (
+        torch.backends.cuda.matmul.fp32_precision,
+        torch.backends.cudnn.conv.fp32_precision,
+        torch.backends.cudnn.benchmark,
+    ) = saved
 
 
 # --------------------------------------------------------------------------- resolution
@@ -82,8 +94,10 @@ def test_a_video_model_goes_through_prepare_channels_last():
 
 def _stage1(tmp_path, *over):
     data = make_npz(tmp_path / "d.npz")
-    return apply_overrides(get_preset("tiny"), [f"data.source={data}", f"data.eval_source={data}", "train.image_every=0",
-                                                "train.ckpt_every=32", *over])
+    return apply_overrides(
+        get_preset("tiny"),
+        [f"data.source={data}", f"data.eval_source={data}", "train.image_every=0", "train.ckpt_every=32", *over],
+    )
 
 
 def test_cuda_choices_forced_on_cpu_train_checkpoint_resume_exactly_sample_and_evaluate(tmp_path):
@@ -99,7 +113,10 @@ def test_cuda_choices_forced_on_cpu_train_checkpoint_resume_exactly_sample_and_e
     a1 = train_stage(cfg, tmp_path / "s1", cpu, progress=False).artifact
     train_stage(cfg, tmp_path / "s1-resumed", cpu, progress=False, until=32)
     assert train_stage(cfg, tmp_path / "s1-resumed", cpu, progress=False).samples == 64
-    a, b = load_state(tmp_path / "s1" / "state-000000000064"), load_state(tmp_path / "s1-resumed" / "state-000000000064")
+    a, b = (
+        load_state(tmp_path / "s1" / "state-000000000064"),
+        load_state(tmp_path / "s1-resumed" / "state-000000000064"),
+    )
     for key in ("model", "ema", "optim"):
         assert_tree_equal(a[key], b[key], where=key)
     assert_tree_equal(load_file(a1), load_file(tmp_path / "s1-resumed" / "artifact.safetensors"))
@@ -111,8 +128,10 @@ def test_cuda_choices_forced_on_cpu_train_checkpoint_resume_exactly_sample_and_e
     from test_stage2 import _stand_in_inception
 
     inc = str(_stand_in_inception(tmp_path / "inc.pt"))
-    ev = evaluate_artifact(a2, EvalRequest(samples=8, recon=4, ref_count=8, device=cpu, progress=False, inception=inc,
-                                           trust_torchscript=True))
+    ev = evaluate_artifact(
+        a2,
+        EvalRequest(samples=8, recon=4, ref_count=8, device=cpu, progress=False, inception=inc, trust_torchscript=True),
+    )
     assert ev["gfid"] > 0 and ev["psnr"] > 0
 
 
@@ -128,10 +147,14 @@ def test_a_failed_state_write_says_free_space_only_when_space_ran_out(tmp_path, 
     from torch.distributed.checkpoint.api import CheckpointException
 
     not_contiguous = CheckpointException("save", {0: (ValueError("Tensor 'x' is not contiguous"), None)})
-    for err, says in ((not_contiguous, "report it as a bug"),
-                      (OSError(errno.ENOSPC, "No space left on device"), "free space")):
+    for err, says in (
+        (not_contiguous, "report it as a bug"),
+        (OSError(errno.ENOSPC, "No space left on device"), "free space"),
+    ):
+
         def failing(*a, err=err, **k):
             raise err
+
         monkeypatch.setattr(run_mod, "save_state", failing)
         with pytest.raises(TrainingError) as e:
             train(cfg, tmp_path / f"out-{says[:4]}", lambda: UnifiedLatents(cfg), data, progress=False, until=32)
@@ -212,8 +235,13 @@ def test_inception_features_run_without_tf32_or_autocast_and_are_cached_by_preci
     seen = []
 
     def stand(x):  # records the precision in force where the Inception network runs
-        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
-                     torch.is_autocast_enabled("cpu")))
+        seen.append(
+            (
+                torch.backends.cuda.matmul.fp32_precision,
+                torch.backends.cudnn.conv.fp32_precision,
+                torch.is_autocast_enabled("cpu"),
+            )
+        )
         return x.mean((2, 3))
 
     net = fid.InceptionFeatures.__new__(fid.InceptionFeatures)  # the file is not needed to test the wrapper
@@ -290,11 +318,23 @@ def test_compile_with_activation_checkpointing_compiles_the_blocks(eager_compile
 def test_imagenet512_shaped_blocks_stay_under_the_recompile_limit(eager_compile):
     """Every block of the imagenet512 stage-1 networks (narrowed, at 64 px: the same blocks and
     shape changes) compiles: one specialisation per block shape, none left to run eagerly."""
-    cfg = apply_overrides(get_preset("imagenet512"), [
-        "data.resolution=64", "model.latent_channels=4", "model.encoder.channels=[8,16,32,32]",
-        "model.decoder.channels=[8,16,32]", "model.decoder.width=32", "model.decoder.heads=2",
-        "model.decoder.transformer_blocks=2", "model.decoder.emb_dim=16", "model.prior.width=32",
-        "model.prior.heads=2", "model.prior.transformer_blocks=2", "train.compile=true"])
+    cfg = apply_overrides(
+        get_preset("imagenet512"),
+        [
+            "data.resolution=64",
+            "model.latent_channels=4",
+            "model.encoder.channels=[8,16,32,32]",
+            "model.decoder.channels=[8,16,32]",
+            "model.decoder.width=32",
+            "model.decoder.heads=2",
+            "model.decoder.transformer_blocks=2",
+            "model.decoder.emb_dim=16",
+            "model.prior.width=32",
+            "model.prior.heads=2",
+            "model.prior.transformer_blocks=2",
+            "train.compile=true",
+        ],
+    )
     _compiled_step(cfg)  # FailOnRecompileLimitHit if a block had to fall back to eager
     assert eager_compile["frames"]["ok"] > 8
 
@@ -349,6 +389,7 @@ def _count_host_reads(monkeypatch):
             if site:
                 calls.append((name, site))
             return real(self, *a, **k)
+
         monkeypatch.setattr(torch.Tensor, name, counted)
 
     for name in ("item", "tolist", "__float__", "__bool__", "__int__", "numpy"):
@@ -361,8 +402,14 @@ def test_training_steps_read_nothing_on_the_host_between_logged_steps(tmp_path, 
     from unified_latents.data import load_images
     from unified_latents.training import train
 
-    cfg = _stage1(tmp_path, f"accel.fused_adam={fused}", "train.log_every=100", "train.ckpt_every=0",
-                  "diffusion.target_bits=60", "diffusion.controller_hold_samples=0")
+    cfg = _stage1(
+        tmp_path,
+        f"accel.fused_adam={fused}",
+        "train.log_every=100",
+        "train.ckpt_every=0",
+        "diffusion.target_bits=60",
+        "diffusion.controller_hold_samples=0",
+    )
     data = load_images(cfg.data)
     train(cfg, tmp_path / "warm", lambda: UnifiedLatents(cfg), data, progress=False, until=16)
     calls = _count_host_reads(monkeypatch)
@@ -392,8 +439,13 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_counted(tmp_path, monkey
     from unified_latents.data import load_images
     from unified_latents.training import train
 
-    cfg = _stage1(tmp_path, "accel.fused_adam=on", "train.log_every=1", "diffusion.target_bits=60",
-                  "diffusion.controller_hold_samples=0")
+    cfg = _stage1(
+        tmp_path,
+        "accel.fused_adam=on",
+        "train.log_every=1",
+        "diffusion.target_bits=60",
+        "diffusion.controller_hold_samples=0",
+    )
     data = load_images(cfg.data)
     train(cfg, tmp_path / "a", lambda: UnifiedLatents(cfg), data, progress=False, until=32)
     before = load_state(tmp_path / "a" / "state-000000000032")

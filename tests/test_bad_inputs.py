@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import make_npz, run_ul
+from PIL import Image
 from test_stage2 import _stand_in_inception
+
 from unified_latents.data.images import fit_image
 
 FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
@@ -19,6 +19,7 @@ FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
 
 def _png_bomb(path, w=20_000, h=10_000):
     """A valid gray PNG of w x h zeros (2e8 pixels, over Pillow's bomb limit) in a few hundred KB."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -26,8 +27,12 @@ def _png_bomb(path, w=20_000, h=10_000):
     for _ in range(h):
         body.append(z.compress(row))
     body.append(z.flush())
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", b"".join(body))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -66,9 +71,22 @@ def artifacts(tmp_path_factory):
     out = {}
     for name, extra in (("cond", []), ("uncond", ["--set", "data.num_classes=0"])):
         s1 = tmp / name / "s1"
-        assert run_ul("train", *FAST, *extra, "--data", str(data), "--eval-data", str(held), "--outdir", str(s1)).returncode == 0
-        r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(s1 / "artifact.safetensors"),
-                   "--outdir", str(tmp / name / "b"))
+        assert (
+            run_ul(
+                "train", *FAST, *extra, "--data", str(data), "--eval-data", str(held), "--outdir", str(s1)
+            ).returncode
+            == 0
+        )
+        r = run_ul(
+            "train",
+            "--stage",
+            "base",
+            *FAST,
+            "--artifact",
+            str(s1 / "artifact.safetensors"),
+            "--outdir",
+            str(tmp / name / "b"),
+        )
         assert r.returncode == 0, r.stderr
         out[name] = (s1 / "artifact.safetensors", tmp / name / "b" / "artifact.safetensors")
     (tmp / "a-file").write_text("")
@@ -103,8 +121,18 @@ def _assert_one_error(r, *needles):
         assert n in r.stderr, (n, r.stderr)
 
 
-@pytest.mark.parametrize("case", ["bomb", "1x1 image", "11 class folders", "labels of the wrong length",
-                                  "label == num_classes", "2-channel NHWC", "floats in [0, 1]"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bomb",
+        "1x1 image",
+        "11 class folders",
+        "labels of the wrong length",
+        "label == num_classes",
+        "2-channel NHWC",
+        "floats in [0, 1]",
+    ],
+)
 def test_bad_training_data_is_one_error_and_writes_nothing(tmp_path, case, capsys):
     source, needle = _data_cases(tmp_path)[case]
     out = tmp_path / "out"
@@ -211,8 +239,16 @@ def test_an_artifact_describing_networks_beyond_memory_is_refused_before_buildin
     cfg = json.loads(meta["config"])
     cfg["model"]["decoder"]["channels"] = [400_000, 400_000]  # ~1e13 parameters: no machine has that memory
     save_artifact(tmp_path / "huge.safetensors", tensors, cfg, meta["kind"])
-    r = run_ul("reconstruct", "--artifact", str(tmp_path / "huge.safetensors"), "--count", "2",
-               "--out", str(tmp_path / "out" / "r.png"), timeout=120)
+    r = run_ul(
+        "reconstruct",
+        "--artifact",
+        str(tmp_path / "huge.safetensors"),
+        "--count",
+        "2",
+        "--out",
+        str(tmp_path / "out" / "r.png"),
+        timeout=120,
+    )
     _assert_one_error(r, "refusing to build them", "GiB free on cpu")
     assert not (tmp_path / "out").exists()
 

@@ -4,16 +4,16 @@ import json
 
 import pytest
 import torch
-
 from helpers import make_npz, run_ul
+
 from unified_latents.config import apply_overrides
-from unified_latents.objectives.registry import preset_config
-from unified_latents.presets import baseline_overrides, get_preset
 from unified_latents.diffusion import alpha_sigma
 from unified_latents.errors import ConfigError
 from unified_latents.objectives import BaseModel, UnifiedLatents
-from unified_latents.objectives.pixel import PixelSpace
 from unified_latents.objectives.noise import BatchNoise
+from unified_latents.objectives.pixel import PixelSpace
+from unified_latents.objectives.registry import preset_config
+from unified_latents.presets import baseline_overrides, get_preset
 
 
 def test_pixel_diffusion_is_the_base_model_on_pixels():
@@ -22,7 +22,11 @@ def test_pixel_diffusion_is_the_base_model_on_pixels():
     assert model.z_shape == model.x_shape == (1, 32, 32)
     assert cfg.model.base.patch == 4  # the same 8x8 token grid as on the 4x8x8 latents
     d = cfg.diffusion  # the pixel range and the resolution shift of the UL decoder (UL_SPEC 1)
-    assert (model.sched.lam_min, model.sched.lam_max, model.sched.shift) == (d.lam_x_min, d.lam_x_max, cfg.pixel_shift())
+    assert (model.sched.lam_min, model.sched.lam_max, model.sched.shift) == (
+        d.lam_x_min,
+        d.lam_x_max,
+        cfg.pixel_shift(),
+    )
     x = torch.rand(3, 1, 32, 32) * 2 - 1
     assert torch.equal(model.stage1.encode(x), x) and torch.equal(model.stage1.decode(x * 3), (x * 3).clamp(-1, 1))
     out = model.generate([0, 1], torch.tensor([0, 1]), steps=2)
@@ -68,18 +72,46 @@ def test_kl_vae_baseline_config():
 def test_baselines_train_and_sample_cli(tmp_path):
     data = make_npz(tmp_path / "d.npz", n=40)
     held = make_npz(tmp_path / "h.npz", n=12, seed=1)
-    fast = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16", "--data", str(data),
-            "--eval-data", str(held)]
+    fast = [
+        "--preset",
+        "tiny",
+        "--no-progress",
+        "--set",
+        "train.total_samples=16",
+        "--data",
+        str(data),
+        "--eval-data",
+        str(held),
+    ]
     r = run_ul("train", "--stage", "pixel", *fast, "--outdir", str(tmp_path / "px"))
     assert r.returncode == 0 and "done: 16 samples" in r.stdout, r.stderr
-    r = run_ul("sample", "--artifact", str(tmp_path / "px" / "artifact.safetensors"), "--seeds", "0-3",
-               "--outdir", str(tmp_path / "px-out"), "--base-steps", "3")
+    r = run_ul(
+        "sample",
+        "--artifact",
+        str(tmp_path / "px" / "artifact.safetensors"),
+        "--seeds",
+        "0-3",
+        "--outdir",
+        str(tmp_path / "px-out"),
+        "--base-steps",
+        "3",
+    )
     assert r.returncode == 0 and (tmp_path / "px-out" / "grid.png").exists(), r.stderr
     r = run_ul("train", "--baseline", "kl-vae", *fast, "--outdir", str(tmp_path / "kv1"))
     assert r.returncode == 0, r.stderr
     art1 = tmp_path / "kv1" / "artifact.safetensors"
-    r = run_ul("train", "--stage", "base", "--baseline", "kl-vae", *fast, "--artifact", str(art1),
-               "--outdir", str(tmp_path / "kv2"))
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        "--baseline",
+        "kl-vae",
+        *fast,
+        "--artifact",
+        str(art1),
+        "--outdir",
+        str(tmp_path / "kv2"),
+    )
     assert r.returncode == 0 and "latent scale factor" in r.stdout, r.stderr
     from unified_latents.objectives.registry import load_model
     from unified_latents.stages import latents_for

@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-from safetensors.torch import save_file
 import torch
-
 from conftest import has_fmnist
 from helpers import make_npz, run_ul
+from PIL import Image
+from safetensors.torch import save_file
 
 FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=32", "--set", "train.ckpt_every=16"]
 
@@ -64,13 +63,18 @@ def test_info_imagenet512_prints_counts():
 
 
 def test_error_missing_data_path(tmp_path):
-    _clear_error(run_ul("train", *FAST, "--data", str(tmp_path / "nope"), "--outdir", str(tmp_path / "o")),
-                 "does not exist", "--data")
+    _clear_error(
+        run_ul("train", *FAST, "--data", str(tmp_path / "nope"), "--outdir", str(tmp_path / "o")),
+        "does not exist",
+        "--data",
+    )
 
 
 def test_error_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    _clear_error(run_ul("train", *FAST, "--data", str(tmp_path / "empty"), "--outdir", str(tmp_path / "o")), "no images")
+    _clear_error(
+        run_ul("train", *FAST, "--data", str(tmp_path / "empty"), "--outdir", str(tmp_path / "o")), "no images"
+    )
 
 
 def _folder(tmp_path, n=6):
@@ -88,8 +92,17 @@ def test_error_corrupt_image_names_file_and_skip_bad_counts(tmp_path):
     r = run_ul("train", *FAST, "--data", str(d), "--outdir", str(tmp_path / "o"))
     _clear_error(r, "broken.png", "--skip-bad")
     assert not (tmp_path / "o" / "artifact.safetensors").exists()
-    r = run_ul("train", *FAST, "--data", str(d), "--outdir", str(tmp_path / "o2"), "--skip-bad",
-               "--set", "train.total_samples=16")
+    r = run_ul(
+        "train",
+        *FAST,
+        "--data",
+        str(d),
+        "--outdir",
+        str(tmp_path / "o2"),
+        "--skip-bad",
+        "--set",
+        "train.total_samples=16",
+    )
     assert r.returncode == 0 and "skipped 1 unreadable" in r.stdout, r.stderr
 
 
@@ -98,18 +111,33 @@ def test_error_unknown_preset(tmp_path):
 
 
 def test_error_unknown_key_and_wrong_type(tmp_path):
-    _clear_error(run_ul("train", *FAST, "--set", "train.lrr=1", "--outdir", str(tmp_path)), "unknown config key", "train.lrr")
-    _clear_error(run_ul("train", *FAST, "--set", "train.lr=fast", "--outdir", str(tmp_path)), "train.lr", "expected float")
-    _clear_error(run_ul("train", *FAST, "--set", "train.batch=2.5", "--outdir", str(tmp_path)), "train.batch", "expected int")
+    _clear_error(
+        run_ul("train", *FAST, "--set", "train.lrr=1", "--outdir", str(tmp_path)), "unknown config key", "train.lrr"
+    )
+    _clear_error(
+        run_ul("train", *FAST, "--set", "train.lr=fast", "--outdir", str(tmp_path)), "train.lr", "expected float"
+    )
+    _clear_error(
+        run_ul("train", *FAST, "--set", "train.batch=2.5", "--outdir", str(tmp_path)), "train.batch", "expected int"
+    )
 
 
-@pytest.mark.parametrize("override,rule", [("train.batch=0", "greater than 0"), ("train.lr=-1e-3", "greater than 0"),
-                                           ("train.lr=.nan", "finite"), ("sample.guidance=-2", "0 or more"),
-                                           ("model.decoder.dropout=1", "in [0, 1)"),
-                                           ("diffusion.lam_x_min=20", "below diffusion.lam_x_max")])
+@pytest.mark.parametrize(
+    "override,rule",
+    [
+        ("train.batch=0", "greater than 0"),
+        ("train.lr=-1e-3", "greater than 0"),
+        ("train.lr=.nan", "finite"),
+        ("sample.guidance=-2", "0 or more"),
+        ("model.decoder.dropout=1", "in [0, 1)"),
+        ("diffusion.lam_x_min=20", "below diffusion.lam_x_max"),
+    ],
+)
 def test_error_value_out_of_range(tmp_path, override, rule):
     # refused where the config is parsed, before anything is written
-    _clear_error(run_ul("train", *FAST, "--set", override, "--outdir", str(tmp_path / "o")), override.split("=")[0], rule)
+    _clear_error(
+        run_ul("train", *FAST, "--set", override, "--outdir", str(tmp_path / "o")), override.split("=")[0], rule
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -141,7 +169,10 @@ def test_error_artifact_not_ours_or_truncated(tmp_path):
     _clear_error(run_ul("reconstruct", "--artifact", str(foreign)), "not a unified-latents artifact")
     data = make_npz(tmp_path / "d.npz", n=16)
     out = tmp_path / "run"
-    assert run_ul("train", *FAST, "--data", str(data), "--outdir", str(out), "--set", "train.total_samples=8").returncode == 0
+    assert (
+        run_ul("train", *FAST, "--data", str(data), "--outdir", str(out), "--set", "train.total_samples=8").returncode
+        == 0
+    )
     blob = (out / "artifact.safetensors").read_bytes()
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(blob[: len(blob) - 100])

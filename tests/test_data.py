@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import has_fmnist
 from PIL import Image
 
-from conftest import has_fmnist
 from unified_latents.config import DataConfig
 from unified_latents.data import DataOrder, crop_pad, load_images, to_float, to_uint8
 

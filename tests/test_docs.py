@@ -91,7 +91,7 @@ def cli_args(line: str) -> list[str] | None:
         hits = [i for i in range(len(tokens) - 1) if tokens[i] == "-m" and tokens[i + 1] == "unified_latents"]
         if not hits:
             return None
-        args = tokens[hits[0] + 2:]
+        args = tokens[hits[0] + 2 :]
     else:
         return None
     return [a for a in args if a != "..."]
@@ -137,8 +137,14 @@ def test_docs_build_strict(tmp_path):
     pytest.importorskip("mkdocs")
     site = tmp_path / "site"
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, f"mkdocs build --strict failed (pip install mkdocs-material):\n{r.stdout}\n{r.stderr}"
     pages = sorted(site.rglob("*.html"))
     assert len(pages) >= len(list(DOCS.glob("*.md")))
@@ -154,8 +160,9 @@ def test_readme_is_short_and_shows_results_first():
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail into docs/"
     head = lines[:60]
     assert any("![" in line for line in head), "no image in the README's first 60 lines"
-    assert any(re.match(r"^\|.*\|\s*$", line) for line in head) and \
-        any(re.match(r"^\|\s*:?-{3,}", line) for line in head), "no Markdown table in the README's first 60 lines"
+    assert any(re.match(r"^\|.*\|\s*$", line) for line in head) and any(
+        re.match(r"^\|\s*:?-{3,}", line) for line in head
+    ), "no Markdown table in the README's first 60 lines"
     targets = re.findall(r"\]\(([^)\s]+)\)", text)
     for target in targets:
         if target.startswith(("http://", "https://", "mailto:", "#")):
@@ -176,10 +183,20 @@ def test_every_ul_command_line_in_the_docs_parses():
     assert check_command(cli_args("ul no-such-command --outdir x")) is not None
     assert check_command(cli_args("ul train --preset no-such-preset --outdir x")) is not None
     assert check_command(cli_args("ul train --outdir x --set train.no_such_key=1")) is not None
-    assert check_command(cli_args("python -m unified_latents sample --seeds 0-3 --outdir x")) is not None  # no --artifact
-    assert check_command(cli_args("torchrun --nproc_per_node=2 -m unified_latents train --preset fmnist --outdir x")) is None
-    assert cli_args("ul demo --artifact a.safetensors [--port 7860]   # note") == ["demo", "--artifact", "a.safetensors",
-                                                                              "--port", "7860"]
+    assert (
+        check_command(cli_args("python -m unified_latents sample --seeds 0-3 --outdir x")) is not None
+    )  # no --artifact
+    assert (
+        check_command(cli_args("torchrun --nproc_per_node=2 -m unified_latents train --preset fmnist --outdir x"))
+        is None
+    )
+    assert cli_args("ul demo --artifact a.safetensors [--port 7860]   # note") == [
+        "demo",
+        "--artifact",
+        "a.safetensors",
+        "--port",
+        "7860",
+    ]
     assert cli_args("ul train --outdir x [--set ...]") == ["train", "--outdir", "x"]
 
     checked, failures, skipped = 0, [], []

@@ -8,8 +8,18 @@ import sys
 
 from helpers import ROOT
 
-SECTIONS = ["env", "video_prepare", "pipeline", "fsdp_lam", "noise", "generation", "memory", "inception",
-            "compile", "train_mfu"]
+SECTIONS = [
+    "env",
+    "video_prepare",
+    "pipeline",
+    "fsdp_lam",
+    "noise",
+    "generation",
+    "memory",
+    "inception",
+    "compile",
+    "train_mfu",
+]
 
 
 def test_the_dry_run_passes_every_section(tmp_path):
@@ -22,7 +32,9 @@ def test_the_dry_run_passes_every_section(tmp_path):
     assert list(recs) == [*SECTIONS, "done"]
     assert (tmp_path / "out" / "gpu_check.jsonl").read_text().splitlines() == r.stdout.splitlines()
     done = recs.pop("done")
-    failed = {name: rec.get("error", rec.get("skipped")) for name, rec in recs.items() if "error" in rec or "skipped" in rec}
+    failed = {
+        name: rec.get("error", rec.get("skipped")) for name, rec in recs.items() if "error" in rec or "skipped" in rec
+    }
     assert not failed and done["errors"] == 0 and not done["skipped"], failed
 
     lam = recs["fsdp_lam"]  # FSDP's bf16 parameters leave the log-SNR in fp32: 7.30, 7.31, 7.32 stay apart

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import ROOT, make_npz, run_ul
+from safetensors.torch import load_file
 from test_stage2 import _stand_in_inception
 
 FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
@@ -17,8 +16,16 @@ FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
 
 def _torchrun(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "unified_latents", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "unified_latents",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -28,16 +35,35 @@ def base_artifact(tmp_path_factory):
     data, held = make_npz(tmp / "d.npz", n=40), make_npz(tmp / "h.npz", n=12, seed=1)
     r = run_ul("train", *FAST, "--data", str(data), "--eval-data", str(held), "--outdir", str(tmp / "s1"))
     assert r.returncode == 0, r.stderr
-    r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(tmp / "s1" / "artifact.safetensors"),
-               "--outdir", str(tmp / "b"))
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        *FAST,
+        "--artifact",
+        str(tmp / "s1" / "artifact.safetensors"),
+        "--outdir",
+        str(tmp / "b"),
+    )
     assert r.returncode == 0, r.stderr
     return tmp / "b" / "artifact.safetensors"
 
 
 @pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_sample_on_two_processes_writes_the_same_bytes(base_artifact, tmp_path):
-    common = ["sample", "--artifact", str(base_artifact), "--seeds", "0-10", "--base-steps", "3", "--decoder-steps", "3",
-              "--device", "cpu"]
+    common = [
+        "sample",
+        "--artifact",
+        str(base_artifact),
+        "--seeds",
+        "0-10",
+        "--base-steps",
+        "3",
+        "--decoder-steps",
+        "3",
+        "--device",
+        "cpu",
+    ]
     for extra, name in (([], "files"), (["--npz"], "npz")):
         one, two = tmp_path / f"one-{name}", tmp_path / f"two-{name}"
         r = run_ul(*common, *extra, "--outdir", str(one))
@@ -53,8 +79,27 @@ def test_sample_on_two_processes_writes_the_same_bytes(base_artifact, tmp_path):
 
 def test_eval_on_two_processes_matches_one(base_artifact, tmp_path):
     inc = _stand_in_inception(tmp_path / "inc.pt")
-    common = ["eval", "--artifact", str(base_artifact), "--samples", "9", "--recon", "6", "--ref-count", "12",
-              "--inception", str(inc), "--trust-torchscript", "--json", "--device", "cpu", "--base-steps", "3", "--decoder-steps", "3"]
+    common = [
+        "eval",
+        "--artifact",
+        str(base_artifact),
+        "--samples",
+        "9",
+        "--recon",
+        "6",
+        "--ref-count",
+        "12",
+        "--inception",
+        str(inc),
+        "--trust-torchscript",
+        "--json",
+        "--device",
+        "cpu",
+        "--base-steps",
+        "3",
+        "--decoder-steps",
+        "3",
+    ]
     r = run_ul(*common, "--outdir", str(tmp_path / "one"), env={"UL_CACHE": str(tmp_path / "own-cache")})
     assert r.returncode == 0, r.stderr
     r2 = _torchrun(*common, "--outdir", str(tmp_path / "two"))  # reference features computed on two processes
@@ -79,7 +124,9 @@ def test_reconstruct_on_two_processes_matches_one(base_artifact, tmp_path):
     r2 = _torchrun(*common, "--out", str(tmp_path / "two.png"))
     assert r2.returncode == 0, r2.stderr[-3000:]
     one, two = json.loads(r.stdout), json.loads(r2.stdout)
-    assert two["images"] == 7 and all(two[k] == pytest.approx(one[k], rel=1e-6) for k in ("psnr", "ssim", "bits_per_image"))
+    assert two["images"] == 7 and all(
+        two[k] == pytest.approx(one[k], rel=1e-6) for k in ("psnr", "ssim", "bits_per_image")
+    )
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
 
 
@@ -95,8 +142,11 @@ def test_encode_on_two_processes_writes_shards_that_stage2_reads_lazily(base_art
     assert run_ul("encode", "--artifact", str(s1), "--dest", str(one), "--device", "cpu").returncode == 0
     r = _torchrun("encode", "--artifact", str(s1), "--dest", str(two), "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(p.name for p in two.iterdir()) == ["index.json", "shard-00000-of-00002.safetensors",
-                                                     "shard-00001-of-00002.safetensors"]
+    assert sorted(p.name for p in two.iterdir()) == [
+        "index.json",
+        "shard-00000-of-00002.safetensors",
+        "shard-00001-of-00002.safetensors",
+    ]
     whole = load_file(one)
     shards = [load_file(two / f"shard-0000{k}-of-00002.safetensors") for k in (0, 1)]
     for key in ("latents", "labels"):
@@ -107,12 +157,26 @@ def test_encode_on_two_processes_writes_shards_that_stage2_reads_lazily(base_art
         r = run_ul(*base, "--latents", str(cache), "--outdir", str(tmp_path / name))
         assert r.returncode == 0, r.stderr
     assert _stats(tmp_path / "from-file") == [
-        {**rec, "sec": a["sec"]} for rec, a in zip(_stats(tmp_path / "from-shards"), _stats(tmp_path / "from-file"))]
+        {**rec, "sec": a["sec"]}
+        for rec, a in zip(_stats(tmp_path / "from-shards"), _stats(tmp_path / "from-file"), strict=True)
+    ]
     # a cache of other data than the run's is refused, whichever form it has
     other = make_npz(tmp_path / "other.npz", n=40, seed=7)
     for cache in (one, two):
-        r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(s1), "--data", str(other), "--latents", str(cache),
-                   "--outdir", str(tmp_path / "refused"))
+        r = run_ul(
+            "train",
+            "--stage",
+            "base",
+            *FAST,
+            "--artifact",
+            str(s1),
+            "--data",
+            str(other),
+            "--latents",
+            str(cache),
+            "--outdir",
+            str(tmp_path / "refused"),
+        )
         assert r.returncode == 2 and "other data" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -123,10 +187,13 @@ def test_stage2_encodes_its_data_into_one_shard_per_process_and_trains_as_one_pr
     r = _torchrun("train", *base, "--outdir", str(tmp_path / "two"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "two" / "latents").iterdir()) == [
-        "index.json", "shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors"]
+        "index.json",
+        "shard-00000-of-00002.safetensors",
+        "shard-00001-of-00002.safetensors",
+    ]
     one, two = _stats(tmp_path / "one"), _stats(tmp_path / "two")
     assert len(one) == len(two) > 1
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
 
 
@@ -135,8 +202,18 @@ def test_a_shard_folder_without_its_index_is_refused(base_artifact, tmp_path):
     dest = tmp_path / "lat"
     assert run_ul("encode", "--artifact", str(s1), "--dest", str(dest), "--device", "cpu").returncode == 0
     (dest / "index.json").unlink()  # as if the run was killed before rank 0 finished
-    r = run_ul("train", "--stage", "base", *FAST, "--artifact", str(s1), "--latents", str(dest),
-               "--outdir", str(tmp_path / "b"))
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        *FAST,
+        "--artifact",
+        str(s1),
+        "--latents",
+        str(dest),
+        "--outdir",
+        str(tmp_path / "b"),
+    )
     assert r.returncode == 2 and "no complete latent cache" in r.stderr, r.stderr
 
 
@@ -145,6 +222,15 @@ def test_device_cuda_without_a_gpu_is_one_clear_error(base_artifact, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    r = run_ul("sample", "--artifact", str(base_artifact), "--seeds", "0-1", "--outdir", str(tmp_path / "o"),
-               "--device", "cuda")
+    r = run_ul(
+        "sample",
+        "--artifact",
+        str(base_artifact),
+        "--seeds",
+        "0-1",
+        "--outdir",
+        str(tmp_path / "o"),
+        "--device",
+        "cuda",
+    )
     assert r.returncode == 2 and "no GPU" in r.stderr and "Traceback" not in r.stderr

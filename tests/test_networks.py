@@ -4,13 +4,15 @@ import pytest
 import torch
 
 from unified_latents.config import NetConfig
-from unified_latents.presets import get_preset
 from unified_latents.nn import DENOISERS, ENCODERS, build_denoiser, build_encoder
+from unified_latents.presets import get_preset
 
 SMALL = {
     "resnet_encoder": NetConfig(arch="resnet_encoder", channels=[8, 16], blocks=[1, 1], patch=2),
     "unet": NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], patch=2, emb_dim=16),
-    "uvit": NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], patch=1, transformer_blocks=1, width=16, heads=2, emb_dim=16),
+    "uvit": NetConfig(
+        arch="unet", channels=[8, 16], blocks=[1, 1], patch=1, transformer_blocks=1, width=16, heads=2, emb_dim=16
+    ),
     "vit": NetConfig(arch="vit", transformer_blocks=2, width=16, heads=2, patch=2, emb_dim=16),
 }
 
@@ -53,8 +55,9 @@ def test_denoiser_depends_on_conditioning():
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize("dims, x_shape, cond_shape",
-                         [(2, (2, 3, 16, 16), (2, 4, 8, 8)), (3, (2, 1, 8, 16, 16), (2, 4, 2, 4, 4))])
+@pytest.mark.parametrize(
+    "dims, x_shape, cond_shape", [(2, (2, 3, 16, 16), (2, 4, 8, 8)), (3, (2, 1, 8, 16, 16), (2, 4, 2, 4, 4))]
+)
 def test_cond_all_levels_starts_as_first_level_conditioning(dims, x_shape, cond_shape):
     """z0 at every level: zero-initialised extras, so the same weights give the first-level-only
     output at the start; after a step of training the deeper levels respond to z0."""
@@ -128,9 +131,15 @@ def test_per_frame_only_for_a_video_decoder():
         build_encoder(NetConfig(arch="resnet_encoder", channels=[8], blocks=[1], per_frame=True), 3, 1, 4)
     with pytest.raises(ConfigError, match="model.decoder.per_frame"):
         from unified_latents.objectives.registry import build_model
+
         build_model(apply_overrides(get_preset("tiny"), ["model.decoder.per_frame=true"]))
     # the grid check sees one frame: three stride-2 levels need 8 frames in 3-D, not per frame
-    deep = ["data.frames=4", "model.decoder.patch=2", "model.decoder.channels=[8,8,8,8]", "model.decoder.blocks=[1,1,1,1]"]
+    deep = [
+        "data.frames=4",
+        "model.decoder.patch=2",
+        "model.decoder.channels=[8,8,8,8]",
+        "model.decoder.blocks=[1,1,1,1]",
+    ]
     with pytest.raises(ConfigError, match="smaller than its downsampling"):
         check_grids(apply_overrides(get_preset("tiny-video"), deep))
     check_grids(apply_overrides(get_preset("tiny-video"), deep + ["model.decoder.per_frame=true"]))

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-
 from helpers import ROOT, assert_tree_equal, load_state, make_npz, run_ul
+
 from unified_latents.config import apply_overrides
 from unified_latents.objectives import BaseModel, UnifiedLatents
 from unified_latents.objectives.noise import BatchNoise, step_key
@@ -23,15 +23,20 @@ from unified_latents.training.parallel import prepare
 
 
 def _draw(rng: BatchNoise) -> dict:
-    return {"t": rng.stratified(True), "iid": rng.stratified(False), "eps": rng.normal((3, 4)),
-            "u": rng.uniform(), "k": rng.randint(7)}
+    return {
+        "t": rng.stratified(True),
+        "iid": rng.stratified(False),
+        "eps": rng.normal((3, 4)),
+        "u": rng.uniform(),
+        "k": rng.randint(7),
+    }
 
 
 @pytest.mark.parametrize("splits", [[0, 32, 64], [0, 16, 32, 48, 64], [0, 1, 63, 64]])
 def test_rows_drawn_by_any_split_of_processes_equal_one_draw(splits):
     key = step_key(3, 11)
     whole = _draw(BatchNoise(key, 64))
-    parts = [_draw(BatchNoise(key, 64, lo, hi)) for lo, hi in zip(splits, splits[1:])]
+    parts = [_draw(BatchNoise(key, 64, lo, hi)) for lo, hi in zip(splits, splits[1:], strict=True)]
     for k, v in whole.items():
         assert torch.equal(torch.cat([p[k] for p in parts]), v), k
 
@@ -69,9 +74,14 @@ def test_training_losses_match_a_global_draw_in_distribution():
         for s in range(24):
             new.append(model(x, None, model.draw_noise(BatchNoise(step_key(0, s), 32))).total)
             g = torch.Generator().manual_seed(s)
-            noise = {"t_z": torch.rand(32, generator=g), "t_x": torch.rand(32, generator=g),
-                     **{k: torch.randn(32, *sh, generator=g) for k, sh in
-                        (("eps_z0", model.z_shape), ("eps_z", model.z_shape), ("eps_x", model.x_shape))}}
+            noise = {
+                "t_z": torch.rand(32, generator=g),
+                "t_x": torch.rand(32, generator=g),
+                **{
+                    k: torch.randn(32, *sh, generator=g)
+                    for k, sh in (("eps_z0", model.z_shape), ("eps_z", model.z_shape), ("eps_x", model.x_shape))
+                },
+            }
             old.append(model(x, None, noise).total)
     new, old = torch.cat(new), torch.cat(old)
     se = math.sqrt(new.var() / new.numel() + old.var() / old.numel())
@@ -89,9 +99,9 @@ def _base_model():
 def test_ema_shares_frozen_stage1_and_averages_only_trainable_parameters():
     model = _base_model()
     ema = EMA(model, decay=0.9)
-    for p, q in zip(model.stage1.parameters(), ema.model.stage1.parameters()):
+    for p, q in zip(model.stage1.parameters(), ema.model.stage1.parameters(), strict=True):
         assert p is q  # shared, not copied
-    for p, q in zip(model.net.parameters(), ema.model.net.parameters()):
+    for p, q in zip(model.net.parameters(), ema.model.net.parameters(), strict=True):
         assert p is not q and torch.equal(p, q)
     before = {n: p.clone() for n, p in ema.model.net.named_parameters()}
     with torch.no_grad():
@@ -136,14 +146,32 @@ def test_compiled_blocks_give_the_same_loss():
 
 # --------------------------------------------------------------------------- FSDP2 on 2 processes (gloo)
 
-ARGS = ["--preset", "tiny", "--no-progress", "--set", "train.ckpt_every=32", "--set", "train.image_every=0",
-        "--set", "train.log_every=1"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--no-progress",
+    "--set",
+    "train.ckpt_every=32",
+    "--set",
+    "train.image_every=0",
+    "--set",
+    "train.log_every=1",
+]
 
 
 def _torchrun(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "unified_latents", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "unified_latents",
+        "train",
+        *args,
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -239,11 +267,31 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_and_the_rerun_resumes(tmp_pa
     import time
 
     data, out = make_npz(tmp_path / "d.npz"), tmp_path / "run"
-    args = [*ARGS, "--data", str(data), "--set", "train.total_samples=800000", "--set", "train.ckpt_every=0",
-            "--set", "train.shard=fsdp", "--outdir", str(out)]
+    args = [
+        *ARGS,
+        "--data",
+        str(data),
+        "--set",
+        "train.total_samples=800000",
+        "--set",
+        "train.ckpt_every=0",
+        "--set",
+        "train.shard=fsdp",
+        "--outdir",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "unified_latents", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "unified_latents",
+        "train",
+        *args,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

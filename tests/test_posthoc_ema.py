@@ -6,13 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import make_npz
+from safetensors.torch import load_file
 from test_bad_inputs import _cli
+
 from unified_latents.errors import UserError
-from unified_latents.training.posthoc_ema import (PowerEMA, apply_ema_length, gamma_of, reconstruct, sigma_rel,
-                                                  write_snapshot)
+from unified_latents.training.posthoc_ema import (
+    PowerEMA,
+    apply_ema_length,
+    gamma_of,
+    reconstruct,
+    sigma_rel,
+    write_snapshot,
+)
 
 
 def test_sigma_rel_and_gamma_are_inverse_and_match_the_published_exponents():
@@ -70,9 +76,25 @@ def test_a_rebuilt_ema_matches_one_tracked_directly(tmp_path):
 
 def _train(tmp, outdir, total, *extra):
     data = make_npz(tmp / "d.npz", n=40)
-    return _cli_run("train", "--preset", "tiny", "--no-progress", "--data", data, "--outdir", outdir,
-                    "--set", f"train.total_samples={total}", "--set", "train.posthoc_ema=[0.05,0.1]",
-                    "--set", "train.posthoc_every=8", "--set", "train.ckpt_every=16", *extra)
+    return _cli_run(
+        "train",
+        "--preset",
+        "tiny",
+        "--no-progress",
+        "--data",
+        data,
+        "--outdir",
+        outdir,
+        "--set",
+        f"train.total_samples={total}",
+        "--set",
+        "train.posthoc_ema=[0.05,0.1]",
+        "--set",
+        "train.posthoc_every=8",
+        "--set",
+        "train.ckpt_every=16",
+        *extra,
+    )
 
 
 _cli_run = None
@@ -103,8 +125,20 @@ def test_training_snapshots_resume_exactly_and_reconstruct_uses_them(tmp_path):
     assert r.returncode == 2 and "train.posthoc_ema" in r.stderr
     # `ul reconstruct --ema-length`: at a tracked length, the networks are that EMA's last snapshot
     art = tmp_path / "straight" / "artifact.safetensors"
-    r = _cli_run("reconstruct", "--artifact", art, "--data", tmp_path / "d.npz", "--count", "4", "--json",
-                 "--ema-length", "0.1", "--out", tmp_path / "rec.png")
+    r = _cli_run(
+        "reconstruct",
+        "--artifact",
+        art,
+        "--data",
+        tmp_path / "d.npz",
+        "--count",
+        "4",
+        "--json",
+        "--ema-length",
+        "0.1",
+        "--out",
+        tmp_path / "rec.png",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["posthoc_ema"]["sigma_rel"] == 0.1
     from unified_latents.objectives.registry import load_model
@@ -117,7 +151,9 @@ def test_training_snapshots_resume_exactly_and_reconstruct_uses_them(tmp_path):
     # an artifact whose networks are not the run's averages is refused: a distilled one, an earlier one
     from safetensors.torch import save_file
 
-    save_file(load_file(art), tmp_path / "straight" / "distilled.safetensors", metadata={"distilled": "{}", "samples": "32"})
+    save_file(
+        load_file(art), tmp_path / "straight" / "distilled.safetensors", metadata={"distilled": "{}", "samples": "32"}
+    )
     with pytest.raises(UserError, match="distilled"):
         apply_ema_length(model, tmp_path / "straight" / "distilled.safetensors", 0.1)
     save_file(load_file(art), tmp_path / "straight" / "at24.safetensors", metadata={"samples": "20"})
@@ -126,9 +162,19 @@ def test_training_snapshots_resume_exactly_and_reconstruct_uses_them(tmp_path):
     # a run without snapshots: one error saying how to get them
     r = _train(tmp_path, tmp_path / "plain", 16, "--set", "train.posthoc_ema=[]")
     assert r.returncode == 0, r.stderr
-    r = _cli_run("reconstruct", "--artifact", tmp_path / "plain" / "artifact.safetensors", "--data", tmp_path / "d.npz",
-                 "--count", "4",
-                 "--ema-length", "0.1", "--out", tmp_path / "rec2.png")
+    r = _cli_run(
+        "reconstruct",
+        "--artifact",
+        tmp_path / "plain" / "artifact.safetensors",
+        "--data",
+        tmp_path / "d.npz",
+        "--count",
+        "4",
+        "--ema-length",
+        "0.1",
+        "--out",
+        tmp_path / "rec2.png",
+    )
     assert r.returncode == 2 and "no post-hoc EMA snapshots" in r.stderr and "train.posthoc_ema" in r.stderr
 
 
@@ -140,9 +186,26 @@ def test_eval_evaluates_the_rebuilt_base_model_and_records_it(tmp_path, monkeypa
     s1 = tmp_path / "s1"
     assert _train(tmp_path, s1, 16, "--set", "train.posthoc_ema=[]").returncode == 0
     data = tmp_path / "d.npz"
-    r = _cli_run("train", "--stage", "base", "--preset", "tiny", "--no-progress", "--artifact", s1 / "artifact.safetensors",
-                 "--data", data, "--outdir", tmp_path / "b", "--set", "train.total_samples=24",
-                 "--set", "train.posthoc_ema=[0.05,0.1]", "--set", "train.posthoc_every=8")
+    r = _cli_run(
+        "train",
+        "--stage",
+        "base",
+        "--preset",
+        "tiny",
+        "--no-progress",
+        "--artifact",
+        s1 / "artifact.safetensors",
+        "--data",
+        data,
+        "--outdir",
+        tmp_path / "b",
+        "--set",
+        "train.total_samples=24",
+        "--set",
+        "train.posthoc_ema=[0.05,0.1]",
+        "--set",
+        "train.posthoc_every=8",
+    )
     assert r.returncode == 0, r.stderr
     seen = {}
 

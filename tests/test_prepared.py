@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import make_npz, run_ul
 from PIL import Image
 
-from helpers import make_npz, run_ul
 from unified_latents.config import apply_overrides
 from unified_latents.data import load_images
 from unified_latents.data import prepared as prep
@@ -50,17 +50,48 @@ def test_prepared_data_round_trips_images_labels_and_order(tmp_path, kind):
 @pytest.mark.slow  # over 15 s on 2 cores: opt in with -m slow
 def test_training_from_prepared_data_equals_training_from_the_folder(tmp_path):
     src = _folder(tmp_path / "src")
-    args = ["--preset", "tiny", "--no-progress", "--set", "data.channels=3", "--set", "data.pad=0",
-            "--set", "train.total_samples=32", "--set", "train.log_every=1", "--set", "train.image_every=0"]
-    r = run_ul("data", "prepare", str(src), "--dest", str(tmp_path / "prep"), "--preset", "tiny",
-               "--set", "data.channels=3", "--set", "data.pad=0")
+    args = [
+        "--preset",
+        "tiny",
+        "--no-progress",
+        "--set",
+        "data.channels=3",
+        "--set",
+        "data.pad=0",
+        "--set",
+        "train.total_samples=32",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.image_every=0",
+    ]
+    r = run_ul(
+        "data",
+        "prepare",
+        str(src),
+        "--dest",
+        str(tmp_path / "prep"),
+        "--preset",
+        "tiny",
+        "--set",
+        "data.channels=3",
+        "--set",
+        "data.pad=0",
+    )
     assert r.returncode == 0 and "prepared 12 images" in r.stdout, r.stderr
     runs = (("folder", src, 0), ("prepared", tmp_path / "prep", 0), ("workers", tmp_path / "prep", 2))
     for name, data, workers in runs:
-        r = run_ul("train", *args, "--data", str(data), "--set", f"data.workers={workers}", "--outdir", str(tmp_path / name))
+        r = run_ul(
+            "train", *args, "--data", str(data), "--set", f"data.workers={workers}", "--outdir", str(tmp_path / name)
+        )
         assert r.returncode == 0, r.stderr
-    rec = lambda d: [{k: v for k, v in json.loads(ln).items() if k != "sec"}  # noqa: E731
-                     for ln in (tmp_path / d / "stats.jsonl").read_text().splitlines()]
+
+    def rec(d):
+        return [
+            {k: v for k, v in json.loads(ln).items() if k != "sec"}  # noqa: E731
+            for ln in (tmp_path / d / "stats.jsonl").read_text().splitlines()
+        ]
+
     assert rec("folder") == rec("prepared") == rec("workers")  # 2 DataLoader workers decoding ahead: the same
 
 
@@ -68,10 +99,22 @@ def test_unreadable_file_is_one_clear_error_or_listed_with_skip_bad(tmp_path):
     src = _folder(tmp_path / "src")
     bad = src / "dogs" / "03.png"
     bad.write_bytes(bad.read_bytes()[:40])  # truncated
-    r = run_ul("data", "prepare", str(src), "--dest", str(tmp_path / "p1"), "--preset", "tiny", "--set", "data.channels=3")
+    r = run_ul(
+        "data", "prepare", str(src), "--dest", str(tmp_path / "p1"), "--preset", "tiny", "--set", "data.channels=3"
+    )
     assert r.returncode == 2 and str(bad) in r.stderr and "--skip-bad" in r.stderr and "Traceback" not in r.stderr
-    r = run_ul("data", "prepare", str(src), "--dest", str(tmp_path / "p2"), "--preset", "tiny", "--set", "data.channels=3",
-               "--skip-bad")
+    r = run_ul(
+        "data",
+        "prepare",
+        str(src),
+        "--dest",
+        str(tmp_path / "p2"),
+        "--preset",
+        "tiny",
+        "--set",
+        "data.channels=3",
+        "--skip-bad",
+    )
     assert r.returncode == 0 and f"skipped (unreadable): {bad}" in r.stdout and "prepared 11 images" in r.stdout
     lazy = load_images(_cfg(src, **{"data.pad": 0}).data, str(tmp_path / "p2"))
     assert lazy.labels.tolist() == [0] * 6 + [1] * 5 and lazy.skipped == [str(bad)]
@@ -150,12 +193,37 @@ def test_sigterm_to_the_whole_job_with_loader_workers_still_checkpoints(tmp_path
     src = _folder(tmp_path / "src")
     prep.prepare(_cfg(src, **{"data.pad": 0}).data, str(src), tmp_path / "prep", progress=False)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "unified_latents", "train", "--preset", "tiny", "--no-progress", "--data",
-           str(tmp_path / "prep"), "--set", "data.channels=3", "--set", "data.pad=0", "--set", "data.workers=2",
-           "--set", "train.total_samples=800000", "--set", "train.ckpt_every=0", "--set", "train.image_every=0",
-           "--set", "train.log_every=1", "--outdir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unified_latents",
+        "train",
+        "--preset",
+        "tiny",
+        "--no-progress",
+        "--data",
+        str(tmp_path / "prep"),
+        "--set",
+        "data.channels=3",
+        "--set",
+        "data.pad=0",
+        "--set",
+        "data.workers=2",
+        "--set",
+        "train.total_samples=800000",
+        "--set",
+        "train.ckpt_every=0",
+        "--set",
+        "train.image_every=0",
+        "--set",
+        "train.log_every=1",
+        "--outdir",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not ((out / "stats.jsonl").exists() and (out / "stats.jsonl").read_text()):

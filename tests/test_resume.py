@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import torch
+from helpers import assert_tree_equal, load_state, make_npz, run_ul
 from safetensors.torch import load_file
 
-from helpers import assert_tree_equal, load_state, make_npz, run_ul
 from unified_latents.config import apply_overrides
 from unified_latents.data import load_images
 from unified_latents.errors import ResumeError
@@ -21,8 +21,9 @@ from unified_latents.training.run import setup
 
 def _cfg(tmp_path, **over):
     over = {"train.image_every": 0, "train.ckpt_every": 32, "train.total_samples": 64, **over}
-    cfg = apply_overrides(get_preset("tiny"), [f"data.source={make_npz(tmp_path / 'd.npz')}",
-                                               *[f"{k}={v}" for k, v in over.items()]])
+    cfg = apply_overrides(
+        get_preset("tiny"), [f"data.source={make_npz(tmp_path / 'd.npz')}", *[f"{k}={v}" for k, v in over.items()]]
+    )
     return cfg, load_images(cfg.data)
 
 
@@ -119,8 +120,14 @@ def test_a_state_of_the_earlier_format_is_resumed(tmp_path):
     _train(cfg, data, out, until=32)
     torch.manual_seed(0)
     run = setup(cfg, out, lambda: UnifiedLatents(cfg), data, torch.device("cpu"), "ul-latents", 8, 8)
-    legacy = {"model": run.model.state_dict(), "ema": run.ema.model.state_dict(), "optimizer": run.opt.state_dict(),
-              "samples": 32, "bad_steps": 0, "metrics": json.dumps(run.metrics)}
+    legacy = {
+        "model": run.model.state_dict(),
+        "ema": run.ema.model.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "samples": 32,
+        "bad_steps": 0,
+        "metrics": json.dumps(run.metrics),
+    }
     torch.save(legacy, out / "training-state-000000000032.pt")
     for p in out.glob("state-*"):
         shutil.rmtree(p)
@@ -159,7 +166,9 @@ def test_resume_refuses_other_data_and_a_retrained_stage1(tmp_path):
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr  # the same contents at another path: fine
     make_npz(data, n=40, seed=3)
     r = run_ul(*s1)
-    assert r.returncode == 2 and "not the data this run has trained on" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "not the data this run has trained on" in r.stderr and "Traceback" not in r.stderr, (
+        r.stderr
+    )
     # stage 2 resumed after stage 1 was retrained at the same path
     moved.rename(data)
     assert run_ul(*s1).returncode == 0
@@ -185,8 +194,11 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_says_so(tmp_path
         return real(outdir, samples, *a, **k)
 
     monkeypatch.setattr(run_mod, "save_state", full_at_64)
-    with pytest.raises(TrainingError, match=r"at 64 samples .*No space left on device.*previous training state "
-                                             r"\(32 samples\) is kept.*rerun the same command"):
+    with pytest.raises(
+        TrainingError,
+        match=r"at 64 samples .*No space left on device.*previous training state "
+        r"\(32 samples\) is kept.*rerun the same command",
+    ):
         _train(cfg, data, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").glob("state-*")) == ["state-000000000032"]
     monkeypatch.setattr(run_mod, "save_state", real)

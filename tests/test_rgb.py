@@ -67,21 +67,23 @@ def test_pca_codec_rate_distortion():
     sends nothing (0 bits, the mean image); a fine step is close to lossless."""
     g = torch.Generator().manual_seed(0)
     basis = torch.randn(4, 3 * 8 * 8, generator=g)
+
     def sample(n):
         x = 127.5 + 25 * torch.randn(n, 4, generator=g) @ basis / 8
         return x.clamp(0, 255).round().to(torch.uint8).reshape(n, 3, 8, 8)
+
     codec = PCACodec(sample(2000), max_components=16)
     test = sample(500)
     curve = codec.curve(test, [100.0, 1.0, 0.3, 0.1, 0.03, 0.01])
-    bits, ps = zip(*curve)
-    assert bits[0] == 0.0 and all(b2 > b1 for b1, b2 in zip(bits, bits[1:]))
-    assert all(p2 > p1 for p1, p2 in zip(ps, ps[1:]))
+    bits, ps = zip(*curve, strict=True)
+    assert bits[0] == 0.0 and all(b2 > b1 for b1, b2 in zip(bits, bits[1:], strict=True))
+    assert all(p2 > p1 for p1, p2 in zip(ps, ps[1:], strict=True))
     assert ps[-1] > 45  # 4 real components at step 0.01: only uint8 rounding is left
     # the quantised Gaussian's entropy at a fine step: h(N(0, var)) - log2(step) per component
     c = codec.coefficients(test)
     expect = sum(0.5 * math.log2(2 * math.pi * math.e * float(c[:, j].var())) - math.log2(0.1) for j in range(4))
     assert codec.code(test, 0.1)[1][0] == pytest.approx(expect, abs=0.3)
-    bits, ps = zip(*codec.curve(test))  # the default sweep, which psnr_at_bits reads
+    bits, ps = zip(*codec.curve(test), strict=True)  # the default sweep, which psnr_at_bits reads
     assert codec.psnr_at_bits(test, (bits[5] + bits[6]) / 2) == pytest.approx((ps[5] + ps[6]) / 2)
     with pytest.raises(ValueError, match="outside"):
         codec.psnr_at_bits(test, 1e6)
@@ -129,14 +131,35 @@ def _colour_blobs(path, n=256, size=16):
 
 def _tiny_rgb_run(tmp_path, data, norm):
     from helpers import run_ul
+
     from unified_latents.objectives.registry import load_model
 
     out = tmp_path / norm
-    r = run_ul("train", "--preset", "tiny", "--no-progress", "--data", str(data), "--outdir", str(out),
-               "--set", "data.channels=3", "--set", "train.total_samples=1600", "--set", "train.log_every=50",
-               "--set", "train.image_every=0", "--set", "train.ckpt_every=0", "--set", "diffusion.target_bits=0",
-               "--set", "diffusion.loss_factor=17",
-               *[a for net in ("encoder", "prior", "decoder") for a in ("--set", f"model.{net}.norm={norm}")])
+    r = run_ul(
+        "train",
+        "--preset",
+        "tiny",
+        "--no-progress",
+        "--data",
+        str(data),
+        "--outdir",
+        str(out),
+        "--set",
+        "data.channels=3",
+        "--set",
+        "train.total_samples=1600",
+        "--set",
+        "train.log_every=50",
+        "--set",
+        "train.image_every=0",
+        "--set",
+        "train.ckpt_every=0",
+        "--set",
+        "diffusion.target_bits=0",
+        "--set",
+        "diffusion.loss_factor=17",
+        *[a for net in ("encoder", "prior", "decoder") for a in ("--set", f"model.{net}.norm={norm}")],
+    )
     assert r.returncode == 0, r.stderr
     return load_model(out / "artifact.safetensors", stage="latents")[0]
 

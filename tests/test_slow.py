@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import has_fmnist
 from helpers import run_ul
 
@@ -25,18 +24,44 @@ def test_loss_factor_raises_bits_and_psnr(tmp_path):
     res = {}
     for lf in (8, 24):
         out = tmp_path / f"lf{lf}"
-        r = run_ul("train", "--preset", "fmnist", "--outdir", str(out), "--no-progress", "--set", "train.total_samples=48000",
-                   "--set", "diffusion.target_bits=0", "--set", f"diffusion.loss_factor={lf}", timeout=1800)
+        r = run_ul(
+            "train",
+            "--preset",
+            "fmnist",
+            "--outdir",
+            str(out),
+            "--no-progress",
+            "--set",
+            "train.total_samples=48000",
+            "--set",
+            "diffusion.target_bits=0",
+            "--set",
+            f"diffusion.loss_factor={lf}",
+            timeout=1800,
+        )
         assert r.returncode == 0, r.stderr
-        r = run_ul("reconstruct", "--artifact", str(out / "artifact.safetensors"), "--count", "500", "--json", timeout=600)
+        r = run_ul(
+            "reconstruct", "--artifact", str(out / "artifact.safetensors"), "--count", "500", "--json", timeout=600
+        )
         res[lf] = json.loads(r.stdout)
     assert res[24]["bits_per_image"] > res[8]["bits_per_image"] and res[24]["psnr"] > res[8]["psnr"], res
 
 
 def test_target_bits_lands_within_15_percent(tmp_path):
     out = tmp_path / "tb"
-    r = run_ul("train", "--preset", "fmnist", "--outdir", str(out), "--no-progress", "--target-bits", "100",
-               "--set", "train.total_samples=96000", timeout=1800)
+    r = run_ul(
+        "train",
+        "--preset",
+        "fmnist",
+        "--outdir",
+        str(out),
+        "--no-progress",
+        "--target-bits",
+        "100",
+        "--set",
+        "train.total_samples=96000",
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stderr
     r = run_ul("reconstruct", "--artifact", str(out / "artifact.safetensors"), "--count", "500", "--json", timeout=600)
     assert abs(json.loads(r.stdout)["bits_per_image"] - 100) <= 15, r.stdout

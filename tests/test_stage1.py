@@ -162,7 +162,10 @@ def test_mean_of_k_reconstruction_averages_k_samples_of_one_latent(tiny_cfg):
     samples = [model.decode(z0, [s + j * MEAN_SEED_OFFSET for s in seeds], steps=3) for j in range(3)]
     torch.testing.assert_close(samples[0], one)
     torch.testing.assert_close(mean, sum(samples) / 3)
+
     # squared error is convex: the mean's error is at most the samples' mean error (per example)
-    err = lambda r: ((r - x) ** 2).flatten(1).mean(1)
+    def err(r):
+        return ((r - x) ** 2).flatten(1).mean(1)
+
     assert torch.all(err(mean) <= sum(err(s) for s in samples) / 3 + 1e-6)
     assert not torch.allclose(samples[0], samples[1])  # different decoder noise

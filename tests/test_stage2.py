@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from helpers import make_npz, run_ul
-from unified_latents.presets import get_preset
+
+from unified_latents.cli.args import parse_seeds
 from unified_latents.data import LatentData, load_latents, save_latents
 from unified_latents.diffusion import sample_lams
 from unified_latents.diffusion.guidance import guided
 from unified_latents.errors import UserError
-from unified_latents.eval.fid import find_inception, fid_from_features, frechet_distance, kid
-from unified_latents.objectives import BaseModel, UnifiedLatents, encoder_fingerprint
-from unified_latents.cli.args import parse_seeds
+from unified_latents.eval.fid import fid_from_features, find_inception, frechet_distance, kid
 from unified_latents.generate import class_labels, generate_images
+from unified_latents.objectives import BaseModel, UnifiedLatents, encoder_fingerprint
 from unified_latents.objectives.noise import BatchNoise
+from unified_latents.presets import get_preset
 
 
 def _base(seed=0):
@@ -60,8 +60,12 @@ def test_guidance_scale_one_equals_no_guidance():
 
 
 def test_guidance_formula_and_interval():
-    cond = lambda z, lam: torch.ones_like(z)
-    uncond = lambda z, lam: torch.zeros_like(z)
+    def cond(z, lam):
+        return torch.ones_like(z)
+
+    def uncond(z, lam):
+        return torch.zeros_like(z)
+
     fn = guided(cond, uncond, 2.5, [-1.0, 1.0])
     out = fn(torch.zeros(3, 2), torch.tensor([-5.0, 0.0, 5.0]))
     assert out[:, 0].tolist() == [1.0, 2.5, 1.0]
@@ -207,35 +211,108 @@ def test_stage2_end_to_end_cli(tmp_path):
     art1 = s1 / "artifact.safetensors"
     r = run_ul("encode", "--artifact", str(art1), "--dest", str(tmp_path / "lat"))
     assert r.returncode == 0, r.stderr
-    r = run_ul("train", "--stage", "base", *fast, "--artifact", str(art1), "--latents",
-               str(tmp_path / "lat"), "--outdir", str(tmp_path / "b"))
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        *fast,
+        "--artifact",
+        str(art1),
+        "--latents",
+        str(tmp_path / "lat"),
+        "--outdir",
+        str(tmp_path / "b"),
+    )
     assert r.returncode == 0 and "done: 16 samples" in r.stdout, r.stderr
     art2 = tmp_path / "b" / "artifact.safetensors"
-    r = run_ul("sample", "--artifact", str(art2), "--seeds", "0-11", "--outdir", str(tmp_path / "out"),
-               "--guidance", "2", "--guidance-interval=-5,5", "--base-steps", "3", "--decoder-steps", "3")
+    r = run_ul(
+        "sample",
+        "--artifact",
+        str(art2),
+        "--seeds",
+        "0-11",
+        "--outdir",
+        str(tmp_path / "out"),
+        "--guidance",
+        "2",
+        "--guidance-interval=-5,5",
+        "--base-steps",
+        "3",
+        "--decoder-steps",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "grid.png").exists() and len(list((tmp_path / "out").glob("0000*.png"))) == 12
     manifest = json.loads((tmp_path / "out" / "samples.json").read_text())  # written last: the set is complete
     assert manifest["complete"] and manifest["seeds"] == list(range(12)) and manifest["sampling"]["guidance"] == 2.0
-    r = run_ul("sample", "--artifact", str(art2), "--seeds", "0-3", "--outdir", str(tmp_path / "npz"), "--npz",
-               "--classes", "3")
+    r = run_ul(
+        "sample",
+        "--artifact",
+        str(art2),
+        "--seeds",
+        "0-3",
+        "--outdir",
+        str(tmp_path / "npz"),
+        "--npz",
+        "--classes",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     z = np.load(tmp_path / "npz" / "samples.npz")
     assert z["images"].shape == (4, 16, 16, 1) and z["labels"].tolist() == [3, 3, 3, 3]
-    r = run_ul("sample", "--artifact", str(art2), "--seeds", "0-3", "--outdir", str(tmp_path / "npz3"), "--npz",
-               "--classes", "3", "--batch", "3")  # sample k depends on its seed, never on the batch
+    r = run_ul(
+        "sample",
+        "--artifact",
+        str(art2),
+        "--seeds",
+        "0-3",
+        "--outdir",
+        str(tmp_path / "npz3"),
+        "--npz",
+        "--classes",
+        "3",
+        "--batch",
+        "3",
+    )  # sample k depends on its seed, never on the batch
     assert r.returncode == 0, r.stderr
     assert np.array_equal(np.load(tmp_path / "npz3" / "samples.npz")["images"], z["images"])
     # a latent cache made by another encoder is refused
     other = tmp_path / "s1b"
     assert run_ul("train", *fast, "--data", str(data), "--outdir", str(other), "--set", "train.seed=5").returncode == 0
-    r = run_ul("train", "--stage", "base", *fast, "--artifact", str(other / "artifact.safetensors"), "--latents",
-               str(tmp_path / "lat"), "--outdir", str(tmp_path / "b2"))
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        *fast,
+        "--artifact",
+        str(other / "artifact.safetensors"),
+        "--latents",
+        str(tmp_path / "lat"),
+        "--outdir",
+        str(tmp_path / "b2"),
+    )
     assert r.returncode == 2 and "different encoder" in r.stderr and "Traceback" not in r.stderr
     # eval with a stand-in feature network
     inc = _stand_in_inception(tmp_path / "inc.pt")
-    r = run_ul("eval", "--artifact", str(art2), "--samples", "12", "--recon", "12", "--ref-count", "12", "--guidance", "2",
-               "--inception", str(inc), "--trust-torchscript", "--json", "--outdir", str(tmp_path / "ev"))
+    r = run_ul(
+        "eval",
+        "--artifact",
+        str(art2),
+        "--samples",
+        "12",
+        "--recon",
+        "12",
+        "--ref-count",
+        "12",
+        "--guidance",
+        "2",
+        "--inception",
+        str(inc),
+        "--trust-torchscript",
+        "--json",
+        "--outdir",
+        str(tmp_path / "ev"),
+    )
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["gfid_samples"] == 12 and ev["gfid"] > 0 and ev["rfid"] > 0 and ev["base_bits_per_image"] > 0
@@ -243,8 +320,25 @@ def test_stage2_end_to_end_cli(tmp_path):
     # a class-conditional base model: its bits with each image's label and with the null label, both reported
     assert ev["base_null_bits_per_image"] > 0 and ev["base_null_bits_per_image"] != ev["base_bits_per_image"]
     assert ev["kid_subset"] == 6 and ev["fid_resize"] == "tf1"  # half of 12: subsets that differ
-    r = run_ul("eval", "--artifact", str(art2), "--samples", "12", "--recon", "20", "--ref-count", "12", "--guidance", "2",
-               "--inception", str(inc), "--trust-torchscript", "--json", "--batch", "5")
+    r = run_ul(
+        "eval",
+        "--artifact",
+        str(art2),
+        "--samples",
+        "12",
+        "--recon",
+        "20",
+        "--ref-count",
+        "12",
+        "--guidance",
+        "2",
+        "--inception",
+        str(inc),
+        "--trust-torchscript",
+        "--json",
+        "--batch",
+        "5",
+    )
     assert r.returncode == 0, r.stderr
     ev5 = json.loads(r.stdout)  # more than the 12 held out asked for: all 12 used
     assert ev5["rfid_samples"] == 12
@@ -257,9 +351,29 @@ def test_pipeline_writes_report(tmp_path):
     inc = _stand_in_inception(tmp_path / "inc.pt")
     data = make_npz(tmp_path / "d.npz", n=24)
     held = make_npz(tmp_path / "h.npz", n=10, seed=1)
-    args = ["pipeline", "--preset", "tiny", "--outdir", str(tmp_path / "p"), "--data", str(data), "--eval-data", str(held),
-            "--samples", "10", "--recon", "10", "--ref-count", "10", "--inception", str(inc), "--trust-torchscript", "--no-progress",
-            "--set", "train.total_samples=16"]
+    args = [
+        "pipeline",
+        "--preset",
+        "tiny",
+        "--outdir",
+        str(tmp_path / "p"),
+        "--data",
+        str(data),
+        "--eval-data",
+        str(held),
+        "--samples",
+        "10",
+        "--recon",
+        "10",
+        "--ref-count",
+        "10",
+        "--inception",
+        str(inc),
+        "--trust-torchscript",
+        "--no-progress",
+        "--set",
+        "train.total_samples=16",
+    ]
     r = run_ul(*args)
     assert r.returncode == 0, r.stderr
     report = (tmp_path / "p" / "report.md").read_text()
@@ -302,8 +416,9 @@ def test_inception_features_match_the_plain_network(tmp_path):
     inc = InceptionFeatures(path, trust=True, resize="torch")  # the reference below resizes as PyTorch does
     assert inc.fast is not None  # the optimised path is the one under test
     feats = inc(images, batch=2)
-    x = torch.nn.functional.interpolate(images.expand(-1, 3, -1, -1).float(), size=(299, 299), mode="bilinear",
-                                        align_corners=False)
+    x = torch.nn.functional.interpolate(
+        images.expand(-1, 3, -1, -1).float(), size=(299, 299), mode="bilinear", align_corners=False
+    )
     with torch.no_grad():
         ref = net.eval()((x - 128.0) / 128.0).double().numpy()
     assert feats.shape == (5, 16)
@@ -336,7 +451,12 @@ def test_batch_sizes_come_from_request_then_config_then_data(tiny_cfg):
     m = modality_of(tiny_cfg.data)
     ctx = lambda req_batch, cfg_batch: _Context(  # noqa: E731
         SimpleNamespace(modality=m, cfg=SimpleNamespace(eval=SimpleNamespace(batch=cfg_batch))),
-        EvalRequest(batch=req_batch), tiny_cfg.sample, None, None, None)
+        EvalRequest(batch=req_batch),
+        tiny_cfg.sample,
+        None,
+        None,
+        None,
+    )
     assert (ctx(None, 0).batch, ctx(None, 0).encode_batch) == (m.batch, m.eval_encode_batch)
     assert (ctx(None, 7).batch, ctx(None, 7).encode_batch) == (7, 7)
     assert (ctx(3, 7).batch, ctx(3, 7).encode_batch) == (3, 3)
@@ -358,14 +478,36 @@ def test_rfid_compares_reconstructions_with_their_own_originals(tmp_path, monkey
     inc = _stand_in_inception(tmp_path / "inc.pt")
     data, held = make_npz(tmp_path / "d.npz", n=24), make_npz(tmp_path / "h.npz", n=12, seed=1)
     fast = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
-    assert run_ul("train", *fast, "--data", str(data), "--eval-data", str(held), "--outdir", str(tmp_path / "s1")).returncode == 0
-    r = run_ul("train", "--stage", "base", *fast, "--artifact", str(tmp_path / "s1" / "artifact.safetensors"),
-               "--outdir", str(tmp_path / "b"))
+    assert (
+        run_ul(
+            "train", *fast, "--data", str(data), "--eval-data", str(held), "--outdir", str(tmp_path / "s1")
+        ).returncode
+        == 0
+    )
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        *fast,
+        "--artifact",
+        str(tmp_path / "s1" / "artifact.safetensors"),
+        "--outdir",
+        str(tmp_path / "b"),
+    )
     assert r.returncode == 0, r.stderr
     monkeypatch.setattr(UnifiedLatents, "reconstruct", lambda self, x, *a, **k: x)
     for recon, ref in ((6, 12), (12, 6)):
-        ev = evaluate_artifact(tmp_path / "b" / "artifact.safetensors",
-                               EvalRequest(samples=6, recon=recon, ref_count=ref, inception=str(inc), progress=False,
-                                           trust_torchscript=True, sampling={"base_steps": 2, "decoder_steps": 2}))
+        ev = evaluate_artifact(
+            tmp_path / "b" / "artifact.safetensors",
+            EvalRequest(
+                samples=6,
+                recon=recon,
+                ref_count=ref,
+                inception=str(inc),
+                progress=False,
+                trust_torchscript=True,
+                sampling={"base_steps": 2, "decoder_steps": 2},
+            ),
+        )
         assert ev["rfid_samples"] == recon and abs(ev["rfid"]) < 1e-3, (recon, ref, ev["rfid"])
         assert ev["psnr"] > 60

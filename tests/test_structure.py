@@ -31,7 +31,9 @@ def _imports(mods: dict[str, Path]):
             elif isinstance(node, ast.ImportFrom):
                 pkg = ".".join(base[: len(base) - node.level + 1] if node.level else [])
                 mod = ".".join(p for p in (pkg, node.module or "") if p)
-                targets = [(f"{mod}.{a.name}", None) if f"{mod}.{a.name}" in mods else (mod, a.name) for a in node.names]
+                targets = [
+                    (f"{mod}.{a.name}", None) if f"{mod}.{a.name}" in mods else (mod, a.name) for a in node.names
+                ]
             else:
                 continue
             for target, imported in targets:
@@ -58,7 +60,7 @@ def test_no_import_cycle():
         state[m] = "open"
         for t in sorted(edges[m]):
             if state.get(t) == "open":
-                cycles.append(path[path.index(t):] + [t])
+                cycles.append(path[path.index(t) :] + [t])
             elif t not in state:
                 visit(t, path + [t])
         state[m] = "done"
@@ -70,8 +72,11 @@ def test_no_import_cycle():
 
 
 def test_no_private_import():
-    bad = [f"{src} imports {imp} from {t}" for src, t, imp in _imports(_modules())
-           if imp and imp.startswith("_") and not imp.startswith("__")]
+    bad = [
+        f"{src} imports {imp} from {t}"
+        for src, t, imp in _imports(_modules())
+        if imp and imp.startswith("_") and not imp.startswith("__")
+    ]
     assert not bad, "; ".join(bad)
 
 
@@ -79,6 +84,9 @@ def test_no_private_import():
 def test_sizes(path):
     text = path.read_text()
     assert len(text.splitlines()) <= 400, f"{path.name}: over 400 lines"
-    long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(ast.parse(text))
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    long = [
+        f"{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for n in ast.walk(ast.parse(text))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60
+    ]
     assert not long, f"{path.name}: functions over 60 lines: {', '.join(long)}"

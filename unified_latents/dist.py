@@ -18,7 +18,9 @@ def init(device: str = "auto") -> torch.device:
     index = _gpu_index(device)
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: this PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
+        raise UserError(
+            f"--device {device}: this PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu"
+        )
     if not use_cuda:
         _join("gloo", None)
         return torch.device("cpu")
@@ -218,5 +220,3 @@ def gather_cat(t: torch.Tensor, everyone: bool = True) -> torch.Tensor | None:
     if parts is None:
         return None
     return torch.cat([p for p in parts if p.shape[0]] or parts[:1])  # empty shares may lack the trailing shape
-
-

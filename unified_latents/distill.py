@@ -56,8 +56,10 @@ def _halvings(steps_from: int, steps_to: int) -> int:
     if steps_to < 1 or rounds < 1 or rounds != int(rounds):
         halves = [steps_from // 2**k for k in (1, 2) if steps_from % 2**k == 0]
         hint = f" (e.g. {' or '.join(map(str, halves))})" if halves else ""
-        raise ConfigError(f"--steps {steps_to}: must be the teacher's {steps_from} steps halved one or more times"
-                          f"{hint}; --from-steps sets the teacher's steps")
+        raise ConfigError(
+            f"--steps {steps_to}: must be the teacher's {steps_from} steps halved one or more times"
+            f"{hint}; --from-steps sets the teacher's steps"
+        )
     return int(rounds)
 
 
@@ -81,8 +83,10 @@ class _Part:
             if not hasattr(self.s1, "sched_x"):
                 raise ConfigError("--part decoder: a pixel-diffusion model has no decoder; distil its --part base")
             if self.s1.cfg.diffusion.decoder_kind != "diffusion":
-                raise ConfigError("--part decoder: this decoder is a regression (diffusion.decoder_kind=mse) that "
-                                  "decodes in one call already; there are no steps to distil")
+                raise ConfigError(
+                    "--part decoder: this decoder is a regression (diffusion.decoder_kind=mse) that "
+                    "decodes in one call already; there are no steps to distil"
+                )
             self.net, self.sched = self.s1.decoder, self.s1.sched_x
         else:
             if model.cfg.stage not in ("base", "pixel"):
@@ -103,8 +107,11 @@ class _Part:
             z = z * self.model.latent_scale
         labels = None
         if self.model.num_classes:
-            labels = self.data.labels[rows].to(self.device) if self.data.labels is not None else \
-                torch.full((len(rows),), self.model.num_classes, device=self.device)
+            labels = (
+                self.data.labels[rows].to(self.device)
+                if self.data.labels is not None
+                else torch.full((len(rows),), self.model.num_classes, device=self.device)
+            )
             drop = torch.rand(len(rows), generator=g).to(self.device) < self.model.cfg.base.label_dropout
             labels = torch.where(drop, torch.full_like(labels, self.model.num_classes), labels)
         return z, {"labels": labels}
@@ -117,7 +124,9 @@ class _Part:
             return denoise(net, z_t, lam, None, kw["labels"])
 
 
-def distill_round(part: _Part, teacher, student, steps: int, req: DistillRequest, seed: int, progress: bool) -> list[float]:
+def distill_round(
+    part: _Part, teacher, student, steps: int, req: DistillRequest, seed: int, progress: bool
+) -> list[float]:
     """One round: `student` learns `steps // 2`-step DDIM from `teacher`'s `steps`-step DDIM.
     Returns the loss per optimiser step."""
     lams_t = sample_lams(part.sched, steps, part.device)
@@ -126,8 +135,12 @@ def distill_round(part: _Part, teacher, student, steps: int, req: DistillRequest
     student.train()
     losses = []
     n = len(part.data.images)
-    for _ in tqdm(range(max(1, req.samples_per_round // req.batch)), desc=f"distilling {steps} -> {steps // 2} steps",
-                  disable=not progress, leave=False):
+    for _ in tqdm(
+        range(max(1, req.samples_per_round // req.batch)),
+        desc=f"distilling {steps} -> {steps // 2} steps",
+        disable=not progress,
+        leave=False,
+    ):
         rows = torch.randint(0, n, (req.batch,), generator=g)
         x, kw = part.batch(rows, g)
         i = torch.randint(0, steps // 2, (req.batch,), generator=g).to(part.device)
@@ -169,8 +182,9 @@ def distill(artifact: Path, out: Path, req: DistillRequest, device="cpu", progre
         for r in range(rounds):
             teacher = copy.deepcopy(p.net).eval().requires_grad_(False)
             losses = distill_round(p, teacher, p.net, k, req, seed=1000 + r, progress=progress)
-            summary["rounds"].append({"teacher_steps": k, "student_steps": k // 2, "first_loss": losses[0],
-                                      "last_loss": losses[-1]})
+            summary["rounds"].append(
+                {"teacher_steps": k, "student_steps": k // 2, "first_loss": losses[0], "last_loss": losses[-1]}
+            )
             k //= 2
     finally:
         torch.set_flush_denormal(was)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .saved_config import from_saved
 from .data.modality import modality_of
 from .errors import UserError
 from .eval.report import metric_rows, table
+from .saved_config import from_saved
 from .training.checkpoint import EXPORT_FORMAT, EXPORT_INDEX, component_prefixes, load_artifact
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -38,23 +38,34 @@ def export(artifact: Path, to: Path, eval_json: Path | None = None) -> Path:
     tmp.mkdir(parents=True)
     comps, used = {}, set()
     for name, prefix in component_prefixes(config["stage"]).items():
-        part = {k[len(prefix):]: v.contiguous() for k, v in tensors.items() if k.startswith(prefix)}
+        part = {k[len(prefix) :]: v.contiguous() for k, v in tensors.items() if k.startswith(prefix)}
         if not part:
             continue
         (tmp / name).mkdir()
         save_file(part, str(tmp / name / "model.safetensors"))
         net = config["model"]["base"] if name == "base" else stage1["model"][name]
-        (tmp / name / "config.json").write_text(json.dumps({
-            "component": name, "network": net, "latent_channels": stage1["model"]["latent_channels"],
-            "data": {k: stage1["data"][k] for k in ("resolution", "channels", "pad", "frames")}}, indent=2))
+        (tmp / name / "config.json").write_text(
+            json.dumps(
+                {
+                    "component": name,
+                    "network": net,
+                    "latent_channels": stage1["model"]["latent_channels"],
+                    "data": {k: stage1["data"][k] for k in ("resolution", "channels", "pad", "frames")},
+                },
+                indent=2,
+            )
+        )
         comps[name] = prefix
         used |= {prefix + k for k in part}
     extras = {k: v.contiguous() for k, v in tensors.items() if k not in used}
     if extras:
         save_file(extras, str(tmp / "extras.safetensors"))
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    index = {"format": EXPORT_FORMAT, "components": comps,
-             "metadata": {k: v for k, v in meta.items() if k not in ("format", "config")}}
+    index = {
+        "format": EXPORT_FORMAT,
+        "components": comps,
+        "metadata": {k: v for k, v in meta.items() if k not in ("format", "config")},
+    }
     (tmp / EXPORT_INDEX).write_text(json.dumps(index, indent=2))
     (tmp / "README.md").write_text(model_card(config, stage1, meta, _eval_record(artifact, config, eval_json), to.name))
     shutil.rmtree(to, ignore_errors=True)
@@ -71,7 +82,9 @@ def _eval_record(artifact: Path, config: dict, eval_json: Path | None) -> dict |
         try:
             return json.loads(Path(eval_json).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"--eval {eval_json} cannot be read ({e}); give an eval.json written by `ul eval`") from None
+            raise UserError(
+                f"--eval {eval_json} cannot be read ({e}); give an eval.json written by `ul eval`"
+            ) from None
     if config["stage"] == "latents":
         return None
     for p in (Path(artifact).parent / "eval.json", Path(artifact).parent.parent / "eval.json"):
@@ -89,32 +102,65 @@ def model_card(config: dict, stage1: dict, meta: dict, ev: dict | None, name: st
     cfg1 = from_saved(stage1)
     d, m = cfg1.data, modality_of(cfg1.data)
     side = d.resolution - 2 * d.pad
-    what = {"latents": "a stage-1 autoencoder (encoder, diffusion prior, diffusion decoder)",
-            "base": "a stage-2 base model with its frozen stage-1 autoencoder: it generates on its own",
-            "pixel": "the pixel-diffusion baseline"}[config["stage"]]
-    lines = ["---", "library_name: unified-latents", "tags: [diffusion, latent-diffusion, unified-latents]", "---", "",
-             f"# {name}", "", f"A Unified Latents model: {what}. Trained on {d.source} ({side}x{side}, {d.channels} "
-             f"channel(s){f', {d.frames} frames per clip' if d.frames else ''}), {json.loads(meta.get('samples', '0')):,} "
-             "samples seen.", ""]
+    what = {
+        "latents": "a stage-1 autoencoder (encoder, diffusion prior, diffusion decoder)",
+        "base": "a stage-2 base model with its frozen stage-1 autoencoder: it generates on its own",
+        "pixel": "the pixel-diffusion baseline",
+    }[config["stage"]]
+    lines = [
+        "---",
+        "library_name: unified-latents",
+        "tags: [diffusion, latent-diffusion, unified-latents]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A Unified Latents model: {what}. Trained on {d.source} ({side}x{side}, {d.channels} "
+        f"channel(s){f', {d.frames} frames per clip' if d.frames else ''}), {json.loads(meta.get('samples', '0')):,} "
+        "samples seen.",
+        "",
+    ]
     try:
         rows = metric_rows(ev, m, side) if ev is not None else None
     except KeyError as e:  # an evaluation record of another version
-        raise UserError(f"the evaluation record lacks {e}; give an eval.json written by this version's `ul eval`") from None
+        raise UserError(
+            f"the evaluation record lacks {e}; give an eval.json written by this version's `ul eval`"
+        ) from None
     if rows:
         lines += ["## Metrics", "", table(rows), ""]
     else:
         bits = json.loads(meta.get("metrics", "{}")).get("bits_per_image")  # stage 1's last training record
         if bits is not None:
-            pixels = d.resolution ** 2 * max(1, d.frames)
-            lines += ["## Latent bitrate", "", f"{bits:.1f} bits per {m.per} under the stage-1 prior at the end of "
-                      f"training ({bits / pixels:.4f} bits per input pixel{' per frame' if d.frames else ''}).", ""]
-    lines += ["## Training", "", "The resolved configuration is `config.json` (every field `ul train --set` takes); "
-              "retrain with `ul train --stage latents` and then `ul train --stage base` using those fields.", "",
-              "## Use", "", "```python", "import unified_latents", "",
-              f'ul = unified_latents.load("{name}")  # this folder, or its Hub name', ]
+            pixels = d.resolution**2 * max(1, d.frames)
+            lines += [
+                "## Latent bitrate",
+                "",
+                f"{bits:.1f} bits per {m.per} under the stage-1 prior at the end of "
+                f"training ({bits / pixels:.4f} bits per input pixel{' per frame' if d.frames else ''}).",
+                "",
+            ]
+    lines += [
+        "## Training",
+        "",
+        "The resolved configuration is `config.json` (every field `ul train --set` takes); "
+        "retrain with `ul train --stage latents` and then `ul train --stage base` using those fields.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import unified_latents",
+        "",
+        f'ul = unified_latents.load("{name}")  # this folder, or its Hub name',
+    ]
     lines += ["images = ul.sample(range(8))"] if config["stage"] != "latents" else ["recs = ul.reconstruct(images)"]
-    lines += ["```", "", f"or `ul sample --artifact {name} --seeds 0-63 --outdir out`."
-              if config["stage"] != "latents" else f"or `ul reconstruct --artifact {name}`.", ""]
+    lines += [
+        "```",
+        "",
+        f"or `ul sample --artifact {name} --seeds 0-63 --outdir out`."
+        if config["stage"] != "latents"
+        else f"or `ul reconstruct --artifact {name}`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -126,13 +172,16 @@ def fetch(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise UserError(f"{name} is not a local path; loading from the Hub needs huggingface_hub "
-                        "(pip install huggingface_hub)") from None
+        raise UserError(
+            f"{name} is not a local path; loading from the Hub needs huggingface_hub (pip install huggingface_hub)"
+        ) from None
     try:
         return Path(snapshot_download(repo_id=str(name)))
     except Exception as e:  # noqa: BLE001 (offline, no such repo, no access: one message)
-        raise UserError(f"cannot download {name} from the Hugging Face Hub ({str(e).splitlines()[0][:160]}); "
-                        "check the name, your network and `huggingface-cli login`") from None
+        raise UserError(
+            f"cannot download {name} from the Hugging Face Hub ({str(e).splitlines()[0][:160]}); "
+            "check the name, your network and `huggingface-cli login`"
+        ) from None
 
 
 def push(folder: Path, repo_id: str, private: bool = False) -> str:
@@ -148,6 +197,8 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="unified-latents export")
     except Exception as e:  # noqa: BLE001 (network, authentication, permissions: one message)
-        raise UserError(f"cannot upload {folder} to {repo_id} ({str(e).splitlines()[0][:160]}); the folder is kept: "
-                        "check `huggingface-cli login` and retry") from None
+        raise UserError(
+            f"cannot upload {folder} to {repo_id} ({str(e).splitlines()[0][:160]}); the folder is kept: "
+            "check `huggingface-cli login` and retry"
+        ) from None
     return f"https://huggingface.co/{repo_id}"

@@ -4,9 +4,9 @@ only on seeds[k], labels[k] and, for video continuations, its context clip; neve
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from tqdm import tqdm
@@ -30,7 +30,9 @@ def class_labels(seeds: list[int], classes: str | None, num_classes: int) -> tor
     if not classes:
         return torch.tensor([s % num_classes for s in seeds])
     if classes == "random":
-        return torch.tensor([int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s))) for s in seeds])
+        return torch.tensor(
+            [int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s))) for s in seeds]
+        )
     try:
         chosen = [int(c) for c in classes.split(",")]
     except ValueError:
@@ -42,8 +44,15 @@ def class_labels(seeds: list[int], classes: str | None, num_classes: int) -> tor
 
 
 @torch.no_grad()
-def generate(model: BaseModel, seeds: list[int], labels: torch.Tensor | None, batch: int = 250,
-             progress: bool = False, context: tuple[torch.Tensor, int] | None = None, **kw) -> Iterator[torch.Tensor]:
+def generate(
+    model: BaseModel,
+    seeds: list[int],
+    labels: torch.Tensor | None,
+    batch: int = 250,
+    progress: bool = False,
+    context: tuple[torch.Tensor, int] | None = None,
+    **kw,
+) -> Iterator[torch.Tensor]:
     """uint8 batches [n, C, H, W] (video: [n, C, T, H, W]) of seeds[i : i + batch], in order.
     `kw` goes to model.generate (steps, decoder_steps, sampler, guidance, interval)."""
     device = next(model.net.parameters()).device
@@ -53,8 +62,15 @@ def generate(model: BaseModel, seeds: list[int], labels: torch.Tensor | None, ba
         yield to_uint8(model.generate(seeds[i : i + batch], lab, context=ctx, **kw)).cpu()
 
 
-def generate_images(model: BaseModel, seeds: list[int], labels: torch.Tensor | None, batch: int = 250,
-                    progress: bool = False, context: tuple[torch.Tensor, int] | None = None, **kw) -> torch.Tensor:
+def generate_images(
+    model: BaseModel,
+    seeds: list[int],
+    labels: torch.Tensor | None,
+    batch: int = 250,
+    progress: bool = False,
+    context: tuple[torch.Tensor, int] | None = None,
+    **kw,
+) -> torch.Tensor:
     """Every batch of `generate`, concatenated: uint8 [N, ...]."""
     return torch.cat(list(generate(model, seeds, labels, batch, progress, context, **kw)))
 
@@ -78,8 +94,9 @@ def load_context(model: BaseModel, cfg: RunConfig, source: str, count: int, fram
     return clips, (torch.cat(z), k)
 
 
-def _share(model: BaseModel, seeds: list[int], labels, ctx, share: tuple[int, int], batch: int, progress: bool,
-           sampling: dict) -> torch.Tensor:
+def _share(
+    model: BaseModel, seeds: list[int], labels, ctx, share: tuple[int, int], batch: int, progress: bool, sampling: dict
+) -> torch.Tensor:
     """uint8 samples of seeds[lo:hi] (this process's share; empty shares keep the trailing shape)."""
     lo, hi = share
     if hi == lo:
@@ -102,8 +119,9 @@ class SampleRequest:
     sampling: dict = field(default_factory=dict)  # steps, decoder_steps, sampler, guidance, interval
 
 
-def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleRequest, device="cpu",
-                  progress: bool = True) -> dict[str, Path]:
+def write_samples(
+    artifact: Path, seeds: list[int], outdir: Path, req: SampleRequest, device="cpu", progress: bool = True
+) -> dict[str, Path]:
     """`ul sample`: a PNG grid plus individual PNGs (or one .npz) of the given seeds. Video: one
     MP4 per seed and a PNG strip (a row of frames per clip); with `context`, each clip continues
     the first `context_frames` frames of a context clip (strip rows: context clip, continuation).
@@ -130,8 +148,10 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
     lo, hi = dist.my_share(len(seeds))
     mine = _share(model, seeds, labels, ctx, (lo, hi), req.batch or cfg.sample.batch or m.batch, progress, req.sampling)
     if not req.npz:  # collective: every process calls it, an empty share writes nothing
-        dist.on_every(lambda: hi > lo and m.save_files(crop_pad(mine, pad), seeds[lo:hi], outdir, req.fps),
-                      f"writing into {outdir}")
+        dist.on_every(
+            lambda: hi > lo and m.save_files(crop_pad(mine, pad), seeds[lo:hi], outdir, req.fps),
+            f"writing into {outdir}",
+        )
     gen = dist.gather_cat(mine, everyone=False)  # on rank 0; every process's files are written by now
     if not dist.is_main():
         return {}
@@ -143,9 +163,15 @@ def write_samples(artifact: Path, seeds: list[int], outdir: Path, req: SampleReq
         m.save_npz(gen, seeds, labels, paths["npz"])
     elif m.video:
         paths["mp4"] = outdir / f"{seeds[0]:06d}.mp4"
-    record = {"complete": True, "artifact": str(artifact), "count": len(seeds), "seeds": seeds,
-              "labels": labels.tolist() if labels is not None else None, "sampling": req.sampling,
-              "context": req.context}
+    record = {
+        "complete": True,
+        "artifact": str(artifact),
+        "count": len(seeds),
+        "seeds": seeds,
+        "labels": labels.tolist() if labels is not None else None,
+        "sampling": req.sampling,
+        "context": req.context,
+    }
     atomic_write_text(manifest, json.dumps(record))
     paths["manifest"] = manifest
     return paths

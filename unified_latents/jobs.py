@@ -22,9 +22,19 @@ from .presets import get_preset
 from .stages import base_config, train_stage
 
 
-def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.device, samples: int | None = None,
-                 recon: int | None = None, ref_count: int | None = None, inception: str | None = None,
-                 progress: bool | None = None, i3d: str | None = None, trust: bool = False) -> Path:
+def run_pipeline(
+    preset: str,
+    overrides: list[str],
+    outdir: Path,
+    device: torch.device,
+    samples: int | None = None,
+    recon: int | None = None,
+    ref_count: int | None = None,
+    inception: str | None = None,
+    progress: bool | None = None,
+    i3d: str | None = None,
+    trust: bool = False,
+) -> Path:
     """The main job: stage 1, stage 2, sampling and evaluation, then a Markdown report. Works on
     images and on video (a preset with data.frames > 0; counts are then in clips)."""
     outdir = Path(outdir)
@@ -47,14 +57,33 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
     times["stage 2"] = time.time() - t0
     t0 = time.time()
     eval_path = outdir / "eval.json"
-    want = {"samples": samples, "recon": recon, "ref_count": ref_count, "stage1": res1.samples, "base": res2.samples,
-            "i3d": i3d or "", "fid_resize": "tf1", "eval_format": 2}  # an eval.json of earlier versions is redone
+    want = {
+        "samples": samples,
+        "recon": recon,
+        "ref_count": ref_count,
+        "stage1": res1.samples,
+        "base": res2.samples,
+        "i3d": i3d or "",
+        "fid_resize": "tf1",
+        "eval_format": 2,
+    }  # an eval.json of earlier versions is redone
     ev = json.loads(eval_path.read_text()) if eval_path.exists() else {}
     if ev.get("request") != want:
         dist.print0(f"evaluating: {samples} samples, {recon} reconstructions, {ref_count} reference {m.examples} ...")
-        ev = evaluate_artifact(res2.artifact, EvalRequest(samples, recon, ref_count, inception, i3d, device=device,
-                                                          progress=progress is not False, out=outdir,
-                                                          trust_torchscript=trust))
+        ev = evaluate_artifact(
+            res2.artifact,
+            EvalRequest(
+                samples,
+                recon,
+                ref_count,
+                inception,
+                i3d,
+                device=device,
+                progress=progress is not False,
+                out=outdir,
+                trust_torchscript=trust,
+            ),
+        )
         ev["request"] = want
         atomic_write_text(eval_path, json.dumps(ev, indent=2))
     times["evaluation"] = time.time() - t0
@@ -64,9 +93,19 @@ def run_pipeline(preset: str, overrides: list[str], outdir: Path, device: torch.
     return outdir / "report.md"
 
 
-def run_sweep(preset: str, overrides: list[str], loss_factors: list[float], outdir: Path, device, samples: int = 2000,
-              recon: int = 500, ref_count: int = 2000, inception: str | None = None, progress: bool | None = None,
-              trust: bool = False) -> Path:
+def run_sweep(
+    preset: str,
+    overrides: list[str],
+    loss_factors: list[float],
+    outdir: Path,
+    device,
+    samples: int = 2000,
+    recon: int = 500,
+    ref_count: int = 2000,
+    inception: str | None = None,
+    progress: bool | None = None,
+    trust: bool = False,
+) -> Path:
     """The paper's Table 2 on this data: one full pipeline per fixed loss factor (controller
     off), each resumable and skipped when finished, then a table and a rate-distortion plot."""
     outdir = Path(outdir)
@@ -78,12 +117,20 @@ def run_sweep(preset: str, overrides: list[str], loss_factors: list[float], outd
         run_pipeline(preset, over, run, device, samples, recon, ref_count, inception, progress, trust=trust)
         rows.append((lf, json.loads((run / "eval.json").read_text())))
     head = "| loss factor | bits/pixel | bits/image | PSNR (dB) | rFID | gFID |\n|---|---|---|---|---|---|"
-    lines = [f"| {lf:g} | {e['prior_bpp']:.4f} | {e['prior_bits_per_image']:.1f} | {e['psnr']:.2f} | {e['rfid']:.2f} | "
-             f"{e['gfid']:.2f} |" for lf, e in rows]
+    lines = [
+        f"| {lf:g} | {e['prior_bpp']:.4f} | {e['prior_bits_per_image']:.1f} | {e['psnr']:.2f} | {e['rfid']:.2f} | "
+        f"{e['gfid']:.2f} |"
+        for lf, e in rows
+    ]
     plot_rate_distortion(rows, outdir / "rate-distortion.png")
     e0 = rows[0][1]
-    note = (f"gFID: {e0['gfid_samples']} samples vs {e0['reference_images']} {e0['reference']} images; "
-            f"rFID and PSNR: {e0['rfid_samples']} reconstructions.")
-    write_report(outdir / "sweep.md", "Loss-factor sweep (the paper's Table 2 on this data)",
-                 [("Table", head + "\n" + "\n".join(lines) + "\n\n" + note), ("Rate-distortion", "![rd](rate-distortion.png)")])
+    note = (
+        f"gFID: {e0['gfid_samples']} samples vs {e0['reference_images']} {e0['reference']} images; "
+        f"rFID and PSNR: {e0['rfid_samples']} reconstructions."
+    )
+    write_report(
+        outdir / "sweep.md",
+        "Loss-factor sweep (the paper's Table 2 on this data)",
+        [("Table", head + "\n" + "\n".join(lines) + "\n\n" + note), ("Rate-distortion", "![rd](rate-distortion.png)")],
+    )
     return outdir / "sweep.md"

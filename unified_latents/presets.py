@@ -108,8 +108,16 @@ def _imagenet512() -> RunConfig:
         ),
         # 2-level ViT, widths [512, 1024], blocks [6, 16] in the paper; approximated here by a
         # U-ViT with one conv level of 512 and 16 transformer blocks of width 1024.
-        base=NetConfig(arch="unet", channels=[512], blocks=[3], transformer_blocks=16, width=1024, heads=16,
-                       dropout=0.1, emb_dim=256),
+        base=NetConfig(
+            arch="unet",
+            channels=[512],
+            blocks=[3],
+            transformer_blocks=16,
+            width=1024,
+            heads=16,
+            dropout=0.1,
+            emb_dim=256,
+        ),
     )
     cfg.train = TrainConfig(total_samples=256 * 1_000_000, batch=256, lr=1e-4, warmup_samples=256 * 10_000)
     cfg.sample = SampleConfig(decoder_steps=128)
@@ -146,8 +154,9 @@ def _video_fmnist() -> RunConfig:
     cfg.diffusion.loss_factor = 3.0
     _unheld_controller(cfg)
     cfg.base.context = True
-    cfg.train = TrainConfig(total_samples=24_000, batch=16, lr=2e-3, warmup_samples=800, image_every=8_000,
-                            ckpt_every=4_000, log_every=10)
+    cfg.train = TrainConfig(
+        total_samples=24_000, batch=16, lr=2e-3, warmup_samples=800, image_every=8_000, ckpt_every=4_000, log_every=10
+    )
     cfg.sample = SampleConfig(decoder_steps=32, base_steps=64)
     return cfg
 
@@ -159,8 +168,9 @@ def _kinetics600() -> RunConfig:
     cfg = _imagenet512()
     cfg.data = DataConfig(source="", resolution=128, channels=3, pad=0, num_classes=0, frames=16)
     m = cfg.model
-    m.encoder = NetConfig(arch="resnet_encoder", channels=[128, 256, 512, 512], blocks=[2, 2, 2, 3], patch=1,
-                          time_down=2)
+    m.encoder = NetConfig(
+        arch="resnet_encoder", channels=[128, 256, 512, 512], blocks=[2, 2, 2, 3], patch=1, time_down=2
+    )
     m.decoder.time_down = 2
     cfg.base.context = True
     return cfg
@@ -192,28 +202,74 @@ def _stages(latents: RunConfig, base_train: TrainConfig, base_sample: SampleConf
 # run, DDIM 12/16 29.70 vs 96/16 30.10 (benchmarks/distill.py), so 12 base steps.
 PRESETS: dict[str, typing.Callable[[], Preset]] = {
     # name: lambda: _stages(stage 1, stage-2 training[, stage-2 sampling])
-    "tiny": lambda: _stages(_tiny(), TrainConfig(total_samples=64, batch=8, lr=1e-3, warmup_samples=16, log_every=2,
-                                                 image_every=32, ckpt_every=32)),
-    "fmnist": lambda: _stages(_fmnist(), TrainConfig(total_samples=320_000, batch=128, lr=1e-3, warmup_samples=6_400,
-                                                     image_every=64_000, ckpt_every=64_000, ema_decay=0.998),
-                              SampleConfig(sampler="ddim", base_steps=12, decoder_steps=16)),  # 2.2M-param U-Net, ~11 min
+    "tiny": lambda: _stages(
+        _tiny(),
+        TrainConfig(total_samples=64, batch=8, lr=1e-3, warmup_samples=16, log_every=2, image_every=32, ckpt_every=32),
+    ),
+    "fmnist": lambda: _stages(
+        _fmnist(),
+        TrainConfig(
+            total_samples=320_000,
+            batch=128,
+            lr=1e-3,
+            warmup_samples=6_400,
+            image_every=64_000,
+            ckpt_every=64_000,
+            ema_decay=0.998,
+        ),
+        SampleConfig(sampler="ddim", base_steps=12, decoder_steps=16),
+    ),  # 2.2M-param U-Net, ~11 min
     # twice the main job's stage 2, with post-hoc EMA snapshots so `ul eval --ema-length` can pick the EMA afterwards
-    "fmnist-long": lambda: _stages(_fmnist_long(), TrainConfig(total_samples=640_000, batch=128, lr=1e-3,
-                                                               warmup_samples=6_400, image_every=128_000,
-                                                               ckpt_every=64_000, ema_decay=0.998,
-                                                               posthoc_ema=[0.05, 0.1], posthoc_every=32_000),
-                                   SampleConfig(sampler="ddim", base_steps=12, decoder_steps=16)),
-    "rgb32": lambda: _stages(_rgb32(), TrainConfig(total_samples=160_000, batch=128, lr=1e-3, warmup_samples=6_400,
-                                                   image_every=64_000, ckpt_every=64_000, ema_decay=0.998)),
-    "imagenet512": lambda: _stages(_imagenet512(), TrainConfig(total_samples=1024 * 500_000, batch=1024, lr=1e-4,
-                                                               warmup_samples=1024 * 10_000)),
-    "tiny-video": lambda: _stages(_tiny_video(), TrainConfig(total_samples=32, batch=8, lr=1e-3, warmup_samples=8,
-                                                             log_every=2, image_every=32, ckpt_every=16)),
-    "video-fmnist": lambda: _stages(_video_fmnist(), TrainConfig(total_samples=32_000, batch=32, lr=1e-3,
-                                                                 warmup_samples=1_600, image_every=16_000,
-                                                                 ckpt_every=8_000, ema_decay=0.995, log_every=20)),
-    "kinetics600": lambda: _stages(_kinetics600(), TrainConfig(total_samples=256 * 500_000, batch=256, lr=1e-4,
-                                                               warmup_samples=256 * 10_000)),
+    "fmnist-long": lambda: _stages(
+        _fmnist_long(),
+        TrainConfig(
+            total_samples=640_000,
+            batch=128,
+            lr=1e-3,
+            warmup_samples=6_400,
+            image_every=128_000,
+            ckpt_every=64_000,
+            ema_decay=0.998,
+            posthoc_ema=[0.05, 0.1],
+            posthoc_every=32_000,
+        ),
+        SampleConfig(sampler="ddim", base_steps=12, decoder_steps=16),
+    ),
+    "rgb32": lambda: _stages(
+        _rgb32(),
+        TrainConfig(
+            total_samples=160_000,
+            batch=128,
+            lr=1e-3,
+            warmup_samples=6_400,
+            image_every=64_000,
+            ckpt_every=64_000,
+            ema_decay=0.998,
+        ),
+    ),
+    "imagenet512": lambda: _stages(
+        _imagenet512(), TrainConfig(total_samples=1024 * 500_000, batch=1024, lr=1e-4, warmup_samples=1024 * 10_000)
+    ),
+    "tiny-video": lambda: _stages(
+        _tiny_video(),
+        TrainConfig(total_samples=32, batch=8, lr=1e-3, warmup_samples=8, log_every=2, image_every=32, ckpt_every=16),
+    ),
+    "video-fmnist": lambda: _stages(
+        _video_fmnist(),
+        TrainConfig(
+            total_samples=32_000,
+            batch=32,
+            lr=1e-3,
+            warmup_samples=1_600,
+            image_every=16_000,
+            ckpt_every=8_000,
+            ema_decay=0.995,
+            log_every=20,
+        ),
+    ),
+    "kinetics600": lambda: _stages(
+        _kinetics600(), TrainConfig(total_samples=256 * 500_000, batch=256, lr=1e-4, warmup_samples=256 * 10_000)
+    ),
 }
 
 
@@ -222,16 +278,25 @@ BASELINES = {
     # Stable-Diffusion-style KL-VAE: the encoder predicts a mean and a variance, an N(0, I) KL with
     # a small weight regularises it, the decoder regresses pixels (L2, deterministic), no fixed
     # encoder noise (log-SNR 15: std 5e-4), and the base model sees latents scaled to unit std.
-    "kl-vae": ["diffusion.prior_kind=gaussian", "diffusion.learned_variance=true", "diffusion.kl_weight=0.01",
-               "diffusion.decoder_kind=mse", "diffusion.lam0=15", "diffusion.target_bits=0",
-               "diffusion.loss_factor=1", "base.scale_latents=true"],
+    "kl-vae": [
+        "diffusion.prior_kind=gaussian",
+        "diffusion.learned_variance=true",
+        "diffusion.kl_weight=0.01",
+        "diffusion.decoder_kind=mse",
+        "diffusion.lam0=15",
+        "diffusion.target_bits=0",
+        "diffusion.loss_factor=1",
+        "base.scale_latents=true",
+    ],
 }
 
 
 def baseline_overrides(name: str) -> list[str]:
     if name not in BASELINES:
-        raise ConfigError(f"unknown baseline {name!r}; choose one of: {', '.join(sorted(BASELINES))} "
-                          "(pixel diffusion is `ul train --stage pixel`)")
+        raise ConfigError(
+            f"unknown baseline {name!r}; choose one of: {', '.join(sorted(BASELINES))} "
+            "(pixel diffusion is `ul train --stage pixel`)"
+        )
     return list(BASELINES[name])
 
 

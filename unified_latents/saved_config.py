@@ -12,10 +12,32 @@ from .errors import ConfigError
 # devices, how it samples and evaluates, and where its inputs are (their contents are fingerprinted
 # in the training state: data/fingerprint.py, and the stage-1 encoder for stage 2). Every other
 # field changes the optimisation that the state belongs to and is refused.
-CHANGEABLE = ("data.source", "data.eval_source", "data.skip_bad", "data.workers", "base.stage1_artifact",
-              "base.latents", "train.total_samples", "train.posthoc_every", "train.log_every", "train.log", "train.image_every", "train.ckpt_every",
-              "train.ckpt_minutes", "train.keep", "train.async_checkpoint", "train.max_bad_steps", "train.micro_batch",
-              "train.shard", "train.compile", "train.activation_checkpointing", "train.amp", "sample", "eval", "accel")
+CHANGEABLE = (
+    "data.source",
+    "data.eval_source",
+    "data.skip_bad",
+    "data.workers",
+    "base.stage1_artifact",
+    "base.latents",
+    "train.total_samples",
+    "train.posthoc_every",
+    "train.log_every",
+    "train.log",
+    "train.image_every",
+    "train.ckpt_every",
+    "train.ckpt_minutes",
+    "train.keep",
+    "train.async_checkpoint",
+    "train.max_bad_steps",
+    "train.micro_batch",
+    "train.shard",
+    "train.compile",
+    "train.activation_checkpointing",
+    "train.amp",
+    "sample",
+    "eval",
+    "accel",
+)
 
 
 # Fields added later whose earlier behaviour is not their default: a saved config (a run's
@@ -24,8 +46,13 @@ CHANGEABLE = ("data.source", "data.eval_source", "data.skip_bad", "data.workers"
 EARLIER_BEHAVIOUR = {"diffusion": {"controller_hold_samples": 0, "controller_smoothing": 0.0}}
 # Stage-1 objective fields that a stage-2 (or pixel) run carries but never uses.
 # The bitrate controller's settings, unused while it is off (target_bits 0: c_lf fixed).
-CONTROLLER = ("diffusion.controller_rate", "diffusion.controller_hold_samples", "diffusion.controller_smoothing",
-              "diffusion.controller_min", "diffusion.controller_max")
+CONTROLLER = (
+    "diffusion.controller_rate",
+    "diffusion.controller_hold_samples",
+    "diffusion.controller_smoothing",
+    "diffusion.controller_min",
+    "diffusion.controller_max",
+)
 STAGE1_ONLY = ("diffusion.loss_factor", "diffusion.target_bits", *CONTROLLER, "diffusion.stop_grad_kl_weight")
 
 

@@ -10,19 +10,29 @@ import torch
 
 from . import dist
 from .config import RunConfig, from_dict, to_dict
-from .data import LatentData, encode_images, eval_source, load_images, modality_of, named_by_artifact, save_latents, to_float
-from .data.prepared import RowRange
+from .data import (
+    LatentData,
+    encode_images,
+    eval_source,
+    load_images,
+    modality_of,
+    named_by_artifact,
+    save_latents,
+    to_float,
+)
 from .data.fingerprint import data_fingerprint
 from .data.latent_shards import INDEX, load_cache, write_index, write_shard
+from .data.prepared import RowRange
 from .errors import ConfigError, UserError
 from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
-from .objectives.stage1 import check_grids
 from .objectives.registry import artifact_config, build_model, load_model
+from .objectives.stage1 import check_grids
 from .training import TrainResult, train
 
 
-def train_stage(cfg: RunConfig, outdir: Path, device: torch.device, progress: bool | None = None,
-                until: int | None = None) -> TrainResult:
+def train_stage(
+    cfg: RunConfig, outdir: Path, device: torch.device, progress: bool | None = None, until: int | None = None
+) -> TrainResult:
     if cfg.stage == "base":
         return _train_base(cfg, Path(outdir), device, progress, until)
     if cfg.stage == "latents":
@@ -37,8 +47,9 @@ def train_stage(cfg: RunConfig, outdir: Path, device: torch.device, progress: bo
         held = data  # no held-out set configured: preview training images
     m = modality_of(cfg.data)
     preview_x = to_float(held.images[: m.previews])
-    return train(cfg, outdir, lambda: build_model(cfg), data, preview_x, _saver(m), f"ul-{cfg.stage}", device,
-                 progress, until)
+    return train(
+        cfg, outdir, lambda: build_model(cfg), data, preview_x, _saver(m), f"ul-{cfg.stage}", device, progress, until
+    )
 
 
 def _saver(m):
@@ -61,8 +72,9 @@ def latents_for(stage1: UnifiedLatents, cfg: RunConfig, cache: Path, device, pro
     latent_shards.py; read lazily, or whole when small). Rank 0 decides (fingerprints, whether a
     cache fits) for every process, so they never take different paths."""
     fp = encoder_fingerprint(stage1)
-    dfp = dist.broadcast_object(dist.on_main(lambda: data_fingerprint(cfg.data, cfg.data.source),
-                                             "fingerprinting the training data"))
+    dfp = dist.broadcast_object(
+        dist.on_main(lambda: data_fingerprint(cfg.data, cfg.data.source), "fingerprinting the training data")
+    )
     if cfg.base.latents:
         return _preloaded(load_cache(Path(cfg.base.latents), fp, dfp))
     legacy = cache.with_suffix(".safetensors")  # the one-file cache of earlier versions
@@ -94,14 +106,18 @@ def dist_encode(stage1: UnifiedLatents, data, device, progress: bool) -> LatentD
     """z_clean of this process's contiguous share of `data` (all of it in one process)."""
     lo, hi = dist.my_share(len(data))
     rows = RowRange(data.images, lo, hi)  # prepared data: each batch decoded when it is encoded
-    z = encode_images(stage1, rows, stage1.modality.encode_batch, device=device, progress=progress, first=lo) if hi > lo \
+    z = (
+        encode_images(stage1, rows, stage1.modality.encode_batch, device=device, progress=progress, first=lo)
+        if hi > lo
         else torch.empty((0, *stage1.z_shape))
+    )
     return LatentData(z, data.labels[lo:hi] if data.labels is not None else None)
 
 
 def encode_into(stage1: UnifiedLatents, data, dest: Path, meta: dict, device, progress: bool) -> None:
     """A latent cache folder: every process encodes its share of `data` into its own shard; rank 0
     writes the index last (a folder without it is an interrupted write)."""
+
     def start() -> None:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / INDEX).unlink(missing_ok=True)
@@ -114,8 +130,10 @@ def encode_into(stage1: UnifiedLatents, data, dest: Path, meta: dict, device, pr
 
     dist.on_main(start, f"creating {dest}")
     lo, _ = dist.my_share(len(data))
-    dist.on_every(lambda: write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, data, device, progress),
-                                      lo, meta), f"encoding into {dest}")
+    dist.on_every(
+        lambda: write_shard(dest, dist.rank(), dist.world(), dist_encode(stage1, data, device, progress), lo, meta),
+        f"encoding into {dest}",
+    )
     dist.on_main(finish, f"writing {dest / INDEX}")
 
 
@@ -125,13 +143,18 @@ def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress:
     stage1, cfg = load_model(artifact, device, stage="latents")
     source = data or named_by_artifact(cfg.data, held_out=False)[0]
     images = load_images(cfg.data, source)
-    meta = {"encoder_fingerprint": encoder_fingerprint(stage1), "data_fingerprint": data_fingerprint(cfg.data, source),
-            "source": source}
+    meta = {
+        "encoder_fingerprint": encoder_fingerprint(stage1),
+        "data_fingerprint": data_fingerprint(cfg.data, source),
+        "source": source,
+    }
     dest = Path(dest)
     if dest.suffix == ".safetensors":
         if dist.world() > 1:
-            raise UserError(f"--dest {dest} is one file, written by one process; under torchrun give a folder "
-                            "(each process writes its shard)")
+            raise UserError(
+                f"--dest {dest} is one file, written by one process; under torchrun give a folder "
+                "(each process writes its shard)"
+            )
         lat = dist_encode(stage1, images, device, progress)
         save_latents(dest, lat, meta["encoder_fingerprint"], source, meta["data_fingerprint"])
         return dest
@@ -145,8 +168,9 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
     stage1, s1cfg = load_model(Path(cfg.base.stage1_artifact), device, stage="latents")
     check_grids(s1cfg, cfg.model.base)  # before the latent cache is written
     if not cfg.base.latents and cfg.data.source == s1cfg.data.source:
-        dist.print0(f"reading {cfg.data.source}, the training data named in the stage-1 artifact's config",
-                    file=sys.stderr)
+        dist.print0(
+            f"reading {cfg.data.source}, the training data named in the stage-1 artifact's config", file=sys.stderr
+        )
     if dist.is_main():
         outdir.mkdir(parents=True, exist_ok=True)
     lat = latents_for(stage1, cfg, outdir / "latents", device, progress)
@@ -155,8 +179,18 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
     scale = 1.0 / lat.std() if cfg.base.scale_latents else 1.0
     if cfg.base.scale_latents:
         dist.print0(f"latent scale factor 1/std = {scale:.4g} (base.scale_latents; UL itself never rescales)")
-    return train(cfg, outdir, lambda: _with_scale(build_model(cfg, stage1.cpu()), scale), lat,
-                 _held_latents(stage1, cfg, lat, device), _saver(stage1.modality), "ul-base", device, progress, until)
+    return train(
+        cfg,
+        outdir,
+        lambda: _with_scale(build_model(cfg, stage1.cpu()), scale),
+        lat,
+        _held_latents(stage1, cfg, lat, device),
+        _saver(stage1.modality),
+        "ul-base",
+        device,
+        progress,
+        until,
+    )
 
 
 def _held_latents(stage1: UnifiedLatents, cfg: RunConfig, lat: LatentData, device) -> torch.Tensor:

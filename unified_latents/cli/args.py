@@ -16,6 +16,7 @@ SEED_LIMIT = 2**63  # seeds seed torch.Generator, which takes a signed 64-bit in
 
 def at_least(low: int):
     """argparse type: a whole number >= `low`."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -54,6 +55,7 @@ def guidance(text: str) -> float:
 
 def float_in(lo: float, hi: float, what: str):
     """argparse type: a finite number in (lo, hi]."""
+
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -108,6 +110,10 @@ def writable_dir(path: Path, flag: str = "--outdir") -> Path:
 
 def ema_length_arg(p, which: str) -> None:
     """--ema-length: a post-hoc EMA of `which`, rebuilt from the snapshots its run wrote."""
-    p.add_argument("--ema-length", type=float_in(0.0, 0.28, "a relative EMA length"), metavar="SIGMA_REL",
-                   help=f"use the post-hoc EMA of {which} at this relative length (e.g. 0.08), rebuilt from the snapshots "
-                        "its training run wrote with train.posthoc_ema (README: post-hoc EMA)")
+    p.add_argument(
+        "--ema-length",
+        type=float_in(0.0, 0.28, "a relative EMA length"),
+        metavar="SIGMA_REL",
+        help=f"use the post-hoc EMA of {which} at this relative length (e.g. 0.08), rebuilt from the snapshots "
+        "its training run wrote with train.posthoc_ema (README: post-hoc EMA)",
+    )

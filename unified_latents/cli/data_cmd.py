@@ -10,15 +10,27 @@ from pathlib import Path
 def add_data_commands(sub) -> None:
     d = sub.add_parser("data", help="prepare datasets (ul data prepare SRC --dest DIR)")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
-    p = dsub.add_parser("prepare", help="decode, convert and resize images once into Arrow files read by index "
-                                        "(needs: pip install 'unified-latents[data]')")
-    p.add_argument("source", help="a folder of images (sub-folders = classes), an .npz, 'fmnist', 'photos' or "
-                                  "hf:NAME[:SPLIT]; with --frames: a folder of videos, a video file, an .npz of clips "
-                                  "or 'moving-fmnist'")
+    p = dsub.add_parser(
+        "prepare",
+        help="decode, convert and resize images once into Arrow files read by index "
+        "(needs: pip install 'unified-latents[data]')",
+    )
+    p.add_argument(
+        "source",
+        help="a folder of images (sub-folders = classes), an .npz, 'fmnist', 'photos' or "
+        "hf:NAME[:SPLIT]; with --frames: a folder of videos, a video file, an .npz of clips "
+        "or 'moving-fmnist'",
+    )
     p.add_argument("--dest", required=True, type=Path, help="the prepared folder; train with --data DEST")
     p.add_argument("--preset", default="fmnist", help="whose data settings (resolution, channels, pad) to use")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. --set data.resolution=64 --set data.channels=3")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. --set data.resolution=64 --set data.channels=3",
+    )
     p.add_argument("--resolution", type=int, help="image side after resizing, pad included (data.resolution)")
     p.add_argument("--frames", type=int, help="video: frames per clip (data.frames); clips are cut from each video")
     p.add_argument("--frame-stride", type=int, help="video: keep every k-th frame (data.frame_stride)")
@@ -36,13 +48,22 @@ def cmd_data(args: argparse.Namespace) -> None:
 
     if args.num_proc < 1:
         raise UserError(f"--num-proc must be 1 or more, got {args.num_proc}")
-    shortcuts = [f"data.{k}={v}" for k, v in (("resolution", args.resolution), ("frames", args.frames),
-                                                 ("frame_stride", args.frame_stride)) if v is not None]
-    cfg = apply_overrides(preset_config(args.preset, "latents"),
-                          [*args.overrides, *shortcuts, f"data.skip_bad={str(args.skip_bad).lower()}"])
-    meta = prepare(cfg.data, args.source, args.dest, args.num_proc, progress=not args.no_progress and sys.stderr.isatty())
+    shortcuts = [
+        f"data.{k}={v}"
+        for k, v in (("resolution", args.resolution), ("frames", args.frames), ("frame_stride", args.frame_stride))
+        if v is not None
+    ]
+    cfg = apply_overrides(
+        preset_config(args.preset, "latents"),
+        [*args.overrides, *shortcuts, f"data.skip_bad={str(args.skip_bad).lower()}"],
+    )
+    meta = prepare(
+        cfg.data, args.source, args.dest, args.num_proc, progress=not args.no_progress and sys.stderr.isatty()
+    )
     what = f"clips of {meta['frames']} frames" if meta["frames"] else "images"
-    print(f"prepared {meta['count']:,} {what} ({meta['size']}x{meta['size']}, {meta['channels']} channel(s), "
-          f"{'labelled' if meta['labelled'] else 'no labels'}) in {args.dest}")
+    print(
+        f"prepared {meta['count']:,} {what} ({meta['size']}x{meta['size']}, {meta['channels']} channel(s), "
+        f"{'labelled' if meta['labelled'] else 'no labels'}) in {args.dest}"
+    )
     for path in meta["skipped"]:
         print(f"skipped (unreadable): {path}")

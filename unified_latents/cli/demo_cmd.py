@@ -7,10 +7,17 @@ from pathlib import Path
 
 
 def add_demo_command(sub) -> None:
-    d = sub.add_parser("demo", help="a browser page: generate with the model, reconstruct an upload "
-                                    "(needs: pip install 'unified-latents[demo]')")
-    d.add_argument("--artifact", required=True, type=Path, help="a base artifact (or an export folder); a stage-1 one "
-                                                                "gives the reconstruction tab only")
+    d = sub.add_parser(
+        "demo",
+        help="a browser page: generate with the model, reconstruct an upload "
+        "(needs: pip install 'unified-latents[demo]')",
+    )
+    d.add_argument(
+        "--artifact",
+        required=True,
+        type=Path,
+        help="a base artifact (or an export folder); a stage-1 one gives the reconstruction tab only",
+    )
     d.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
     d.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     d.add_argument("--debug", action="store_true", help="show full tracebacks")

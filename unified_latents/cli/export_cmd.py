@@ -9,9 +9,16 @@ from pathlib import Path
 def add_export_command(sub) -> None:
     x = sub.add_parser("export", help="write an artifact as a Hugging Face-style folder (and push it to the Hub)")
     x.add_argument("--artifact", required=True, type=Path, help="an artifact.safetensors (stage 1, base or pixel)")
-    x.add_argument("--to", required=True, type=Path, help="the folder to write (config.json + model.safetensors per "
-                                                          "component, a model card); every --artifact takes it")
-    x.add_argument("--eval", type=Path, help="eval.json whose metrics go into the model card (default: the run's, if found)")
+    x.add_argument(
+        "--to",
+        required=True,
+        type=Path,
+        help="the folder to write (config.json + model.safetensors per "
+        "component, a model card); every --artifact takes it",
+    )
+    x.add_argument(
+        "--eval", type=Path, help="eval.json whose metrics go into the model card (default: the run's, if found)"
+    )
     x.add_argument("--push", metavar="USER/NAME", help="also upload the folder to this Hugging Face Hub repo")
     x.add_argument("--private", action="store_true", help="with --push: create the repo private")
     x.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -49,8 +49,11 @@ def data_fingerprint(cfg: DataConfig, source: str, split: str = "train") -> str:
 
 
 def _hash_files(h, p: Path) -> None:
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.name not in IGNORED
-                                           and not f.name.startswith("."))
+    files = (
+        [p]
+        if p.is_file()
+        else sorted(f for f in p.rglob("*") if f.is_file() and f.name not in IGNORED and not f.name.startswith("."))
+    )
     for f in files:
         h.update(f"{f.relative_to(p) if f != p else ''}:{f.stat().st_size}\n".encode())
     sampled = sorted({0, len(files) // 2, len(files) - 1}) if files else []  # in order: the same bytes every run

@@ -25,8 +25,10 @@ def require_datasets():
     try:
         import datasets
     except ImportError:
-        raise UserError("Hugging Face datasets (hf:NAME and prepared folders) need `datasets`: "
-                        "pip install 'unified-latents[data]' (or pip install datasets)") from None
+        raise UserError(
+            "Hugging Face datasets (hf:NAME and prepared folders) need `datasets`: "
+            "pip install 'unified-latents[data]' (or pip install datasets)"
+        ) from None
     datasets.disable_progress_bars()  # ours is the one progress bar
     return datasets
 
@@ -38,7 +40,7 @@ def is_hub(source: str) -> bool:
 def parse(spec: str) -> tuple[str, str]:
     """`hf:NAME[:SPLIT]` (or NAME[:SPLIT]) -> (NAME, SPLIT or ""). A last part holding a "/" is a
     path, not a split."""
-    spec = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+    spec = spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec
     name, sep, split = spec.rpartition(":")
     return (name, split) if sep and name and "/" not in split else (spec, "")
 
@@ -65,16 +67,23 @@ def open_split(cfg: DataConfig, spec: str, split: str = "train"):
         hint = "" if explicit or split == "train" else "; name held-out data with --eval-data hf:NAME:SPLIT"
         raise DataError(f"cannot load the dataset {name!r} with datasets.load_dataset ({'; '.join(errors)}){hint}")
     if cfg.image_column not in ds.column_names:
-        raise DataError(f"{name}: no column {cfg.image_column!r} (columns: {', '.join(ds.column_names)}); "
-                        "name the image column with --set data.image_column=NAME")
+        raise DataError(
+            f"{name}: no column {cfg.image_column!r} (columns: {', '.join(ds.column_names)}); "
+            "name the image column with --set data.image_column=NAME"
+        )
     if not isinstance(ds.features[cfg.image_column], datasets.Image):
-        raise DataError(f"{name}: column {cfg.image_column!r} holds {ds.features[cfg.image_column]}, not images; "
-                        "name the image column with --set data.image_column=NAME")
+        raise DataError(
+            f"{name}: column {cfg.image_column!r} holds {ds.features[cfg.image_column]}, not images; "
+            "name the image column with --set data.image_column=NAME"
+        )
     label = ds.features.get(cfg.label_column)
-    if label is not None and not (isinstance(label, datasets.ClassLabel) or
-                                  (isinstance(label, datasets.Value) and "int" in label.dtype)):
-        raise DataError(f"{name}: column {cfg.label_column!r} holds {label}, not integer labels; name the label "
-                        "column with --set data.label_column=NAME (or one that does not exist, for no labels)")
+    if label is not None and not (
+        isinstance(label, datasets.ClassLabel) or (isinstance(label, datasets.Value) and "int" in label.dtype)
+    ):
+        raise DataError(
+            f"{name}: column {cfg.label_column!r} holds {label}, not integer labels; name the label "
+            "column with --set data.label_column=NAME (or one that does not exist, for no labels)"
+        )
     return ds
 
 
@@ -102,8 +111,10 @@ class HubImages:
             x = torch.from_numpy(np.stack([fit_image(im, self.channels, self.size) for im in ims]))
         except READ_ERRORS as e:
             bad = next((r for r in rows if not _fits(self.ds, r, self.column, self.channels, self.size)), rows[0])
-            raise DataError(f"row {bad} of the dataset cannot be used as an image ({e}); fix or drop it "
-                            "(datasets' Dataset.filter), or `ul data prepare` a copy without it") from None
+            raise DataError(
+                f"row {bad} of the dataset cannot be used as an image ({e}); fix or drop it "
+                "(datasets' Dataset.filter), or `ul data prepare` a copy without it"
+            ) from None
         return torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x
 
 
@@ -130,8 +141,10 @@ def hub_labels(cfg: DataConfig, ds) -> torch.Tensor | None:
 def load_hub(cfg: DataConfig, spec: str, split: str = "train") -> ImageData:
     """An hf: source as ImageData whose images are decoded when indexed."""
     if cfg.frames:
-        raise DataError(f"{spec}: video from Hugging Face datasets is not supported; decode the clips to an "
-                        ".npz or a folder of video files, and `ul data prepare` that")
+        raise DataError(
+            f"{spec}: video from Hugging Face datasets is not supported; decode the clips to an "
+            ".npz or a folder of video files, and `ul data prepare` that"
+        )
     ds = open_split(cfg, spec, split)
     inner = cfg.resolution - 2 * cfg.pad
     return ImageData(HubImages(ds, cfg.image_column, cfg.channels, inner, cfg.pad), hub_labels(cfg, ds), [])

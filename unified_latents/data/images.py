@@ -122,7 +122,9 @@ def fit_image(im: Image.Image, channels: int, size: int) -> np.ndarray:
 def load_folder(root: Path, channels: int, size: int, skip_bad: bool) -> ImageData:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise DataError(f"no images (PNG/JPEG/...) found under {root}; point --data at a folder of images or an .npz file")
+        raise DataError(
+            f"no images (PNG/JPEG/...) found under {root}; point --data at a folder of images or an .npz file"
+        )
     # Labels from the first-level sub-folder names when every image sits in one.
     class_names = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     labelled = class_names and all(len(p.relative_to(root).parts) > 1 for p in files)
@@ -132,7 +134,9 @@ def load_folder(root: Path, channels: int, size: int, skip_bad: bool) -> ImageDa
             images.append(load_image_file(p, channels, size))
         except READ_ERRORS as e:
             if not skip_bad:
-                raise DataError(f"cannot read image {p}: {e}; fix or remove it, or pass --skip-bad to skip unreadable files") from None
+                raise DataError(
+                    f"cannot read image {p}: {e}; fix or remove it, or pass --skip-bad to skip unreadable files"
+                ) from None
             skipped.append(str(p))
             continue
         if labelled:
@@ -153,11 +157,15 @@ def load_npz(path: Path, channels: int, size: int) -> ImageData:
             arr = f[key]
             labels = f["labels"] if "labels" in keys else (f["y"] if "y" in keys else None)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"cannot read {path} as .npz: {e}; save it with np.savez(path, images=..., labels=...)") from None
+        raise DataError(
+            f"cannot read {path} as .npz: {e}; save it with np.savez(path, images=..., labels=...)"
+        ) from None
     arr = checked_pixels(path, arr)
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != arr.shape[0]):
-        raise DataError(f"{path}: {arr.shape[0]} images but labels of shape {list(labels.shape)}; save one "
-                        "integer label per image (labels=int [N])")
+        raise DataError(
+            f"{path}: {arr.shape[0]} images but labels of shape {list(labels.shape)}; save one "
+            "integer label per image (labels=int [N])"
+        )
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels must be integers, got {labels.dtype}")
     x = torch.from_numpy(np.ascontiguousarray(arr))
@@ -172,8 +180,11 @@ def checked_pixels(path: Path, arr: np.ndarray) -> np.ndarray:
     """uint8 images as [N, C, H, W] (C 1, 3 or 4), from [N, H, W], [N, H, W, C] or [N, C, H, W]; a
     layout that is not one of them (2 channels, say) or pixels that are not uint8 are refused."""
     if arr.dtype != np.uint8:
-        hint = (" (floats in [0, 1]? save (x * 255).round().astype(np.uint8))" if np.issubdtype(arr.dtype, np.floating)
-                else "; convert with .astype(np.uint8)")
+        hint = (
+            " (floats in [0, 1]? save (x * 255).round().astype(np.uint8))"
+            if np.issubdtype(arr.dtype, np.floating)
+            else "; convert with .astype(np.uint8)"
+        )
         raise DataError(f"{path}: images must be uint8 in [0, 255], got {arr.dtype}{hint}")
     if arr.ndim == 3:
         return arr[:, None]
@@ -181,8 +192,10 @@ def checked_pixels(path: Path, arr: np.ndarray) -> np.ndarray:
         return arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     if arr.ndim == 4 and arr.shape[1] in (1, 3, 4):
         return arr
-    raise DataError(f"{path}: expected images of shape [N, H, W] or [N, H, W, C] with C = 1 (gray), 3 (RGB) or 4 "
-                    f"(RGBA), got {list(arr.shape)}")
+    raise DataError(
+        f"{path}: expected images of shape [N, H, W] or [N, H, W, C] with C = 1 (gray), 3 (RGB) or 4 "
+        f"(RGBA), got {list(arr.shape)}"
+    )
 
 
 def check_labels(data: ImageData, num_classes: int, source: str) -> ImageData:
@@ -192,9 +205,11 @@ def check_labels(data: ImageData, num_classes: int, source: str) -> ImageData:
         return data
     lo, hi = int(data.labels.min()), int(data.labels.max())
     if lo < 0 or hi >= num_classes:
-        raise DataError(f"{source}: labels run from {lo} to {hi} ({hi + 1} classes or class folders), but "
-                        f"data.num_classes={num_classes}; set --set data.num_classes={max(hi + 1, 1)}, or "
-                        "--set data.num_classes=0 to train without labels")
+        raise DataError(
+            f"{source}: labels run from {lo} to {hi} ({hi + 1} classes or class folders), but "
+            f"data.num_classes={num_classes}; set --set data.num_classes={max(hi + 1, 1)}, or "
+            "--set data.num_classes=0 to train without labels"
+        )
     return data
 
 
@@ -228,4 +243,3 @@ def load_image_set(cfg: DataConfig, source: str, split: str = "train") -> ImageD
     if cfg.pad:
         data.images = torch.nn.functional.pad(data.images, (cfg.pad,) * 4)
     return data
-

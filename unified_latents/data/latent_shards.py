@@ -56,8 +56,9 @@ class ShardedLatents:
         try:
             index = json.loads((self.folder / INDEX).read_text())
         except (OSError, json.JSONDecodeError):
-            raise DataError(f"{self.folder} holds no complete latent cache ({INDEX} is missing or damaged); "
-                            "run `ul encode` again") from None
+            raise DataError(
+                f"{self.folder} holds no complete latent cache ({INDEX} is missing or damaged); run `ul encode` again"
+            ) from None
         _check(self.folder, index, encoder_fp, data_fp)
         self.paths = [self.folder / shard_name(k, index["shards"]) for k in range(index["shards"])]
         self.starts, labels = [], []
@@ -109,8 +110,9 @@ class ShardedLatents:
 
     def std(self) -> float:
         """Standard deviation of every latent value, read 4,096 rows at a time."""
-        return streaming_std(self.get(torch.arange(i, min(i + 4096, self.total)))[0]
-                             for i in range(0, self.total, 4096))
+        return streaming_std(
+            self.get(torch.arange(i, min(i + 4096, self.total)))[0] for i in range(0, self.total, 4096)
+        )
 
 
 def _open(path: Path):
@@ -124,9 +126,13 @@ def _check(folder: Path, index: dict, encoder_fp: str, data_fp: str | None) -> N
     if index.get("format") != LATENTS_FORMAT:
         raise DataError(f"{folder} is not a unified-latents latent cache; make one with `ul encode`")
     if index.get("encoder_fingerprint") != encoder_fp:
-        raise DataError(f"{folder} was made by a different encoder than the stage-1 artifact's; re-encode with "
-                        "`ul encode --artifact <this artifact>` or pass the matching artifact")
+        raise DataError(
+            f"{folder} was made by a different encoder than the stage-1 artifact's; re-encode with "
+            "`ul encode --artifact <this artifact>` or pass the matching artifact"
+        )
     stored = comparable(index.get("data_fingerprint"))  # caches of earlier versions carry none comparable
     if data_fp is not None and stored is not None and stored != data_fp:
-        raise DataError(f"{folder} holds latents of other data than this run's ({index.get('source', '?')}); "
-                        "re-encode this data with `ul encode`, or train on the data it was made from")
+        raise DataError(
+            f"{folder} holds latents of other data than this run's ({index.get('source', '?')}); "
+            "re-encode this data with `ul encode`, or train on the data it was made from"
+        )

@@ -44,8 +44,9 @@ def streaming_std(chunks) -> float:
 
 
 @torch.no_grad()
-def encode_images(stage1, images: torch.Tensor, batch: int = 500, device="cpu", progress: bool = False,
-                  first: int = 0) -> torch.Tensor:
+def encode_images(
+    stage1, images: torch.Tensor, batch: int = 500, device="cpu", progress: bool = False, first: int = 0
+) -> torch.Tensor:
     """uint8 images [N, C, H, W] -> z_clean [N, *z_shape] with the (frozen, EMA) encoder: the latents
     its decoder was trained on (`encode_sample`: with a learned variance, one sample per example,
     seeded by its index `first + i`)."""
@@ -83,6 +84,8 @@ def load_latents(path: Path, fingerprint: str, data_fp: str | None = None) -> La
         )
     stored = comparable(meta.get("data_fingerprint"))  # caches of earlier versions carry none comparable
     if data_fp is not None and stored is not None and stored != data_fp:
-        raise DataError(f"{path} holds latents of other data than this run's ({meta.get('source', '?')}); "
-                        "re-encode this data with `ul encode`, or train on the data it was made from")
+        raise DataError(
+            f"{path} holds latents of other data than this run's ({meta.get('source', '?')}); "
+            "re-encode this data with `ul encode`, or train on the data it was made from"
+        )
     return LatentData(t["latents"], t.get("labels"))

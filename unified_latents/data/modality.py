@@ -5,8 +5,8 @@ samples are saved (PNG grids vs rows of frames and MP4s)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +80,22 @@ class Modality:
 
     def report_texts(self, labelled_fmnist: bool) -> tuple[str, str]:
         """The report's captions of samples.png and reconstructions.png."""
-        recon = "Top: held-out originals. Bottom: decoder samples given z0 (fresh noise).\n\n![reconstructions](reconstructions.png)"
+        recon = (
+            "Top: held-out originals. Bottom: decoder samples given z0 (fresh noise).\n\n"
+            "![reconstructions](reconstructions.png)"
+        )
         if self.video:
-            return ("Unconditional clips, one row of frames per clip (time runs left to right).\n\n![samples](samples.png)",
-                    "Top rows: held-out clips. Bottom rows: their reconstructions (decoder samples given z0).\n\n"
-                    "![reconstructions](reconstructions.png)")
+            return (
+                "Unconditional clips, one row of frames per clip (time runs left to right).\n\n![samples](samples.png)",
+                "Top rows: held-out clips. Bottom rows: their reconstructions (decoder samples given z0).\n\n"
+                "![reconstructions](reconstructions.png)",
+            )
         if labelled_fmnist:
-            return ("Class-conditional samples, one column per class (Fashion-MNIST: T-shirt, trouser, pullover, "
-                    "dress, coat, sandal, shirt, sneaker, bag, ankle boot).\n\n![samples](samples.png)", recon)
+            return (
+                "Class-conditional samples, one column per class (Fashion-MNIST: T-shirt, trouser, pullover, "
+                "dress, coat, sandal, shirt, sneaker, bag, ankle boot).\n\n![samples](samples.png)",
+                recon,
+            )
         return "Generated samples.\n\n![samples](samples.png)", recon
 
     # ------------------------------------------------------------------ pictures
@@ -128,10 +136,10 @@ class Modality:
     def save_files(self, gen: torch.Tensor, seeds: list[int], outdir: Path, fps: int) -> dict:
         """One PNG per image, or one MP4 per clip, named by seed."""
         if self.video:
-            for s, c in zip(seeds, gen):
+            for s, c in zip(seeds, gen, strict=True):
                 write_mp4(c, outdir / f"{s:06d}.mp4", fps=fps)
             return {"mp4": outdir / f"{seeds[0]:06d}.mp4"}
-        for s, im in zip(seeds, gen):
+        for s, im in zip(seeds, gen, strict=True):
             save_png(im.permute(1, 2, 0).numpy(), outdir / f"{s:06d}.png")
         return {}
 
@@ -151,12 +159,42 @@ def _savez(path: str, arrays: dict) -> None:
         np.savez(f, **arrays)
 
 
-IMAGE = Modality("image", 2, "images", "image", "samples", "bits/pixel", "bpp", "gFID", "gFID (Inception pool3)",
-                 (2000, 500, 2000), batch=250, encode_batch=500, eval_encode_batch=500, previews=8, preview_samples=16)
-VIDEO = Modality("video", 3, "clips", "clip", "clips", "bits/pixel/frame", "bits/pixel/frame", "frame FID",
-                 "frame FID (Inception pool3, every frame)", (64, 32, 64), batch=16, encode_batch=32,
-                 eval_encode_batch=16, previews=4, preview_samples=4, per_frame_label=" (per frame)",
-                 per_frame_note=", per frame")
+IMAGE = Modality(
+    "image",
+    2,
+    "images",
+    "image",
+    "samples",
+    "bits/pixel",
+    "bpp",
+    "gFID",
+    "gFID (Inception pool3)",
+    (2000, 500, 2000),
+    batch=250,
+    encode_batch=500,
+    eval_encode_batch=500,
+    previews=8,
+    preview_samples=16,
+)
+VIDEO = Modality(
+    "video",
+    3,
+    "clips",
+    "clip",
+    "clips",
+    "bits/pixel/frame",
+    "bits/pixel/frame",
+    "frame FID",
+    "frame FID (Inception pool3, every frame)",
+    (64, 32, 64),
+    batch=16,
+    encode_batch=32,
+    eval_encode_batch=16,
+    previews=4,
+    preview_samples=4,
+    per_frame_label=" (per frame)",
+    per_frame_note=", per frame",
+)
 
 
 def modality_of(cfg: DataConfig) -> Modality:

@@ -33,26 +33,46 @@ TRAIN_CROPS, TEST_CROPS = 20_000, 2_000
 # (where, file names): "skimage", "sklearn" are package data folders, "opencv" Debian's folder.
 # Photos in one tuple show one scene (stereo pairs, two exposures): they share a split.
 TRAIN_PHOTOS: list[tuple[str, tuple[str, ...]]] = [
-    ("skimage", ("astronaut.png",)), ("skimage", ("coffee.png",)), ("skimage", ("ihc.png",)),
-    ("skimage", ("motorcycle_left.png", "motorcycle_right.png")), ("skimage", ("rocket.jpg",)),
-    ("skimage", ("retina.jpg",)), ("sklearn", ("china.jpg",)),
-    ("opencv", ("HappyFish.jpg",)), ("opencv", ("aero1.jpg", "aero3.jpg")), ("opencv", ("aloeL.jpg", "aloeR.jpg")),
-    ("opencv", ("apple.jpg",)), ("opencv", ("baboon.jpg",)), ("opencv", ("building.jpg",)),
-    ("opencv", ("butterfly.jpg",)), ("opencv", ("ela_original.jpg", "ela_modified.jpg")),
-    ("opencv", ("graf1.png", "graf3.png")), ("opencv", ("left.jpg", "right.jpg")),
-    ("opencv", ("leuvenA.jpg", "leuvenB.jpg")), ("opencv", ("licenseplate_motion.jpg",)),
-    ("opencv", ("messi5.jpg",)), ("opencv", ("orange.jpg",)), ("opencv", ("pca_test1.jpg",)),
-    ("opencv", ("rubberwhale1.png", "rubberwhale2.png")), ("opencv", ("starry_night.jpg",)),
+    ("skimage", ("astronaut.png",)),
+    ("skimage", ("coffee.png",)),
+    ("skimage", ("ihc.png",)),
+    ("skimage", ("motorcycle_left.png", "motorcycle_right.png")),
+    ("skimage", ("rocket.jpg",)),
+    ("skimage", ("retina.jpg",)),
+    ("sklearn", ("china.jpg",)),
+    ("opencv", ("HappyFish.jpg",)),
+    ("opencv", ("aero1.jpg", "aero3.jpg")),
+    ("opencv", ("aloeL.jpg", "aloeR.jpg")),
+    ("opencv", ("apple.jpg",)),
+    ("opencv", ("baboon.jpg",)),
+    ("opencv", ("building.jpg",)),
+    ("opencv", ("butterfly.jpg",)),
+    ("opencv", ("ela_original.jpg", "ela_modified.jpg")),
+    ("opencv", ("graf1.png", "graf3.png")),
+    ("opencv", ("left.jpg", "right.jpg")),
+    ("opencv", ("leuvenA.jpg", "leuvenB.jpg")),
+    ("opencv", ("licenseplate_motion.jpg",)),
+    ("opencv", ("messi5.jpg",)),
+    ("opencv", ("orange.jpg",)),
+    ("opencv", ("pca_test1.jpg",)),
+    ("opencv", ("rubberwhale1.png", "rubberwhale2.png")),
+    ("opencv", ("starry_night.jpg",)),
     ("opencv", ("stuff.jpg",)),
 ]
 TEST_PHOTOS: list[tuple[str, tuple[str, ...]]] = [
-    ("skimage", ("chelsea.png",)), ("sklearn", ("flower.jpg",)), ("opencv", ("fruits.jpg",)),
-    ("opencv", ("home.jpg",)), ("opencv", ("smarties.png",)), ("opencv", ("squirrel_cls.jpg",)),
+    ("skimage", ("chelsea.png",)),
+    ("sklearn", ("flower.jpg",)),
+    ("opencv", ("fruits.jpg",)),
+    ("opencv", ("home.jpg",)),
+    ("opencv", ("smarties.png",)),
+    ("opencv", ("squirrel_cls.jpg",)),
     ("opencv", ("board.jpg",)),
 ]
 OPENCV_DIR = "/usr/share/doc/opencv-doc/examples/data"
-INSTALL_HINT = ("install them with `bash scripts/setup.sh photos` (pip: scikit-image and scikit-learn with "
-                "--no-deps; Debian: opencv-doc), or set UL_PHOTOS_DIR to a folder holding the files")
+INSTALL_HINT = (
+    "install them with `bash scripts/setup.sh photos` (pip: scikit-image and scikit-learn with "
+    "--no-deps; Debian: opencv-doc), or set UL_PHOTOS_DIR to a folder holding the files"
+)
 
 
 def _package_dir(module: str, sub: str) -> Path | None:
@@ -65,8 +85,11 @@ def _package_dir(module: str, sub: str) -> Path | None:
 def _roots() -> dict[str, list[Path]]:
     """Folders searched per source; UL_PHOTOS_DIR (one folder, every file) comes first."""
     extra = [Path(p) for p in os.environ.get("UL_PHOTOS_DIR", "").split(os.pathsep) if p]
-    found = {"skimage": _package_dir("skimage", "data"), "sklearn": _package_dir("sklearn", "datasets/images"),
-             "opencv": Path(OPENCV_DIR)}
+    found = {
+        "skimage": _package_dir("skimage", "data"),
+        "sklearn": _package_dir("sklearn", "datasets/images"),
+        "opencv": Path(OPENCV_DIR),
+    }
     return {k: extra + ([v] if v is not None else []) for k, v in found.items()}
 
 
@@ -84,8 +107,10 @@ def photo_files(split: str) -> list[list[Path]]:
                 group.append(hit)
         groups.append(group)
     if missing:
-        raise DataError(f"the RGB photo benchmark is missing {len(missing)} photos ({', '.join(missing[:4])}"
-                        f"{', ...' if len(missing) > 4 else ''}); {INSTALL_HINT}")
+        raise DataError(
+            f"the RGB photo benchmark is missing {len(missing)} photos ({', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}); {INSTALL_HINT}"
+        )
     return groups
 
 

@@ -73,7 +73,9 @@ def _sources(cfg: DataConfig, source: str, inner: int) -> tuple[list | np.ndarra
     or the uint8 arrays of a small source (an .npz, fmnist, photos, moving-fmnist) loaded whole."""
     if is_hub(source):
         if cfg.frames:
-            raise DataError("video from Hugging Face datasets is not supported; give a folder of video files or an .npz of clips")
+            raise DataError(
+                "video from Hugging Face datasets is not supported; give a folder of video files or an .npz of clips"
+            )
         return _hub_source(cfg, source, inner)
     path = Path(source).expanduser()
     small = dataclasses.replace(cfg, pad=0, resolution=inner)
@@ -108,8 +110,18 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
     (dest / MARKER).unlink(missing_ok=True)  # written last
     jobs, labels = _sources(cfg, source, inner)
     step = VIDEO_PART if cfg.frames else PART
-    _check_plan(dest, {"source": str(source), "size": inner, "channels": cfg.channels, "part": step, "count": len(jobs),
-                       "frames": cfg.frames, "frame_stride": cfg.frame_stride if cfg.frames else 0})
+    _check_plan(
+        dest,
+        {
+            "source": str(source),
+            "size": inner,
+            "channels": cfg.channels,
+            "part": step,
+            "count": len(jobs),
+            "frames": cfg.frames,
+            "frame_stride": cfg.frame_stride if cfg.frames else 0,
+        },
+    )
     files = isinstance(jobs, list)  # files to decode; otherwise arrays (sliced one part at a time)
     pool = get_context("spawn").Pool(num_proc) if num_proc > 1 and files else None
     parts, skipped = [], []
@@ -124,8 +136,14 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
                         rows = list(pool.imap(_decode_file, chunk, chunksize=4) if pool else map(_decode_file, chunk))
                     else:
                         rows = _array_rows(jobs, start, step, cfg.skip_bad)
-                    _write_part(datasets, part, rows, labels[start : start + step] if labels else None,
-                                cfg.skip_bad, bool(cfg.frames))
+                    _write_part(
+                        datasets,
+                        part,
+                        rows,
+                        labels[start : start + step] if labels else None,
+                        cfg.skip_bad,
+                        bool(cfg.frames),
+                    )
                 skipped += json.loads((part / "skipped.json").read_text())
                 parts.append(part.name)
                 bar.update(min(step, len(jobs) - start))
@@ -153,8 +171,9 @@ def _array_rows(arrays, start: int, step: int, skip_bad: bool) -> list:
     return rows
 
 
-def prepare_chunks(dest: Path, chunks, size: int, channels: int, labelled: bool, source: str,
-                   progress: bool = True) -> dict:
+def prepare_chunks(
+    dest: Path, chunks, size: int, channels: int, labelled: bool, source: str, progress: bool = True
+) -> dict:
     """A prepared image dataset from arrays made on the fly (benchmarks, generated data): `chunks`
     yields (uint8 [n, channels, size, size], labels or None), one part each."""
     datasets = require_datasets()
@@ -170,14 +189,25 @@ def prepare_chunks(dest: Path, chunks, size: int, channels: int, labelled: bool,
     return _finish(datasets, dest, parts, [], source, shape, labelled)
 
 
-def _finish(datasets, dest: Path, parts: list[str], skipped: list[str], source: str, shape: dict, labelled: bool) -> dict:
+def _finish(
+    datasets, dest: Path, parts: list[str], skipped: list[str], source: str, shape: dict, labelled: bool
+) -> dict:
     """ul-prepared.json, written last: the folder is then a prepared dataset."""
     count = sum(datasets.load_from_disk(str(dest / p)).num_rows for p in parts)
     if not count:
-        raise DataError(f"nothing to prepare from {source}: every file was skipped, or no video is long enough "
-                        "for data.frames x data.frame_stride")
-    meta = {"format": "unified-latents/prepared-1", "source": source, **shape, "labelled": labelled, "count": count,
-            "parts": parts, "skipped": skipped}
+        raise DataError(
+            f"nothing to prepare from {source}: every file was skipped, or no video is long enough "
+            "for data.frames x data.frame_stride"
+        )
+    meta = {
+        "format": "unified-latents/prepared-1",
+        "source": source,
+        **shape,
+        "labelled": labelled,
+        "count": count,
+        "parts": parts,
+        "skipped": skipped,
+    }
     atomic_write_text(dest / MARKER, json.dumps(meta, indent=1))
     return meta
 
@@ -186,8 +216,10 @@ def _check_plan(dest: Path, plan: dict) -> None:
     """Parts already in `dest` are reused only if they were made from the same source and settings."""
     path = dest / PLAN
     if path.exists() and json.loads(path.read_text()) != plan:
-        raise DataError(f"{dest} holds parts of another prepare ({path.read_text().strip()}); remove the folder "
-                        "or prepare into another --dest")
+        raise DataError(
+            f"{dest} holds parts of another prepare ({path.read_text().strip()}); remove the folder "
+            "or prepare into another --dest"
+        )
     atomic_write_text(path, json.dumps(plan))
 
 
@@ -196,8 +228,10 @@ def _write_part(datasets, part: Path, rows: list, labels: list | None, skip_bad:
     written under a temporary name and renamed; skipped.json (the files left out) last."""
     bad = [(path, err) for stored, path, err in rows if stored is None]
     if bad and not skip_bad:
-        raise DataError(f"cannot read {bad[0][0]}: {bad[0][1]}; fix or remove it, or pass --skip-bad "
-                        "to list and skip unreadable files")
+        raise DataError(
+            f"cannot read {bad[0][0]}: {bad[0][1]}; fix or remove it, or pass --skip-bad "
+            "to list and skip unreadable files"
+        )
     column = "frames" if video else "image"
     table: dict = {column: [], "label": []}
     for i, (stored, _, _) in enumerate(rows):
@@ -267,12 +301,15 @@ def load_prepared(cfg: DataConfig, path: Path) -> ImageData:
     meta = json.loads((Path(path) / MARKER).read_text())
     inner = cfg.resolution - 2 * cfg.pad
     frames, stride = meta.get("frames", 0), meta.get("frame_stride", 1)
-    if (meta["size"], meta["channels"], frames) != (inner, cfg.channels, cfg.frames) or \
-            (frames and stride != cfg.frame_stride):
+    if (meta["size"], meta["channels"], frames) != (inner, cfg.channels, cfg.frames) or (
+        frames and stride != cfg.frame_stride
+    ):
         have = f"{frames} frames (stride {stride}) of " if frames else ""
         need = f"{cfg.frames} frames (stride {cfg.frame_stride}) of " if cfg.frames else ""
-        raise DataError(f"{path} was prepared as {have}{meta['size']}x{meta['size']} with {meta['channels']} channel(s); "
-                        f"this run needs {need}{inner}x{inner} with {cfg.channels}: prepare it again with these settings")
+        raise DataError(
+            f"{path} was prepared as {have}{meta['size']}x{meta['size']} with {meta['channels']} channel(s); "
+            f"this run needs {need}{inner}x{inner} with {cfg.channels}: prepare it again with these settings"
+        )
     parts = [datasets.load_from_disk(str(Path(path) / p)) for p in meta["parts"]]
     table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     labels = torch.tensor(table["label"], dtype=torch.int64) if meta["labelled"] else None

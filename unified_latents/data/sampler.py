@@ -62,6 +62,13 @@ def _ignore_stop_signals(_worker: int) -> None:
 
 def micro_batch_loader(dataset: MicroBatches, workers: int, pin: bool) -> torch.utils.data.DataLoader:
     """Items in order, decoded by `workers` processes ahead of use (0: in this process, on demand)."""
-    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
-                                       prefetch_factor=4 if workers else None, persistent_workers=False,
-                                       worker_init_fn=_ignore_stop_signals if workers else None)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals if workers else None,
+    )

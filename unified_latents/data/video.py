@@ -32,8 +32,15 @@ GARMENT = 28
 # ----------------------------------------------------------------------------- moving Fashion-MNIST
 
 
-def moving_fmnist(n: int, frames: int, size: int = 64, split: str = "train", seed: int = 0,
-                  garments: int = 2, speed: tuple[float, float] = (2.0, 4.0)) -> ImageData:
+def moving_fmnist(
+    n: int,
+    frames: int,
+    size: int = 64,
+    split: str = "train",
+    seed: int = 0,
+    garments: int = 2,
+    speed: tuple[float, float] = (2.0, 4.0),
+) -> ImageData:
     """`n` clips [n, 1, frames, size, size] of `garments` Fashion-MNIST items (from `split`)
     moving in straight lines at `speed` pixels per frame and bouncing off the canvas edges;
     overlapping garments combine by maximum. Deterministic in (n, frames, size, split, seed)."""
@@ -108,8 +115,11 @@ def _to_clip_tensor(clips: np.ndarray, channels: int, size: int) -> torch.Tensor
 
 def video_files(path: Path) -> list[Path]:
     """`path` itself (a video file), or the video files under it, sorted."""
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    )
     if not files:
         raise DataError(f"no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) under {path}")
     return files
@@ -135,8 +145,10 @@ def load_video_files(path: Path, cfg: DataConfig, size: int, max_clips_per_file:
             skipped.append(str(f))
     if not sum(c.shape[0] for c in clips):
         need = cfg.frames * cfg.frame_stride
-        raise DataError(f"no video under {path} has {need} frames (data.frames={cfg.frames} x data.frame_stride="
-                        f"{cfg.frame_stride}); use shorter clips or a smaller stride")
+        raise DataError(
+            f"no video under {path} has {need} frames (data.frames={cfg.frames} x data.frame_stride="
+            f"{cfg.frame_stride}); use shorter clips or a smaller stride"
+        )
     return ImageData(torch.cat(clips), None, skipped)
 
 
@@ -149,11 +161,15 @@ def load_video_array(path: Path, cfg: DataConfig, size: int) -> ImageData:
                 keys = list(f.keys())
                 key = next((k for k in ("videos", "clips", "x") if k in keys), keys[0] if keys else None)
                 if key is None:
-                    raise DataError(f"{path} holds no arrays; save clips as np.savez(path, videos=uint8 [N, T, H, W(, C)])")
+                    raise DataError(
+                        f"{path} holds no arrays; save clips as np.savez(path, videos=uint8 [N, T, H, W(, C)])"
+                    )
                 arr = f[key]
                 labels = f["labels"] if "labels" in keys else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}; save clips with np.savez(path, videos=uint8 [N, T, H, W(, C)])") from None
+        raise DataError(
+            f"cannot read {path}: {e}; save clips with np.savez(path, videos=uint8 [N, T, H, W(, C)])"
+        ) from None
     if arr.dtype != np.uint8:
         raise DataError(f"{path}: clips must be uint8 in [0, 255], got {arr.dtype}; convert with .astype(np.uint8)")
     if arr.ndim == 4:
@@ -162,12 +178,16 @@ def load_video_array(path: Path, cfg: DataConfig, size: int) -> ImageData:
         raise DataError(f"{path}: expected clips of shape [N, T, H, W] or [N, T, H, W, C], got {list(arr.shape)}")
     need = cfg.frames * cfg.frame_stride
     if arr.shape[1] < need:
-        raise DataError(f"{path}: clips have {arr.shape[1]} frames, the config needs {need} "
-                        f"(data.frames={cfg.frames} x data.frame_stride={cfg.frame_stride})")
-    x = _to_clip_tensor(arr[:, :need : cfg.frame_stride], cfg.channels, size)
+        raise DataError(
+            f"{path}: clips have {arr.shape[1]} frames, the config needs {need} "
+            f"(data.frames={cfg.frames} x data.frame_stride={cfg.frame_stride})"
+        )
+    x = _to_clip_tensor(arr[:, : need : cfg.frame_stride], cfg.channels, size)
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != arr.shape[0]):
-        raise DataError(f"{path}: {arr.shape[0]} clips but labels of shape {list(labels.shape)}; save one integer "
-                        "label per clip (labels=int [N])")
+        raise DataError(
+            f"{path}: {arr.shape[0]} clips but labels of shape {list(labels.shape)}; save one integer "
+            "label per clip (labels=int [N])"
+        )
     lab = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
     return ImageData(x, lab, [])
 

@@ -17,7 +17,11 @@ def sigmoid_weight(lam: torch.Tensor, bias: float) -> torch.Tensor:
 
 
 def elbo_integrand(
-    x: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor, neg_dlam_dt: torch.Tensor, weight: torch.Tensor | None = None
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    lam: torch.Tensor,
+    neg_dlam_dt: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """0.5 (-dlam/dt) w(lam) exp(lam) ||x - x_hat||^2 per example, shape [N]; w = 1 if None.
 

@@ -10,7 +10,7 @@ is the noisy z0 at log-SNR 5, which the decoder then consumes).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -58,7 +58,7 @@ class PCACodec:
 
     def psnr_at_bits(self, images: torch.Tensor, bits: float) -> float:
         """The codec's mean PSNR at `bits` per image (linear interpolation along the curve)."""
-        b, p = zip(*self.curve(images))
+        b, p = zip(*self.curve(images), strict=True)
         if not b[0] <= bits <= b[-1]:
             raise ValueError(f"{bits:.1f} bits per image is outside the codec's swept range {b[0]:.1f}-{b[-1]:.1f}")
         return float(np.interp(bits, b, p))

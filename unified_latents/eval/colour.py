@@ -10,14 +10,16 @@ and also gives the swap's latent change in units of the encoder noise at log-SNR
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ..diffusion import alpha_sigma
 
 
-def sensitivity(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, x2: torch.Tensor) -> tuple[float, float]:
+def sensitivity(
+    encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, x2: torch.Tensor
+) -> tuple[float, float]:
     """(sensitivity, rms latent change) of `encode` for x -> x2 (floats in [-1, 1], same shape)."""
     z, z2 = encode(x).double(), encode(x2).double()
     dz = (z2 - z).pow(2).mean().sqrt()

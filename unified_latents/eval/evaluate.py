@@ -16,10 +16,10 @@ import torch
 
 from .. import dist
 from ..config import SampleConfig
-from ..data.grids import save_strip
-from ..data.fingerprint import data_fingerprint
-from ..data.prepared import RowRange
 from ..data import ImageData, crop_pad, load_images, named_by_artifact, to_float, to_uint8
+from ..data.fingerprint import data_fingerprint
+from ..data.grids import save_strip
+from ..data.prepared import RowRange
 from ..files import atomic_write_text
 from ..generate import class_labels, generate_images
 from ..objectives import BaseModel
@@ -132,8 +132,13 @@ class EvalResult:
             out["posthoc_ema"] = self.posthoc_ema
         out["flops"] = dataclasses.asdict(self.flops)
         s = self.sampling
-        out["sampling"] = {"sampler": s.sampler, "base_steps": s.base_steps, "decoder_steps": s.decoder_steps,
-                           "guidance": s.guidance, "guidance_interval": s.guidance_interval}
+        out["sampling"] = {
+            "sampler": s.sampler,
+            "base_steps": s.base_steps,
+            "decoder_steps": s.decoder_steps,
+            "guidance": s.guidance,
+            "guidance_interval": s.guidance_interval,
+        }
         return out
 
 
@@ -168,7 +173,7 @@ class _Context:
 
 def eval_counts(m, samples: int | None, recon: int | None, ref_count: int | None) -> tuple[int, int, int]:
     """Fill unset counts with the modality's defaults (images, or clips)."""
-    return tuple(v if v is not None else dv for v, dv in zip((samples, recon, ref_count), m.eval_counts))
+    return tuple(v if v is not None else dv for v, dv in zip((samples, recon, ref_count), m.eval_counts, strict=True))
 
 
 def evaluate_artifact(artifact: Path, request: EvalRequest) -> dict:
@@ -190,7 +195,9 @@ def evaluate(model: BaseModel, request: EvalRequest, posthoc: dict | None = None
     if request.i3d and m.has_fvd:
         from .fvd import I3DFeatures
 
-        fvd_net = I3DFeatures(request.i3d, request.device, request.trust_torchscript)  # fails now, with where to get the weights, if missing
+        fvd_net = I3DFeatures(
+            request.i3d, request.device, request.trust_torchscript
+        )  # fails now, with where to get the weights, if missing
     ctx, reference, (samples, recon, ref_count) = eval_context(model, request)
     scores = eval_samples(ctx, samples, ref_count, fvd_net)
     cont = eval_continuations(ctx, recon) if (model.context and recon) else None
@@ -212,7 +219,9 @@ def eval_context(model: BaseModel, request: EvalRequest) -> tuple[_Context, Refe
     m, s1cfg = model.modality, model.stage1.cfg
     samples, recon, ref_count = eval_counts(m, request.samples, request.recon, request.ref_count)
     sc = dataclasses.replace(model.cfg.sample, **request.sampling)
-    net = InceptionFeatures(request.inception, request.device, request.trust_torchscript, request.fid_resize)  # fails early, with the fix, if the weights are missing
+    net = InceptionFeatures(
+        request.inception, request.device, request.trust_torchscript, request.fid_resize
+    )  # fails early, with the fix, if the weights are missing
     src, split = named_by_artifact(s1cfg.data)
     held = load_images(s1cfg.data, src, split)
     ref_count = min(ref_count, len(held))
@@ -220,9 +229,12 @@ def eval_context(model: BaseModel, request: EvalRequest) -> tuple[_Context, Refe
     d = s1cfg.data
     # the reference features are keyed on content (the held-out data's fingerprint, the network file's
     # hash) and on how they were computed (resize, device type and precision)
-    key = dist.broadcast_object(dist.on_main(lambda: json.dumps([data_fingerprint(d, src, split), ref_count, net.sha256,
-                                                                 net.resize, net.precision]),
-                                             "fingerprinting the held-out data"))
+    key = dist.broadcast_object(
+        dist.on_main(
+            lambda: json.dumps([data_fingerprint(d, src, split), ref_count, net.sha256, net.resize, net.precision]),
+            "fingerprinting the held-out data",
+        )
+    )
     ctx = _Context(model, request, sc, held, None, net)
     ctx.ref = eval_reference(ctx, key, ref_count)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames, net.resize)
@@ -235,9 +247,23 @@ def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> Sample
     lo, hi = dist.my_share(samples)  # this process's seeds
     seeds = list(range(lo, hi))
     labels = class_labels(list(range(samples)), None, model.num_classes)
-    gen = crop_pad(generate_images(model, seeds, labels[lo:hi] if labels is not None else None, batch=ctx.batch,
-                                   progress=req.progress, decoder_steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler,
-                                   **_base_kw(ctx)), ctx.pad) if hi > lo else torch.empty(0, dtype=torch.uint8)
+    gen = (
+        crop_pad(
+            generate_images(
+                model,
+                seeds,
+                labels[lo:hi] if labels is not None else None,
+                batch=ctx.batch,
+                progress=req.progress,
+                decoder_steps=ctx.sc.decoder_steps,
+                sampler=ctx.sc.sampler,
+                **_base_kw(ctx),
+            ),
+            ctx.pad,
+        )
+        if hi > lo
+        else torch.empty(0, dtype=torch.uint8)
+    )
     gfeat = dist.gather_cat(_features(ctx, gen, 0, "sample features")).numpy()
     m_kid = kid_subset(gfeat.shape[0], ctx.ref.shape[0])
     k, k_std = kid(gfeat, ctx.ref, subsets=100, subset_size=m_kid)
@@ -272,8 +298,11 @@ def _features(ctx: _Context, rows, pad: int, desc: str) -> torch.Tensor:
     if rows.shape[0] == 0:
         return torch.empty(0, 2048, dtype=torch.float64)
     batch = max(1, 50 // rows.shape[2]) if ctx.m.video else 50
-    return torch.from_numpy(ctx.net(rows, batch=batch, progress=ctx.req.progress, desc=desc,
-                                    transform=lambda x: ctx.m.frames(crop_pad(x, pad))))
+    return torch.from_numpy(
+        ctx.net(
+            rows, batch=batch, progress=ctx.req.progress, desc=desc, transform=lambda x: ctx.m.frames(crop_pad(x, pad))
+        )
+    )
 
 
 def kid_subset(n_gen: int, n_ref: int) -> int:
@@ -284,7 +313,9 @@ def kid_subset(n_gen: int, n_ref: int) -> int:
 
 def _gathered(net, x: torch.Tensor, progress: bool, desc: str) -> np.ndarray:
     """Features of this process's examples, then everyone's in rank (= seed) order."""
-    feats = torch.from_numpy(net(x, progress=progress, desc=desc)) if x.shape[0] else torch.empty(0, 0, dtype=torch.float64)
+    feats = (
+        torch.from_numpy(net(x, progress=progress, desc=desc)) if x.shape[0] else torch.empty(0, 0, dtype=torch.float64)
+    )
     return dist.gather_cat(feats).numpy()
 
 
@@ -306,12 +337,26 @@ def eval_continuations(ctx: _Context, count: int) -> ContinuationScores:
         real = clips[i : i + ctx.batch]
         z, _ = model.encode_context(to_float(real).to(device), frames)
         seeds = list(range(lo + i, lo + i + real.shape[0]))
-        gen = crop_pad(to_uint8(model.generate(seeds, None, context=(z, k), decoder_steps=ctx.sc.decoder_steps,
-                                               sampler=ctx.sc.sampler, **_base_kw(ctx))).cpu(), ctx.pad)
+        gen = crop_pad(
+            to_uint8(
+                model.generate(
+                    seeds,
+                    None,
+                    context=(z, k),
+                    decoder_steps=ctx.sc.decoder_steps,
+                    sampler=ctx.sc.sampler,
+                    **_base_kw(ctx),
+                )
+            ).cpu(),
+            ctx.pad,
+        )
         real = crop_pad(real, ctx.pad)
         n = real.shape[0]
-        ps.append(psnr(real[:, :, first:].transpose(1, 2).flatten(0, 1),
-                       gen[:, :, first:].transpose(1, 2).flatten(0, 1)).reshape(n, -1).mean(1))
+        ps.append(
+            psnr(real[:, :, first:].transpose(1, 2).flatten(0, 1), gen[:, :, first:].transpose(1, 2).flatten(0, 1))
+            .reshape(n, -1)
+            .mean(1)
+        )
         gens.append(gen[: max(0, 4 - lo - i)])
     p = dist.gather_cat(torch.cat(ps) if ps else torch.empty(0))
     head = dist.gather_cat(torch.cat(gens) if gens else torch.empty(0, dtype=torch.uint8), everyone=False)
@@ -334,9 +379,16 @@ def eval_bits(ctx: _Context, n: int, null_label: bool = False) -> tuple[float, f
         lab = held.labels[lo:hi].to(device) if (held.labels is not None and model.num_classes) else None
         if lab is not None and null_label:
             lab = torch.full_like(lab, model.num_classes)
-        bits = torch.cat([model.image_bits(to_float(rows[i:i + b]).to(device), None if lab is None else lab[i:i + b],
-                                           list(range(lo + i, min(lo + i + b, hi)))).cpu()
-                          for i in range(0, hi - lo, b)])
+        bits = torch.cat(
+            [
+                model.image_bits(
+                    to_float(rows[i : i + b]).to(device),
+                    None if lab is None else lab[i : i + b],
+                    list(range(lo + i, min(lo + i + b, hi))),
+                ).cpu()
+                for i in range(0, hi - lo, b)
+            ]
+        )
     bits = dist.gather_cat(bits)
     return float(bits.mean()), float(bits.mean()) / model.stage1.pixels_per_image()
 
@@ -346,9 +398,17 @@ def eval_reconstructions(ctx: _Context, recon: int) -> ReconstructionScores:
     model's bitrate of their latents; each process reconstructs its share (seed k for example k)."""
     s1, req, pad = ctx.model.stage1, ctx.req, ctx.pad
     lo, hi = dist.my_share(recon)
-    recs, ps, ss, bits = reconstruct_rows(s1, RowRange(ctx.held.images, lo, hi), pad, batch=ctx.batch,
-                                          steps=ctx.sc.decoder_steps, sampler=ctx.sc.sampler, device=req.device,
-                                          progress=req.progress, first=lo)
+    recs, ps, ss, bits = reconstruct_rows(
+        s1,
+        RowRange(ctx.held.images, lo, hi),
+        pad,
+        batch=ctx.batch,
+        steps=ctx.sc.decoder_steps,
+        sampler=ctx.sc.sampler,
+        device=req.device,
+        progress=req.progress,
+        first=lo,
+    )
     rfeat = dist.gather_cat(_features(ctx, recs, pad, "reconstruction features")).numpy()
     rm = summarise(*(dist.gather_cat(t) for t in (ps, ss, bits)), s1.pixels_per_image())
     (base_bits, base_bpp), null = eval_bits(ctx, recon), None
@@ -361,10 +421,23 @@ def eval_reconstructions(ctx: _Context, recon: int) -> ReconstructionScores:
         orig = dist.gather_cat(_features(ctx, RowRange(ctx.held.images, lo, hi), pad, "original features")).numpy()
     head = dist.gather_cat(recs[: max(0, min(hi, 10) - lo)], everyone=False)  # the first 10, for the picture
     if req.out is not None:  # rank 0 only
-        ctx.m.save_reconstructions(crop_pad(ctx.held.images[: head.shape[0]], pad), crop_pad(head, pad),
-                                   Path(req.out) / "reconstructions.png", 10)
-    return ReconstructionScores(fid_from_features(rfeat, orig), recon, rm["psnr"], rm["ssim"],
-                                rm["bits_per_image"], rm["bpp"], base_bits, base_bpp, *(null or (None, None)))
+        ctx.m.save_reconstructions(
+            crop_pad(ctx.held.images[: head.shape[0]], pad),
+            crop_pad(head, pad),
+            Path(req.out) / "reconstructions.png",
+            10,
+        )
+    return ReconstructionScores(
+        fid_from_features(rfeat, orig),
+        recon,
+        rm["psnr"],
+        rm["ssim"],
+        rm["bits_per_image"],
+        rm["bpp"],
+        base_bits,
+        base_bpp,
+        *(null or (None, None)),
+    )
 
 
 def eval_flops(model: BaseModel, sc: SampleConfig) -> FlopCounts:

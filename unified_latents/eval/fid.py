@@ -35,8 +35,9 @@ INCEPTION_HINT = (
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
 
-TRUST_HINT = ("a TorchScript file is a program that runs when it is loaded: pass --trust-torchscript to load a "
-              "file you trust")
+TRUST_HINT = (
+    "a TorchScript file is a program that runs when it is loaded: pass --trust-torchscript to load a file you trust"
+)
 
 
 def check_pinned(p: Path, sha256: str = INCEPTION_SHA256, trust: bool = False) -> Path:
@@ -45,8 +46,9 @@ def check_pinned(p: Path, sha256: str = INCEPTION_SHA256, trust: bool = False) -
         return p
     got = file_sha256(p)
     if got != sha256:
-        raise UserError(f"{p} is not the pinned FID Inception file (sha256 {got[:16]}...); {TRUST_HINT}, or "
-                        f"{INCEPTION_HINT}")
+        raise UserError(
+            f"{p} is not the pinned FID Inception file (sha256 {got[:16]}...); {TRUST_HINT}, or {INCEPTION_HINT}"
+        )
     return p
 
 
@@ -72,6 +74,7 @@ def tf1_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
     centres), the resize inside the reference FID Inception graph: output pixel j reads input
     position j * in / out, between its floor and the next pixel (clamped at the last one).
     float [N, C, H, W] -> [N, C, size, size]."""
+
     def along(x: torch.Tensor, dim: int) -> torch.Tensor:
         n_in = x.shape[dim]
         pos = torch.arange(size, dtype=torch.float64, device=x.device) * (n_in / size)
@@ -95,8 +98,13 @@ RESIZES = {"tf1": tf1_bilinear, "torch": torch_bilinear}
 class InceptionFeatures:
     """uint8 images [N, C, H, W] -> pool3 features float64 [N, 2048]."""
 
-    def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu", trust: bool = False,
-                 resize: str = "tf1"):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        trust: bool = False,
+        resize: str = "tf1",
+    ):
         if resize not in RESIZES:
             raise UserError(f"unknown FID resize {resize!r}; choose one of: {', '.join(RESIZES)}")
         self.resize = resize
@@ -136,8 +144,9 @@ class InceptionFeatures:
         return self.net(x)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, batch: int = 50, progress: bool = False, desc: str = "inception",
-                 transform=None) -> np.ndarray:
+    def __call__(
+        self, images: torch.Tensor, batch: int = 50, progress: bool = False, desc: str = "inception", transform=None
+    ) -> np.ndarray:
         """`images`: anything sliced like a tensor (lazily decoded rows too); `transform` maps each
         slice to the uint8 images Inception sees (e.g. crop the border, split clips into frames)."""
         out = []
@@ -171,7 +180,9 @@ def frechet_distance(mu1, s1, mu2, s2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
-def kid(f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(
+    f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance: unbiased MMD^2 with the cubic polynomial kernel, mean and std
     over random subsets (unbiased at any sample count, unlike FID)."""
     rng = np.random.default_rng(seed)
@@ -221,6 +232,8 @@ def write_features(path: Path, feats: np.ndarray) -> None:
 
 def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
     if min(f1.shape[0], f2.shape[0]) < 2:
-        raise UserError(f"a Frechet distance needs at least 2 samples on each side, got {f1.shape[0]} and {f2.shape[0]}; "
-                        "raise --samples / --ref-count (or give more held-out data)")
+        raise UserError(
+            f"a Frechet distance needs at least 2 samples on each side, got {f1.shape[0]} and {f2.shape[0]}; "
+            "raise --samples / --ref-count (or give more held-out data)"
+        )
     return frechet_distance(*feature_stats(f1), *feature_stats(f2))

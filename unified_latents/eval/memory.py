@@ -63,8 +63,9 @@ def _fused_sdpa(q, k, v, *args, **kwargs):
     return _FusedAttention.apply(q, k, v)
 
 
-def saved_activation_bytes(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None,
-                           checkpointing: bool = False) -> int:
+def saved_activation_bytes(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, checkpointing: bool = False
+) -> int:
     """Bytes of the tensors one training forward of `model` (on meta) saves for backward. With
     activation checkpointing, what each block keeps is its inputs (what it saves is recomputed)."""
     total = 0
@@ -77,8 +78,11 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, labels: torch.Tens
     hooks = []
     if checkpointing:
         nets = trainable_networks(model)
-        hooks = [b.register_forward_pre_hook(lambda m, args: [count(a) for a in args] and None)
-                 for n in nets for b in blocks(n)]
+        hooks = [
+            b.register_forward_pre_hook(lambda m, args: [count(a) for a in args] and None)
+            for n in nets
+            for b in blocks(n)
+        ]
         wrap_blocks(nets, compile=False, recompute=True)
     try:
         with mock.patch.object(F, "scaled_dot_product_attention", _fused_sdpa):
@@ -95,8 +99,9 @@ def _activations(model: nn.Module, x_shape: tuple[int, ...], n: int, num_classes
     return saved_activation_bytes(model, torch.zeros(n, *x_shape, device="meta"), labels, checkpointing)
 
 
-def training_memory(model_fn, x_shape: tuple[int, ...], cfg: RunConfig, gpus: int,
-                    budget_gib: float = 80.0) -> dict[str, float]:
+def training_memory(
+    model_fn, x_shape: tuple[int, ...], cfg: RunConfig, gpus: int, budget_gib: float = 80.0
+) -> dict[str, float]:
     """GiB per GPU for DDP and FSDP over `gpus` GPUs at the per-GPU micro-batch of cfg.train, with
     and without activation checkpointing, and the largest micro-batch within `budget_gib`.
     `model_fn()` builds the objective on the meta device (called once per measurement)."""
@@ -107,10 +112,17 @@ def training_memory(model_fn, x_shape: tuple[int, ...], cfg: RunConfig, gpus: in
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     units = sorted(sum(p.numel() for p in b.parameters()) for n in trainable_networks(model) for b in blocks(n)) or [0]
     gib = 2.0**30
-    state = {"ddp": (20 * trainable + 4 * frozen) / gib,
-             "fsdp": (20 * trainable / gpus + 4 * frozen + 2 * sum(units[-2:]) + 4 * units[-1]) / gib}
-    out = {"micro_batch": micro, "gpus": gpus, "trainable_params": trainable, "frozen_params": frozen,
-           "budget_gib": budget_gib}
+    state = {
+        "ddp": (20 * trainable + 4 * frozen) / gib,
+        "fsdp": (20 * trainable / gpus + 4 * frozen + 2 * sum(units[-2:]) + 4 * units[-1]) / gib,
+    }
+    out = {
+        "micro_batch": micro,
+        "gpus": gpus,
+        "trainable_params": trainable,
+        "frozen_params": frozen,
+        "budget_gib": budget_gib,
+    }
     for ac in (False, True):
         # Per example: the difference between micro-batches of 2m and m (weights that the backward
         # keeps are counted once above, as model state, not here).

@@ -24,7 +24,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.T
     c = a.shape[1]
     g = _gauss()
     k = (g[:, None] * g[None]).expand(c, 1, -1, -1).contiguous()
-    f = lambda x: F.conv2d(x, k, groups=c)
+
+    def f(x):
+        return F.conv2d(x, k, groups=c)
+
     mu_a, mu_b = f(a), f(b)
     var_a = f(a * a) - mu_a**2
     var_b = f(b * b) - mu_b**2

@@ -11,15 +11,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..files import atomic_write  # noqa: E402
 
-CURVES = [("bits_per_image", "latent bits / image"), ("decoder_nats", "decoder loss (nats, before c_lf)"),
-          ("loss_factor", "loss factor c_lf"), ("loss", "total loss (nats)")]
+CURVES = [
+    ("bits_per_image", "latent bits / image"),
+    ("decoder_nats", "decoder loss (nats, before c_lf)"),
+    ("loss_factor", "loss factor c_lf"),
+    ("loss", "total loss (nats)"),
+]
 
 
 def plot_curves(stats: list[dict], path: Path, title: str = "") -> None:
     keys = [(k, label) for k, label in CURVES if stats and k in stats[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     x = [r["samples"] for r in stats]
-    for ax, (k, label) in zip(axes[0], keys):
+    for ax, (k, label) in zip(axes[0], keys, strict=True):
         ax.plot(x, [r[k] for r in stats], lw=1)
         if k == "bits_per_image" and any("controlled_bits" in r for r in stats):  # what the controller follows
             ax.plot(x, [r.get("controlled_bits", float("nan")) for r in stats], lw=1.2, label="controller's EMA")

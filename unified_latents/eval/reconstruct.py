@@ -23,16 +23,28 @@ def _per_example(metric, frames_fn, a: torch.Tensor, b: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def reconstruct_rows(model, images, pad: int = 0, batch: int = 250, steps: int | None = None,
-                     sampler: str | None = None, n_t: int = 8, device: torch.device | str = "cpu",
-                     progress: bool = True, mean_of: int = 1, first: int = 0):
+def reconstruct_rows(
+    model,
+    images,
+    pad: int = 0,
+    batch: int = 250,
+    steps: int | None = None,
+    sampler: str | None = None,
+    n_t: int = 8,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    mean_of: int = 1,
+    first: int = 0,
+):
     """Reconstruct `images` (uint8 rows, anything sliced like a tensor: lazily decoded rows are read
     a batch at a time); example k uses seed `first + k`, so a share of a larger set reconstructs as
     it would within the whole. Returns (reconstructions uint8, then per example: PSNR, SSIM on the
     original pixels (the `pad` border cropped off; clips: per frame, averaged) and latent bits)."""
     model.eval()
     recs, ps, ss, bits = [], [], [], []
-    for i in tqdm(range(0, images.shape[0], batch), desc="reconstructing", unit="batch", disable=not progress, leave=False):
+    for i in tqdm(
+        range(0, images.shape[0], batch), desc="reconstructing", unit="batch", disable=not progress, leave=False
+    ):
         rows = images[i : i + batch]
         x = to_float(rows).to(device)
         seeds = list(range(first + i, first + i + x.shape[0]))
@@ -47,7 +59,9 @@ def reconstruct_rows(model, images, pad: int = 0, batch: int = 250, steps: int |
     return torch.cat(recs), torch.cat(ps), torch.cat(ss), torch.cat(bits)
 
 
-def summarise(ps: torch.Tensor, ss: torch.Tensor, bits: torch.Tensor, pixels: int, mean_of: int = 1) -> dict[str, float]:
+def summarise(
+    ps: torch.Tensor, ss: torch.Tensor, bits: torch.Tensor, pixels: int, mean_of: int = 1
+) -> dict[str, float]:
     """Mean PSNR/SSIM and bits (per example and per pixel of the model's input H*W, as the
     training log has them) of per-example values."""
     n = bits.shape[0]
@@ -62,9 +76,18 @@ def summarise(ps: torch.Tensor, ss: torch.Tensor, bits: torch.Tensor, pixels: in
     }
 
 
-def evaluate_reconstruction(model, images: torch.Tensor, pad: int = 0, batch: int = 250, steps: int | None = None,
-                            sampler: str | None = None, n_t: int = 8, device: torch.device | str = "cpu",
-                            progress: bool = True, mean_of: int = 1) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate_reconstruction(
+    model,
+    images: torch.Tensor,
+    pad: int = 0,
+    batch: int = 250,
+    steps: int | None = None,
+    sampler: str | None = None,
+    n_t: int = 8,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    mean_of: int = 1,
+) -> tuple[dict[str, float], torch.Tensor]:
     """images: uint8 [N, C, H, W] (or clips [N, C, T, H, W]). Returns (metrics, reconstructions
     uint8); example k uses seed k. mean_of K > 1 reconstructs with the mean of K decoder samples
     per latent (the estimate of E[x | z0] that squared error favours) instead of one sample."""
@@ -72,9 +95,19 @@ def evaluate_reconstruction(model, images: torch.Tensor, pad: int = 0, batch: in
     return summarise(ps, ss, bits, model.pixels_per_image(), mean_of), recs
 
 
-def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int = 500, steps: int | None = None,
-                sampler: str | None = None, device: torch.device | str = "cpu", progress: bool = True,
-                mean_of: int = 1, batch: int | None = None, ema_length: float | None = None) -> dict[str, float]:
+def reconstruct(
+    artifact: Path,
+    data: str | None,
+    out: Path | None,
+    count: int = 500,
+    steps: int | None = None,
+    sampler: str | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    mean_of: int = 1,
+    batch: int | None = None,
+    ema_length: float | None = None,
+) -> dict[str, float]:
     """`ul reconstruct`: reconstruct `count` held-out examples (under torchrun, each process its
     share: example k uses seed k whatever the process count); rank 0 writes originals above
     reconstructions in a PNG. `ema_length`: the stage-1 networks' post-hoc EMA of that sigma_rel."""
@@ -84,10 +117,18 @@ def reconstruct(artifact: Path, data: str | None, out: Path | None, count: int =
     held = load_images(cfg.data, src, split)
     count = min(count, len(held))
     lo, hi = dist.my_share(count)
-    recs, ps, ss, bits = reconstruct_rows(model, RowRange(held.images, lo, hi), cfg.data.pad,
-                                          batch=batch or cfg.eval.batch or model.modality.batch, steps=steps,
-                                          sampler=sampler, device=device, progress=progress and dist.is_main(),
-                                          mean_of=mean_of, first=lo)
+    recs, ps, ss, bits = reconstruct_rows(
+        model,
+        RowRange(held.images, lo, hi),
+        cfg.data.pad,
+        batch=batch or cfg.eval.batch or model.modality.batch,
+        steps=steps,
+        sampler=sampler,
+        device=device,
+        progress=progress and dist.is_main(),
+        mean_of=mean_of,
+        first=lo,
+    )
     metrics = summarise(*(dist.gather_cat(t) for t in (ps, ss, bits)), model.pixels_per_image(), mean_of)
     shown = min(16, count)
     head = dist.gather_cat(recs[: max(0, min(hi, shown) - lo)], everyone=False)

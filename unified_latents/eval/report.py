@@ -3,9 +3,9 @@ same metrics as console lines (`ul eval`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..data.modality import Modality, modality_named
 from ..files import atomic_write_text, read_jsonl
@@ -67,38 +67,83 @@ def _kid(r: dict) -> str:
 
 # The one table behind `ul eval`'s lines and the report's metrics rows, in order.
 METRICS = [
-    Metric(lambda r, m: True, lambda m: m.fid_long,
-           lambda r, m, side: f"{r['gfid']:.2f} ({r['gfid_samples']} {m.samples} vs {r['reference_images']} {r['reference']})",
-           lambda r, m: f"{m.fid}  {r['gfid']:.2f}  ({r['gfid_samples']} {m.samples} vs {_ref(r, m)})"),
-    Metric(lambda r, m: True, lambda m: "KID x 1e3", lambda r, m, side: _kid(r),
-           lambda r, m: f"KID   {_kid(r)} (x 1e-3)"),
-    Metric(_has("fvd"), lambda m: "FVD", lambda r, m, side: f"{r['fvd']:.2f} ({r['fvd_samples']} clips)",
-           lambda r, m: f"FVD   {r['fvd']:.2f}  ({r['fvd_samples']} clips vs {_ref(r, m)})"),
-    Metric(lambda r, m: "fvd" not in r and m.has_fvd, lambda m: "FVD",
-           lambda r, m, side: "not computed: no I3D weights given (`--i3d PATH`)",
-           lambda r, m: "FVD   not computed (no I3D network given: --i3d PATH)"),
-    Metric(_has("continuation_psnr"), lambda m: "continuation PSNR (generated frames vs real)",
-           lambda r, m, side: f"{r['continuation_psnr']:.2f} dB (frames {r['generated_from_frame']}-{r['frames'] - 1} of "
-                              f"{r['continuation_clips']} clips, {r['context_frames']} context frames)",
-           lambda r, m: f"continuation PSNR {r['continuation_psnr']:.2f} dB on frames {r['generated_from_frame']}+ "
-                        f"({r['continuation_clips']} clips, {r['context_frames']} context frames)"),
-    Metric(_has("rfid"), lambda m: "rFID" + m.per_frame_label,
-           lambda r, m, side: f"{r['rfid']:.2f} ({r['rfid_samples']} reconstructions vs their originals)",
-           lambda r, m: f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions vs their originals)"),
-    Metric(_has("rfid"), lambda m: "reconstruction PSNR / SSIM",
-           lambda r, m, side: f"{r['psnr']:.2f} dB / {r['ssim']:.4f} (original {side}x{side} pixels{m.per_frame_note})",
-           lambda r, m: f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)"),
-    Metric(_has("rfid"), lambda m: "latent bitrate, stage-1 prior (unconditional)",
-           lambda r, m, side: _bits(r, m, "prior", m.bpp, side), None),
-    Metric(_has("rfid"), lambda m: "latent bitrate, base model (unweighted ELBO; class-conditional when it has classes)",
-           lambda r, m, side: _bits(r, m, "base", m.bpp, side),
-           lambda r, m: f"bits  stage-1 prior {_bits(r, m, 'prior', m.bpp_short)}; base model {_bits(r, m, 'base', m.bpp_short)}"),
-    Metric(_has("base_null_bits_per_image"), lambda m: "latent bitrate, base model with the null label (unconditional)",
-           lambda r, m, side: _bits(r, m, "base_null", m.bpp, side),
-           lambda r, m: f"bits  base model, null label {_bits(r, m, 'base_null', m.bpp_short)}"),
-    Metric(lambda r, m: True, None, None,  # the report gives FLOPs with the run's rows
-           lambda r, m: f"FLOPs stage-1 training {r['flops']['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
-                        f"{r['flops']['base_train_flops'] / 1e9:.3f} G/sample; generation {r['flops']['generate_flops'] / 1e9:.3f} G/sample"),
+    Metric(
+        lambda r, m: True,
+        lambda m: m.fid_long,
+        lambda r, m, side: (
+            f"{r['gfid']:.2f} ({r['gfid_samples']} {m.samples} vs {r['reference_images']} {r['reference']})"
+        ),
+        lambda r, m: f"{m.fid}  {r['gfid']:.2f}  ({r['gfid_samples']} {m.samples} vs {_ref(r, m)})",
+    ),
+    Metric(
+        lambda r, m: True, lambda m: "KID x 1e3", lambda r, m, side: _kid(r), lambda r, m: f"KID   {_kid(r)} (x 1e-3)"
+    ),
+    Metric(
+        _has("fvd"),
+        lambda m: "FVD",
+        lambda r, m, side: f"{r['fvd']:.2f} ({r['fvd_samples']} clips)",
+        lambda r, m: f"FVD   {r['fvd']:.2f}  ({r['fvd_samples']} clips vs {_ref(r, m)})",
+    ),
+    Metric(
+        lambda r, m: "fvd" not in r and m.has_fvd,
+        lambda m: "FVD",
+        lambda r, m, side: "not computed: no I3D weights given (`--i3d PATH`)",
+        lambda r, m: "FVD   not computed (no I3D network given: --i3d PATH)",
+    ),
+    Metric(
+        _has("continuation_psnr"),
+        lambda m: "continuation PSNR (generated frames vs real)",
+        lambda r, m, side: (
+            f"{r['continuation_psnr']:.2f} dB (frames {r['generated_from_frame']}-{r['frames'] - 1} of "
+            f"{r['continuation_clips']} clips, {r['context_frames']} context frames)"
+        ),
+        lambda r, m: (
+            f"continuation PSNR {r['continuation_psnr']:.2f} dB on frames {r['generated_from_frame']}+ "
+            f"({r['continuation_clips']} clips, {r['context_frames']} context frames)"
+        ),
+    ),
+    Metric(
+        _has("rfid"),
+        lambda m: "rFID" + m.per_frame_label,
+        lambda r, m, side: f"{r['rfid']:.2f} ({r['rfid_samples']} reconstructions vs their originals)",
+        lambda r, m: f"rFID  {r['rfid']:.2f}  ({r['rfid_samples']} reconstructions vs their originals)",
+    ),
+    Metric(
+        _has("rfid"),
+        lambda m: "reconstruction PSNR / SSIM",
+        lambda r, m, side: f"{r['psnr']:.2f} dB / {r['ssim']:.4f} (original {side}x{side} pixels{m.per_frame_note})",
+        lambda r, m: f"PSNR  {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}  ({r['rfid_samples']} reconstructions)",
+    ),
+    Metric(
+        _has("rfid"),
+        lambda m: "latent bitrate, stage-1 prior (unconditional)",
+        lambda r, m, side: _bits(r, m, "prior", m.bpp, side),
+        None,
+    ),
+    Metric(
+        _has("rfid"),
+        lambda m: "latent bitrate, base model (unweighted ELBO; class-conditional when it has classes)",
+        lambda r, m, side: _bits(r, m, "base", m.bpp, side),
+        lambda r, m: (
+            f"bits  stage-1 prior {_bits(r, m, 'prior', m.bpp_short)}; base model {_bits(r, m, 'base', m.bpp_short)}"
+        ),
+    ),
+    Metric(
+        _has("base_null_bits_per_image"),
+        lambda m: "latent bitrate, base model with the null label (unconditional)",
+        lambda r, m, side: _bits(r, m, "base_null", m.bpp, side),
+        lambda r, m: f"bits  base model, null label {_bits(r, m, 'base_null', m.bpp_short)}",
+    ),
+    Metric(
+        lambda r, m: True,
+        None,
+        None,  # the report gives FLOPs with the run's rows
+        lambda r, m: (
+            f"FLOPs stage-1 training {r['flops']['stage1_train_per_sample'] / 1e9:.3f} G/sample; base training "
+            f"{r['flops']['base_train_flops'] / 1e9:.3f} G/sample; generation "
+            f"{r['flops']['generate_flops'] / 1e9:.3f} G/sample"
+        ),
+    ),
 ]
 
 
@@ -122,9 +167,15 @@ def run_rows(ev: dict, res1, res2, times: dict) -> list[tuple[str, str]]:
     f = ev["flops"]
     rows = [
         ("final loss factor c_lf", f"{res1.metrics.get('loss_factor', float('nan')):.3g}"),
-        ("FLOPs / training sample: stage 1, base", f"{f['stage1_train_per_sample'] / 1e6:.1f} M, {f['base_train_flops'] / 1e6:.1f} M"),
-        ("FLOPs / generated sample", f"{f['generate_flops'] / 1e6:.1f} M ({ev['sampling']['base_steps']} base + "
-         f"{ev['sampling']['decoder_steps']} decoder {ev['sampling']['sampler']} steps)"),
+        (
+            "FLOPs / training sample: stage 1, base",
+            f"{f['stage1_train_per_sample'] / 1e6:.1f} M, {f['base_train_flops'] / 1e6:.1f} M",
+        ),
+        (
+            "FLOPs / generated sample",
+            f"{f['generate_flops'] / 1e6:.1f} M ({ev['sampling']['base_steps']} base + "
+            f"{ev['sampling']['decoder_steps']} decoder {ev['sampling']['sampler']} steps)",
+        ),
         ("samples seen: stage 1, stage 2", f"{res1.samples:,}, {res2.samples:,}"),
     ]
     return rows + [(f"wall time this invocation: {k}", f"{v / 60:.1f} min") for k, v in times.items() if v > 5]
@@ -139,11 +190,18 @@ def report_sections(ev: dict, cfg1, res1, res2, times: dict) -> list[tuple[str, 
     samples_text, recon_text = m.report_texts(labelled_fmnist)
     sections = [("Metrics", table(rows)), ("Samples", samples_text)]
     if "continuation_psnr" in ev:
-        sections.append(("Continuations", f"Pairs of rows: a held-out clip, then the model's continuation of its first "
-                         f"{ev['context_frames']} frames ({_latent_frames(ev['context_latent_frames'])} fixed; frames "
-                         f"{ev['generated_from_frame']}+ generated).\n\n![continuations](continuations.png)"))
+        sections.append(
+            (
+                "Continuations",
+                f"Pairs of rows: a held-out clip, then the model's continuation of its first "
+                f"{ev['context_frames']} frames ({_latent_frames(ev['context_latent_frames'])} fixed; frames "
+                f"{ev['generated_from_frame']}+ generated).\n\n![continuations](continuations.png)",
+            )
+        )
     if "rfid" in ev:
         sections.append(("Reconstructions", recon_text))
-    sections += [("Training curves", "![stage 1](curves-latents.png)\n\n![stage 2](curves-base.png)"),
-                 ("Command-line summary", "```\n" + "\n".join(format_metrics(ev)) + "\n```")]
+    sections += [
+        ("Training curves", "![stage 1](curves-latents.png)\n\n![stage 2](curves-base.png)"),
+        ("Command-line summary", "```\n" + "\n".join(format_metrics(ev)) + "\n```"),
+    ]
     return sections

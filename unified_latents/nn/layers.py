@@ -65,7 +65,9 @@ class NoiseEmbedding(nn.Module):
 class ResBlock(nn.Module):
     """Pre-norm residual block; optional FiLM (scale, shift) from a conditioning vector."""
 
-    def __init__(self, dims: int, cin: int, cout: int, emb_dim: int = 0, dropout: float = 0.0, norm_kind: str = "group"):
+    def __init__(
+        self, dims: int, cin: int, cout: int, emb_dim: int = 0, dropout: float = 0.0, norm_kind: str = "group"
+    ):
         super().__init__()
         self.norm1, self.conv1 = norm(cin, norm_kind), conv_nd(dims, cin, cout, 3, padding=1)
         self.norm2, self.conv2 = norm(cout, norm_kind), zero_init(conv_nd(dims, cout, cout, 3, padding=1))
@@ -100,13 +102,13 @@ class TransformerBlock(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        n, l, w = x.shape
+        n, seq, w = x.shape
         s1, b1, g1, s2, b2, g2 = self.mod(emb)[:, None].chunk(6, dim=-1)  # each [N, 1, W]
         h = self.norm1(x) * (1 + s1) + b1
-        q, k, v = self.qkv(h).reshape(n, l, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(h).reshape(n, seq, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         drop = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # [N, heads, L, W/heads]
-        x = x + g1 * self.proj(a.transpose(1, 2).reshape(n, l, w))
+        x = x + g1 * self.proj(a.transpose(1, 2).reshape(n, seq, w))
         h = self.norm2(x) * (1 + s2) + b2
         return x + g2 * self.mlp(h)
 

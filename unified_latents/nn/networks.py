@@ -7,7 +7,7 @@ the network's grid, `labels` optional class indices (index `num_classes` means "
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +39,9 @@ def _level_factors(cfg: NetConfig, dims: int) -> tuple[tuple[int, ...], list[tup
 def encoder_grid(cfg: NetConfig, dims: int, size: tuple[int, ...]) -> tuple[int, ...]:
     """The grid ([H, W] or [T, H, W]) an encoder maps an input grid `size` to."""
     patch, strides = _level_factors(cfg, dims)
-    grid = [s // k for s, k in zip(size, patch)]
+    grid = [s // k for s, k in zip(size, patch, strict=True)]
     for st in strides:
-        grid = [(g + k - 1) // k for g, k in zip(grid, st)]  # kernel 3, padding 1: ceil(g / stride)
+        grid = [(g + k - 1) // k for g, k in zip(grid, st, strict=True)]  # kernel 3, padding 1: ceil(g / stride)
     return tuple(grid)
 
 
@@ -53,13 +53,17 @@ def check_grid(cfg: NetConfig, dims: int, size: tuple[int, ...], role: str, fix:
     patch, strides = _level_factors(cfg, dims)
     factor = list(patch)
     for st in strides:
-        factor = [f * k for f, k in zip(factor, st)]
+        factor = [f * k for f, k in zip(factor, st, strict=True)]
     show = lambda t: "x".join(map(str, t))  # noqa: E731
-    if any(s % p for s, p in zip(size, patch)):
-        raise ConfigError(f"the {role} sees a {show(size)} grid, which is not a multiple of its patch {show(patch)}: {fix}")
-    if any(s < f for s, f in zip(size, factor)):
-        raise ConfigError(f"the {role} sees a {show(size)} grid, smaller than its downsampling {show(factor)} "
-                          f"(patch and stride-2 levels): {fix}")
+    if any(s % p for s, p in zip(size, patch, strict=True)):
+        raise ConfigError(
+            f"the {role} sees a {show(size)} grid, which is not a multiple of its patch {show(patch)}: {fix}"
+        )
+    if any(s < f for s, f in zip(size, factor, strict=True)):
+        raise ConfigError(
+            f"the {role} sees a {show(size)} grid, smaller than its downsampling {show(factor)} "
+            f"(patch and stride-2 levels): {fix}"
+        )
 
 
 class ResNetEncoder(nn.Module):
@@ -70,7 +74,7 @@ class ResNetEncoder(nn.Module):
         ch = cfg.channels
         self.patch = conv_nd(dims, in_ch, ch[0], _patch(cfg, dims), stride=_patch(cfg, dims))
         layers: list[nn.Module] = []
-        for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
+        for i, (c, nb) in enumerate(zip(ch, cfg.blocks, strict=True)):
             cin = ch[max(i - 1, 0)]
             for j in range(nb):
                 layers.append(ResBlock(dims, cin if j == 0 else c, c, dropout=cfg.dropout, norm_kind=cfg.norm))
@@ -86,9 +90,9 @@ class ResNetEncoder(nn.Module):
 def _resized(cond: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """cond on a level's grid: averaged where the grid is coarser, repeated (nearest) where finer."""
     src = cond.shape[2:]
-    if any(t < s for s, t in zip(src, size)):
+    if any(t < s for s, t in zip(src, size, strict=True)):
         pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[len(size)]
-        cond = pool(cond, [min(s, t) for s, t in zip(src, size)])
+        cond = pool(cond, [min(s, t) for s, t in zip(src, size, strict=True)])
     return cond if cond.shape[2:] == size else F.interpolate(cond, size=size, mode="nearest")
 
 
@@ -121,14 +125,21 @@ class UNet(_Denoiser):
         self.cond_in = conv_nd(dims, cond_ch, ch[0], 3, padding=1) if cond_ch else None
         # cond_all_levels: z0 also enters each deeper level on its grid, before its blocks (zero-initialised, so
         # training starts from the first-level-only network)
-        self.cond_deep = (nn.ModuleList([zero_init(conv_nd(dims, cond_ch, c, 3, padding=1)) for c in ch[:-1]])
-                          if cond_ch and cfg.cond_all_levels else None)
+        self.cond_deep = (
+            nn.ModuleList([zero_init(conv_nd(dims, cond_ch, c, 3, padding=1)) for c in ch[:-1]])
+            if cond_ch and cfg.cond_all_levels
+            else None
+        )
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        for i, (c, nb) in enumerate(zip(ch, cfg.blocks)):
+        for i, (c, nb) in enumerate(zip(ch, cfg.blocks, strict=True)):
             cin = ch[max(i - 1, 0)]
-            self.down.append(nn.ModuleList([ResBlock(dims, cin if j == 0 else c, c, e, cfg.dropout, cfg.norm) for j in range(nb)]))
+            self.down.append(
+                nn.ModuleList([ResBlock(dims, cin if j == 0 else c, c, e, cfg.dropout, cfg.norm) for j in range(nb)])
+            )
             last = i == len(ch) - 1
-            self.downsample.append(nn.Identity() if last else conv_nd(dims, c, c, 3, stride=_down(cfg, dims, i), padding=1))
+            self.downsample.append(
+                nn.Identity() if last else conv_nd(dims, c, c, 3, stride=_down(cfg, dims, i), padding=1)
+            )
         self.mid = (
             Transformer(ch[-1], cfg.width, cfg.transformer_blocks, cfg.heads, e, cfg.dropout)
             if cfg.transformer_blocks
@@ -139,7 +150,9 @@ class UNet(_Denoiser):
             c, nb = ch[i], cfg.blocks[i]
             cin = ch[min(i + 1, len(ch) - 1)]
             self.upconv.append(nn.Identity() if i == len(ch) - 1 else conv_nd(dims, cin, c, 3, padding=1))
-            self.up.append(nn.ModuleList([ResBlock(dims, 2 * c if j == 0 else c, c, e, cfg.dropout, cfg.norm) for j in range(nb)]))
+            self.up.append(
+                nn.ModuleList([ResBlock(dims, 2 * c if j == 0 else c, c, e, cfg.dropout, cfg.norm) for j in range(nb)])
+            )
         self.out_norm = norm(ch[0], cfg.norm)
         self.patch_out = zero_init(conv_transpose_nd(dims, ch[0], out_ch, _patch(cfg, dims), stride=_patch(cfg, dims)))
 
@@ -149,7 +162,7 @@ class UNet(_Denoiser):
         if self.cond_in is not None:
             h = h + self.cond_in(_resized(cond, h.shape[2:]))  # z0 on the first level's grid
         skips = []
-        for i, (blocks, down) in enumerate(zip(self.down, self.downsample)):
+        for i, (blocks, down) in enumerate(zip(self.down, self.downsample, strict=True)):
             if i and self.cond_deep is not None:
                 h = h + self.cond_deep[i - 1](_resized(cond, h.shape[2:]))
             for blk in blocks:
@@ -158,7 +171,7 @@ class UNet(_Denoiser):
             h = down(h)
         if self.mid is not None:
             h = h + self.mid(h, emb)
-        for blocks, upconv in zip(self.up, self.upconv):
+        for blocks, upconv in zip(self.up, self.upconv, strict=True):
             skip = skips.pop()
             if h.shape[2:] != skip.shape[2:]:
                 h = F.interpolate(h, size=skip.shape[2:], mode="nearest")
@@ -214,15 +227,19 @@ class PerFrame(nn.Module):
             waves = torch.stack([f(torch.pi * k * when) for k in self.FREQS for f in (torch.sin, torch.cos)])
             waves = waves.view(1, -1, t, 1, 1).expand(n, -1, t, *cond.shape[3:])  # [N, 8, T, h, w]
             stacked = cond.flatten(1, 2)[:, :, None].expand(-1, -1, t, -1, -1)  # [N, c*T', T, h, w]
-            aligned = F.interpolate(cond, size=(t, *cond.shape[3:]), mode="trilinear", align_corners=False)  # [N, c, T, h, w]
+            aligned = F.interpolate(
+                cond, size=(t, *cond.shape[3:]), mode="trilinear", align_corners=False
+            )  # [N, c, T, h, w]
             cond = frames(torch.cat([aligned, stacked, waves], dim=1))
         labels = labels.repeat_interleave(t) if labels is not None else None
         out = self.inner(frames(x), lam.repeat_interleave(t), cond, labels)  # [N*T, C, H, W]
         return out.view(n, t, *out.shape[1:]).transpose(1, 2)
 
 
-_PER_FRAME_ONLY = ("per_frame applies only to the decoder of a video model (data.frames > 1): "
-                   "set it as model.decoder.per_frame=true, or leave it false")
+_PER_FRAME_ONLY = (
+    "per_frame applies only to the decoder of a video model (data.frames > 1): "
+    "set it as model.decoder.per_frame=true, or leave it false"
+)
 
 
 def build_encoder(cfg: NetConfig, dims: int, in_ch: int, out_ch: int) -> nn.Module:
@@ -250,8 +267,10 @@ def build_denoiser(
 def _check_cond_levels(cfg: NetConfig, role: str, cond_ch: int) -> None:
     """cond_all_levels only means something for a U-Net that takes a cond (the decoder): never ignored silently."""
     if cfg.cond_all_levels and (cfg.arch != "unet" or not cond_ch):
-        raise ConfigError(f"{role} ({cfg.arch}{'' if cond_ch else ', no z0 input'}): cond_all_levels applies only to "
-                          f"the decoder's U-Net; set it as model.decoder.cond_all_levels with model.decoder.arch=unet")
+        raise ConfigError(
+            f"{role} ({cfg.arch}{'' if cond_ch else ', no z0 input'}): cond_all_levels applies only to "
+            f"the decoder's U-Net; set it as model.decoder.cond_all_levels with model.decoder.arch=unet"
+        )
 
 
 def _check(cfg: NetConfig, registry: dict, role: str) -> None:

@@ -4,8 +4,9 @@ loss container, per-sample noise, and the one denoiser wrapper around every netw
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -14,9 +15,9 @@ from ..diffusion import alpha_sigma, x_from_v
 from .noise import CounterNoise
 
 if TYPE_CHECKING:
-    from .noise import BatchNoise
     from ..config import RunConfig
     from ..data.modality import Modality
+    from .noise import BatchNoise
 
 
 @dataclass
@@ -72,8 +73,9 @@ class Autoencoder(Protocol):
     def noisy_latent(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """z0 = alpha(lam0) z + sigma(lam0) eps: where the base model stops sampling."""
 
-    def decode(self, z0: torch.Tensor, seeds: list[int], steps: int | None = None,
-               sampler: str | None = None) -> torch.Tensor:
+    def decode(
+        self, z0: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None
+    ) -> torch.Tensor:
         """z0 [N, *z_shape] -> x [N, *x_shape] in [-1, 1]."""
 
     def pixels_per_image(self) -> int:
@@ -83,8 +85,13 @@ class Autoencoder(Protocol):
         """The base model's log-SNR schedule shift given base.shift."""
 
 
-def denoise(net: Callable[..., torch.Tensor], x_t: torch.Tensor, lam: torch.Tensor, cond: torch.Tensor | None = None,
-            labels: torch.Tensor | None = None) -> torch.Tensor:
+def denoise(
+    net: Callable[..., torch.Tensor],
+    x_t: torch.Tensor,
+    lam: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x_hat = alpha x_t - sigma v (UL_SPEC 6) of a v-predicting network: the one place where the
     parameterisation of a network call is set. Precision is the caller's context: the training
     loop's autocast, or an inference method's `accel.autocast` (bf16 where training used it)."""
@@ -130,8 +137,14 @@ def generation_noise(cfg: RunConfig, seeds: list[int], device) -> HostNoise | Co
     return seeded_noise(seeds, device, resolve(cfg, device).device_noise)
 
 
-def elbo_bits(nats_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int, z_shape: tuple[int, ...],
-              noise: HostNoise | CounterNoise, device, n_t: int = 8) -> torch.Tensor:
+def elbo_bits(
+    nats_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    n: int,
+    z_shape: tuple[int, ...],
+    noise: HostNoise | CounterNoise,
+    device,
+    n_t: int = 8,
+) -> torch.Tensor:
     """Bits per example [N] of an ELBO: `nats_fn(t [N], eps [N, *z_shape]) -> nats [N]` averaged
     over n_t stratified t per example, drawn from `noise` (the held-out bitrate estimator; UL_SPEC 7)."""
     total = torch.zeros(n, dtype=torch.float64, device=device)

@@ -51,8 +51,9 @@ class BatchNoise:
 
     def randint(self, high: int) -> torch.Tensor:
         """[rows] integers uniform in [0, high)."""
-        return self._stack([torch.randint(0, high, (), generator=g, device=self.device) for g in self._rows], (),
-                           torch.int64)
+        return self._stack(
+            [torch.randint(0, high, (), generator=g, device=self.device) for g in self._rows], (), torch.int64
+        )
 
     def stratified(self, stratified: bool = True) -> torch.Tensor:
         """[rows] t in [0, 1). Stratified: t_i = (u + i / n) mod 1 over the global batch with one

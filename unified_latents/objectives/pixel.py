@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..diffusion import alpha_sigma
 from ..data.modality import modality_of
+from ..diffusion import alpha_sigma
 from ..nn import encoder_grid
 
 

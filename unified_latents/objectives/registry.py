@@ -11,9 +11,9 @@ import torch
 from .. import dist
 from ..accel import apply_backends, lay_out, resolve
 from ..config import RunConfig
-from ..saved_config import from_saved
 from ..errors import ArtifactError, ConfigError, UserError
 from ..presets import get_preset
+from ..saved_config import from_saved
 from ..training.checkpoint import load_artifact
 from .pixel import PixelSpace, pixel_config
 from .stage1 import UnifiedLatents
@@ -69,10 +69,12 @@ def check_fits(cfg: RunConfig, s1cfg: RunConfig | None, path: Path, device) -> N
     for where in {torch.device("cpu"), torch.device(device)}:
         have = dist.available_memory(where)
         if have is not None and need > have:
-            raise ArtifactError(f"{path}: its config describes networks of {need / 2**30:.1f} GiB "
-                                f"({sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters), more than the "
-                                f"{have / 2**30:.1f} GiB free on {where}; refusing to build them (an artifact from "
-                                "elsewhere? check its source, or use a machine with more memory)")
+            raise ArtifactError(
+                f"{path}: its config describes networks of {need / 2**30:.1f} GiB "
+                f"({sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters), more than the "
+                f"{have / 2**30:.1f} GiB free on {where}; refusing to build them (an artifact from "
+                "elsewhere? check its source, or use a machine with more memory)"
+            )
 
 
 def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None = None):
@@ -86,7 +88,9 @@ def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None
     s1cfg = None
     if cfg.stage == "base":
         if "stage1_config" not in meta:
-            raise ArtifactError(f"{path}: base artifact without its stage-1 config; re-export it with `ul train --stage base`")
+            raise ArtifactError(
+                f"{path}: base artifact without its stage-1 config; re-export it with `ul train --stage base`"
+            )
         s1cfg = checked_config(json.loads(meta["stage1_config"]), path)
     check_fits(cfg, s1cfg, path, device)
     model = build_model(cfg, UnifiedLatents(s1cfg) if s1cfg else None)

@@ -10,8 +10,9 @@ import math
 import torch
 from torch import nn
 
+from ..accel import autocast
 from ..config import NetConfig, RunConfig
-from ..errors import ConfigError
+from ..data.modality import modality_of
 from ..diffusion import (
     CosineSchedule,
     alpha_sigma,
@@ -21,9 +22,8 @@ from ..diffusion import (
     sample_lams,
     sigmoid_weight,
 )
-from ..data.modality import modality_of
+from ..errors import ConfigError
 from ..nn import build_denoiser, build_encoder, check_grid, encoder_grid
-from ..accel import autocast
 from .base import Losses, bcast, denoise, elbo_bits, generation_noise
 from .noise import BatchNoise
 
@@ -44,18 +44,27 @@ def check_grids(cfg: RunConfig, base: NetConfig | None = None) -> None:
     when loaded: what trained has run."""
     m = modality_of(cfg.data)
     size = m.example_shape(cfg.data)[1:]
-    fix = ("set data.resolution" + (" and data.frames" if m.video else "")
-           + " to a multiple of the patch, at least the downsampling")
+    fix = (
+        "set data.resolution"
+        + (" and data.frames" if m.video else "")
+        + " to a multiple of the patch, at least the downsampling"
+    )
     check_grid(cfg.model.encoder, m.dims, size, "encoder", fix)
     per_frame = cfg.model.decoder.per_frame and m.video  # a 2-D network on each frame (else build_denoiser refuses it)
     check_grid(cfg.model.decoder, 2 if per_frame else m.dims, size[1:] if per_frame else size, "decoder", fix)
     grid = latent_shape(cfg)[1:]
     if cfg.diffusion.prior_kind == "diffusion":
-        check_grid(cfg.model.prior, m.dims, grid, "prior (on the latent grid)",
-                   "give model.prior fewer levels or a smaller patch, or the input more pixels")
+        check_grid(
+            cfg.model.prior,
+            m.dims,
+            grid,
+            "prior (on the latent grid)",
+            "give model.prior fewer levels or a smaller patch, or the input more pixels",
+        )
     if base is not None:
-        check_grid(base, m.dims, grid, "base model (on the latent grid)",
-                   "give model.base fewer levels or a smaller patch")
+        check_grid(
+            base, m.dims, grid, "base model (on the latent grid)", "give model.base fewer levels or a smaller patch"
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -85,8 +94,14 @@ class UnifiedLatents(nn.Module):
         self.prior = build_denoiser(m.prior, self.dims, m.latent_channels, m.latent_channels)
         self.x_shape = self.modality.example_shape(cfg.data)
         self.z_shape = latent_shape(cfg)
-        self.decoder = build_denoiser(m.decoder, self.dims, c, c, cond_ch=m.latent_channels,
-                                      cond_frames=self.z_shape[1] if self.modality.video else 0)
+        self.decoder = build_denoiser(
+            m.decoder,
+            self.dims,
+            c,
+            c,
+            cond_ch=m.latent_channels,
+            cond_frames=self.z_shape[1] if self.modality.video else 0,
+        )
         self.sched_z = CosineSchedule(d.lam_z_min, d.lam0)
         self.sched_x = CosineSchedule(d.lam_x_min, d.lam_x_max, cfg.pixel_shift())
         # The loss factor is state (the bitrate controller moves it), so it is saved and restored.
@@ -98,8 +113,9 @@ class UnifiedLatents(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # states and artifacts written before the smoothed bitrate existed: it starts afresh
-        state_dict.setdefault(prefix + "controlled_bits", torch.tensor(float(self.cfg.diffusion.target_bits),
-                                                                       dtype=torch.float64))
+        state_dict.setdefault(
+            prefix + "controlled_bits", torch.tensor(float(self.cfg.diffusion.target_bits), dtype=torch.float64)
+        )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     log_keys = ("prior_nats", "decoder_nats", "bits_per_image", "bpp", "loss_factor", "controlled_bits")
@@ -285,15 +301,18 @@ class UnifiedLatents(nn.Module):
         return model_fn(x, lam_end).clamp(-1, 1)  # final prediction at lam_x_max
 
     @torch.no_grad()
-    def decode_clean(self, z_clean: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None):
+    def decode_clean(
+        self, z_clean: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None
+    ):
         """Decoder sample given z_clean: the log-SNR-5 noise drawn from seed + 1,000,003 as in
         `reconstruct`, so decode_clean(encode(x)) is reconstruct(x) (the encoder mean, with a learned variance)."""
         eps = generation_noise(self.cfg, [s + 1_000_003 for s in seeds], z_clean.device).normal(self.z_shape)
         return self.decode(self.noisy_latent(z_clean, eps), seeds, steps, sampler)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None,
-                    mean_of: int = 1):
+    def reconstruct(
+        self, x: torch.Tensor, seeds: list[int], steps: int | None = None, sampler: str | None = None, mean_of: int = 1
+    ):
         """x -> z_clean -> z0 (fresh noise per seed) -> decoder sample; with `mean_of` K > 1, the
         mean of K decoder samples of the same z0 (an estimate of E[x | z0], the squared-error
         optimal reconstruction; sample j uses decoder seeds offset by j * MEAN_SEED_OFFSET)."""
@@ -302,7 +321,9 @@ class UnifiedLatents(nn.Module):
         noise = generation_noise(self.cfg, [s + 1_000_003 for s in seeds], x.device)
         eps = noise.normal(self.z_shape)
         with autocast(self.cfg, x.device):
-            z_clean, _ = self.sample_latent(x, noise.normal(self.z_shape) if self.cfg.diffusion.learned_variance else None)
+            z_clean, _ = self.sample_latent(
+                x, noise.normal(self.z_shape) if self.cfg.diffusion.learned_variance else None
+            )
         z0 = self.noisy_latent(z_clean, eps)
         out = self.decode(z0, seeds, steps, sampler)
         if self.cfg.diffusion.decoder_kind == "mse":
@@ -317,11 +338,12 @@ class UnifiedLatents(nn.Module):
         z_clean, extra = self.encode_sample(x, seeds)
         noise = generation_noise(self.cfg, seeds, x.device)
         with autocast(self.cfg, x.device):
-            bits = elbo_bits(lambda t, eps: self.prior_loss(z_clean, t, eps), x.shape[0], self.z_shape, noise, x.device, n_t)
+            bits = elbo_bits(
+                lambda t, eps: self.prior_loss(z_clean, t, eps), x.shape[0], self.z_shape, noise, x.device, n_t
+            )
         return bits + extra.double() / math.log(2)
 
     def previews(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images worth a look during training: originals above reconstructions."""
         seeds = list(range(x.shape[0]))
         return {"reconstructions": torch.cat([x, self.reconstruct(x, seeds)], dim=0)}
-

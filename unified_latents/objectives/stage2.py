@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
+from ..accel import autocast
 from ..config import RunConfig, to_dict
-from ..errors import ConfigError
 from ..diffusion import (
     CosineSchedule,
     alpha_sigma,
@@ -24,8 +24,8 @@ from ..diffusion import (
     sigmoid_weight,
 )
 from ..diffusion.guidance import guided
+from ..errors import ConfigError
 from ..nn import build_denoiser
-from ..accel import autocast
 from .base import Autoencoder, Losses, bcast, denoise, elbo_bits, generation_noise
 from .noise import BatchNoise
 from .stage1 import UnifiedLatents
@@ -45,7 +45,9 @@ def encoder_fingerprint(stage1: UnifiedLatents) -> str:
         if enc.get(key) == default:
             enc.pop(key)
     h.update(json.dumps(enc, sort_keys=True).encode())
-    h.update(json.dumps([stage1.cfg.data.resolution, stage1.cfg.data.channels, stage1.cfg.model.latent_channels]).encode())
+    h.update(
+        json.dumps([stage1.cfg.data.resolution, stage1.cfg.data.channels, stage1.cfg.model.latent_channels]).encode()
+    )
     if stage1.cfg.diffusion.learned_variance:  # cached latents are seeded samples, not the means of earlier versions
         h.update(b"latents: one seeded sample per example")
     for k, v in sorted(stage1.encoder.state_dict().items()):
@@ -75,8 +77,9 @@ class BaseModel(nn.Module):
         self.num_classes = cfg.data.num_classes
         self.modality = stage1.modality
         self.context = bool(cfg.base.context) and self.modality.video
-        self.net = build_denoiser(cfg.model.base, stage1.dims, ch, ch, cond_ch=ch + 1 if self.context else 0,
-                                  num_classes=self.num_classes)
+        self.net = build_denoiser(
+            cfg.model.base, stage1.dims, ch, ch, cond_ch=ch + 1 if self.context else 0, num_classes=self.num_classes
+        )
         lam0 = stage1.cfg.diffusion.lam0  # the maximum log-SNR is the encoder's, not a free choice
         self.sched = CosineSchedule(stage1.cfg.diffusion.lam_z_min, lam0, stage1.latent_shift(cfg.base.shift))
         # SD-style latent scale factor (only for baselines: UL never rescales, UL_SPEC 4). Set
@@ -121,7 +124,9 @@ class BaseModel(nn.Module):
         frames = torch.arange(self.z_shape[1], device=k.device)
         return (frames[None] < k[:, None]).float().reshape(-1, 1, self.z_shape[1], 1, 1)
 
-    def context_cond(self, z0_ctx: torch.Tensor | None, mask: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+    def context_cond(
+        self, z0_ctx: torch.Tensor | None, mask: torch.Tensor | None, n: int, device
+    ) -> torch.Tensor | None:
         """The conditioning map [N, C + 1, *grid]: masked context z0 and the mask (zeros = none)."""
         if not self.context:
             return None
@@ -144,14 +149,17 @@ class BaseModel(nn.Module):
         per = self.frames_per_latent()
         k = frames // per
         if k < 1 or frames > self.x_shape[1]:
-            raise ConfigError(f"--context-frames must be between {per} (one latent frame is {per} frames) and "
-                              f"{self.x_shape[1]}, got {frames}")
+            raise ConfigError(
+                f"--context-frames must be between {per} (one latent frame is {per} frames) and "
+                f"{self.x_shape[1]}, got {frames}"
+            )
         held = clips.clone()
         held[:, :, frames:] = clips[:, :, frames - 1 : frames]
         return self.stage1.encode(held), min(k, self.z_shape[1])
 
-    def denoise(self, z_t: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor | None,
-                cond: torch.Tensor | None = None) -> torch.Tensor:
+    def denoise(
+        self, z_t: torch.Tensor, lam: torch.Tensor, labels: torch.Tensor | None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """z_hat of the base network (no context given: the empty conditioning map)."""
         if cond is None and self.context:
             cond = self.context_cond(None, None, z_t.shape[0], z_t.device)
@@ -170,7 +178,9 @@ class BaseModel(nn.Module):
             mask = self.context_mask(noise["ctx_k"])
             ctx = (mask, self.context_cond(self.stage1.noisy_latent(z, noise["eps_ctx"]), mask, z.shape[0], z.device))
         weighted, elbo = self.losses(z, labels, noise["t"], noise["eps"], ctx)
-        return Losses(total=weighted, terms={"base_nats": weighted.detach(), "elbo_bits_per_image": elbo.detach() / math.log(2)})
+        return Losses(
+            total=weighted, terms={"base_nats": weighted.detach(), "elbo_bits_per_image": elbo.detach() / math.log(2)}
+        )
 
     def losses(self, z, labels, t, eps, ctx=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigmoid(b_base - lam)-weighted loss, unweighted ELBO incl. terminal KL), nats [N],
@@ -191,8 +201,13 @@ class BaseModel(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def model_fn(self, labels: torch.Tensor | None, guidance: float = 1.0, interval: list[float] | None = None,
-                 ctx: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+    def model_fn(
+        self,
+        labels: torch.Tensor | None,
+        guidance: float = 1.0,
+        interval: list[float] | None = None,
+        ctx: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ):
         """(z_t, lam) -> z_hat, with classifier-free guidance when labels are given. With
         `ctx` = (mask, cond map, context z_clean) the known frames' prediction is their true
         z_clean, so every step keeps them consistent with the context."""
@@ -235,16 +250,31 @@ class BaseModel(nn.Module):
             z_ctx, k = context
             z_ctx = z_ctx.to(device) * self.latent_scale
             mask = self.context_mask(torch.full((len(seeds),), int(k), device=device))
-            z0_ctx = self.stage1.noisy_latent(z_ctx, generation_noise(self.cfg, [s + CONTEXT_SEED_OFFSET for s in seeds], device).normal(self.z_shape))
+            z0_ctx = self.stage1.noisy_latent(
+                z_ctx, generation_noise(self.cfg, [s + CONTEXT_SEED_OFFSET for s in seeds], device).normal(self.z_shape)
+            )
             ctx = (mask, self.context_cond(z0_ctx, mask, len(seeds), device), z_ctx)
-        fn = self.model_fn(labels, sc.guidance if guidance is None else guidance,
-                           sc.guidance_interval if interval is None else interval, ctx)
+        fn = self.model_fn(
+            labels,
+            sc.guidance if guidance is None else guidance,
+            sc.guidance_interval if interval is None else interval,
+            ctx,
+        )
         z = run_sampler(fn, z, lams, sampler or sc.sampler, noise.like)
         return z if ctx is None else ctx[0] * z0_ctx + (1 - ctx[0]) * z
 
     @torch.no_grad()
-    def generate(self, seeds, labels=None, steps=None, decoder_steps=None, sampler=None, guidance=None, interval=None,
-                 context=None):
+    def generate(
+        self,
+        seeds,
+        labels=None,
+        steps=None,
+        decoder_steps=None,
+        sampler=None,
+        guidance=None,
+        interval=None,
+        context=None,
+    ):
         """Images [N, *x_shape] in [-1, 1]: z0 from the base model, then the decoder."""
         z0 = self.sample_latents(seeds, labels, steps, sampler, guidance, interval, context) / self.latent_scale
         return self.stage1.decode(z0, [s + DECODER_SEED_OFFSET for s in seeds], decoder_steps, sampler)
@@ -257,7 +287,9 @@ class BaseModel(nn.Module):
         z = z * self.latent_scale
         noise = generation_noise(self.cfg, seeds, z.device)
         with autocast(self.cfg, z.device):
-            return elbo_bits(lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, noise, z.device, n_t)
+            return elbo_bits(
+                lambda t, eps: self.losses(z, labels, t, eps)[1], z.shape[0], self.z_shape, noise, z.device, n_t
+            )
 
     @torch.no_grad()
     def image_bits(self, x: torch.Tensor, labels: torch.Tensor | None, seeds: list[int], n_t: int = 8) -> torch.Tensor:

@@ -23,8 +23,10 @@ LEGACY_STATE_RE = re.compile(r"training-state-(\d{12})\.pt$")  # states of earli
 def load_legacy_state(path: Path) -> dict:
     """A `training-state-*.pt` of an earlier version (torch.load with weights_only: no code runs)."""
     if _torch_version() < (2, 10):
-        raise ResumeError(f"{path} is a pickle-based state of an earlier version; reading it safely needs torch >= 2.10 "
-                          f"(weights_only loading is not safe before), this is {torch.__version__}: upgrade torch")
+        raise ResumeError(
+            f"{path} is a pickle-based state of an earlier version; reading it safely needs torch >= 2.10 "
+            f"(weights_only loading is not safe before), this is {torch.__version__}: upgrade torch"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, or holds objects that need code to load
@@ -89,18 +91,24 @@ def read_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         index = json.loads((path / EXPORT_INDEX).read_text())
         config = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path} is not a complete unified-latents export ({e}); export it again with `ul export`") from None
+        raise ArtifactError(
+            f"{path} is not a complete unified-latents export ({e}); export it again with `ul export`"
+        ) from None
     if index.get("format") != EXPORT_FORMAT:
         raise ArtifactError(f"{path}: {EXPORT_INDEX} is not of the format {EXPORT_FORMAT}; export it with `ul export`")
     try:
         comps = dict(index["components"])
         stage = config["stage"]
     except (KeyError, TypeError, ValueError):
-        raise ArtifactError(f"{path}: {EXPORT_INDEX} or config.json is damaged; export it again with `ul export`") from None
+        raise ArtifactError(
+            f"{path}: {EXPORT_INDEX} or config.json is damaged; export it again with `ul export`"
+        ) from None
     allowed = component_prefixes(stage) if stage in ("latents", "base", "pixel") else {}
     if any(allowed.get(name) != prefix for name, prefix in comps.items()):  # names become paths: only ours
-        raise ArtifactError(f"{path}: {EXPORT_INDEX} lists components {sorted(comps)} that a '{stage}' export "
-                            "does not have; export it again with `ul export`")
+        raise ArtifactError(
+            f"{path}: {EXPORT_INDEX} lists components {sorted(comps)} that a '{stage}' export "
+            "does not have; export it again with `ul export`"
+        )
     tensors = {}
     for name, prefix in comps.items():
         part, _ = read_safetensors(path / name / "model.safetensors", ArtifactError, "download or export it again")
@@ -120,7 +128,10 @@ def load_artifact(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         raise ArtifactError(f"artifact {path} does not exist; pass the .safetensors file written by `ul train`")
     tensors, meta = read_safetensors(path, ArtifactError, "re-copy it or re-export it")
     if meta.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(f"{path} is not a unified-latents artifact (no '{ARTIFACT_FORMAT}' metadata); use a file written by `ul train`")
+        raise ArtifactError(
+            f"{path} is not a unified-latents artifact (no '{ARTIFACT_FORMAT}' metadata); use a file written "
+            "by `ul train`"
+        )
     try:
         config = json.loads(meta["config"])
     except (KeyError, json.JSONDecodeError):

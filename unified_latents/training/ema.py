@@ -51,5 +51,5 @@ class EMA:
                 torch._foreach_lerp_(dsts, srcs, 1 - d)
             else:  # a list of 0-d weights: one 0-d tensor would be read as a Python scalar (a host read)
                 torch._foreach_lerp_(dsts, srcs, [ok.to(dsts[0].dtype) * (1 - d)] * len(dsts))
-        for e, b in zip(self.model.buffers(), model.buffers()):
+        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
             e.copy_(b)

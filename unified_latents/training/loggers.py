@@ -52,7 +52,8 @@ class TensorBoardLog(NoLog):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("train.log=tensorboard needs TensorBoard: pip install tensorboard") from None
-        # purge_step: events a resumed run wrote after its checkpoint (steps > start) are dropped, as stats.jsonl lines are
+        # purge_step: events a resumed run wrote after its checkpoint (steps > start) are dropped,
+        # as stats.jsonl lines are
         self.w = SummaryWriter(log_dir=str(Path(outdir) / "tensorboard"), purge_step=start + 1 if start else None)
         self.last = start
 
@@ -80,9 +81,12 @@ class WandbLog(NoLog):
         except ImportError:
             raise UserError("train.log=wandb needs Weights & Biases: pip install wandb") from None
         self.wandb, self.last = wandb, start
-        run_id = hashlib.sha256(str(Path(outdir).resolve()).encode()).hexdigest()[:16]  # one run per folder: resumes continue it
-        self.run = wandb.init(project="unified-latents", name=Path(outdir).name, id=run_id, resume="allow",
-                              dir=str(outdir), config=config)
+        run_id = hashlib.sha256(str(Path(outdir).resolve()).encode()).hexdigest()[
+            :16
+        ]  # one run per folder: resumes continue it
+        self.run = wandb.init(
+            project="unified-latents", name=Path(outdir).name, id=run_id, resume="allow", dir=str(outdir), config=config
+        )
         # x axis: samples seen, a logged value (wandb's own step only grows, so a resumed run's
         # records after its checkpoint could not be logged again against it)
         self.run.define_metric("samples")

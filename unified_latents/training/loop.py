@@ -6,8 +6,9 @@ Progress is counted in samples seen (global). Resume = rerun the same command: t
 state (training/run.py, training/state.py) holds weights, EMA, optimizer, the objective's
 buffers and the sample count; data order and every random number are functions of (seed,
 samples seen, row), so a resumed run replays exactly what a straight run would have done, and
-any number of processes optimises the same (dropout masks aside: they are drawn per process). How the model is laid out (DDP, FSDP2, compile, activation
-checkpointing) is training/parallel.py's business.
+any number of processes optimises the same (dropout masks aside: they are drawn per process).
+How the model is laid out (DDP, FSDP2, compile, activation checkpointing) is
+training/parallel.py's business.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -28,12 +29,12 @@ from tqdm import tqdm
 
 from .. import dist
 from ..config import RunConfig, to_dict
-from ..saved_config import incompatible_changes
 from ..data import DataOrder
 from ..data.sampler import MicroBatches, micro_batch_loader
 from ..errors import ConfigError, ResumeError, TrainingError
-from ..objectives.noise import BatchNoise, step_key
 from ..files import read_jsonl
+from ..objectives.noise import BatchNoise, step_key
+from ..saved_config import incompatible_changes
 from .checkpoint import atomic_write_text
 from .loggers import check_kind, make_log
 from .run import Run, checkpoint, finish_pending, setup, write_posthoc
@@ -62,7 +63,9 @@ def lr_at(cfg, samples: int) -> float:
 def _check_batch(cfg: RunConfig, world: int) -> tuple[int, int]:
     t = cfg.train
     if t.batch % world:
-        raise ConfigError(f"train.batch={t.batch} is not divisible by the {world} processes; choose a multiple of {world}")
+        raise ConfigError(
+            f"train.batch={t.batch} is not divisible by the {world} processes; choose a multiple of {world}"
+        )
     per_rank = t.batch // world
     micro = t.micro_batch or per_rank
     if per_rank % micro:
@@ -146,7 +149,7 @@ def train(
 
 
 def _train_loop(run: Run, start: int, log, preview_x, save_previews, progress, until) -> TrainResult:
-    cfg, t, data = run.cfg, run.cfg.train, run.data
+    t, data = run.cfg.train, run.data
     preview = _previewer(run, preview_x, save_previews, log)
     show = dist.is_main() and (sys.stderr.isatty() if progress is None else progress)
     bar = tqdm(total=t.total_samples, initial=run.samples, unit="img", disable=not show, dynamic_ncols=True)
@@ -156,8 +159,9 @@ def _train_loop(run: Run, start: int, log, preview_x, save_previews, progress, u
     try:
         with flag:
             end = t.total_samples if until is None else min(until, t.total_samples)
-            items = MicroBatches(data, DataOrder(len(data), t.seed), run.samples, end, t.batch, dist.rank(),
-                                 run.per_rank, run.micro)
+            items = MicroBatches(
+                data, DataOrder(len(data), t.seed), run.samples, end, t.batch, dist.rank(), run.per_rank, run.micro
+            )
             batches = iter(micro_batch_loader(items, run.accel.workers, pin=run.accel.pin_memory))
             while run.samples < end:
                 step, lr = _step(run, batches)
@@ -165,8 +169,14 @@ def _train_loop(run: Run, start: int, log, preview_x, save_previews, progress, u
                 if step % t.log_every == 0 or run.samples >= t.total_samples:
                     settle(run)  # the steps' device results, read once per logged step
                     now = time.time()
-                    rec = {"samples": run.samples, "step": step + 1, "lr": lr, "bad_steps": run.bad_total,
-                           "sec": now - t_last, **run.metrics}
+                    rec = {
+                        "samples": run.samples,
+                        "step": step + 1,
+                        "lr": lr,
+                        "bad_steps": run.bad_total,
+                        "sec": now - t_last,
+                        **run.metrics,
+                    }
                     t_last = now
                     _log(rec, run.model.log_keys, t.total_samples, stats_f, bar, show)
                     log.scalars(rec)
@@ -236,14 +246,16 @@ def _step(run: Run, batches) -> tuple[int, float]:
     a device value on the host when the optimizer can skip a non-finite step itself (the fused
     kernel's found_inf): the step's loss terms, gradient norm and finiteness stay on the device
     until `settle`. Otherwise whether to step is read at once (one read per step)."""
-    t, model, device, acc = run.cfg.train, run.model, run.device, run.accel
+    t, model, device = run.cfg.train, run.model, run.device
     rank, per_rank = dist.rank(), run.per_rank
     step = run.samples // t.batch
     lr = lr_at(run.cfg, run.samples)
     for g in run.opt.param_groups:
         g["lr"] = lr
     # This process draws only its own rows' noise, each row from its own (seed, step, row) stream.
-    noise = model.draw_noise(BatchNoise(step_key(t.seed, step), t.batch, rank * per_rank, (rank + 1) * per_rank, device))
+    noise = model.draw_noise(
+        BatchNoise(step_key(t.seed, step), t.batch, rank * per_rank, (rank + 1) * per_rank, device)
+    )
     torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + rank)  # dropout
     model.train()
     sums = _accumulate(run, batches, noise)
@@ -252,7 +264,7 @@ def _step(run: Run, batches) -> tuple[int, float]:
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
     gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a replicated DTensor
     ok = torch.isfinite(red[keys.index("loss")]) & torch.isfinite(gnorm)
-    run.live = {**dict(zip(keys, red)), "grad_norm": gnorm}
+    run.live = {**dict(zip(keys, red, strict=True)), "grad_norm": gnorm}
     run.unread.append(ok)
     if run.accel.fused_adam:  # the kernel skips a non-finite step on the device: nothing is read here
         run.opt.found_inf = (~ok).to(torch.float32)
@@ -287,7 +299,7 @@ def settle(run: Run) -> None:
     vals = [torch.as_tensor(run.live[k], dtype=torch.float64, device=run.device).reshape(()) for k in names]
     host = torch.stack([*(f.to(torch.float64) for f in run.unread), *vals]).tolist()
     flags, run.unread, run.live = host[: len(run.unread)], [], {}
-    run.metrics.update(zip(names, host[len(flags):]))
+    run.metrics.update(zip(names, host[len(flags) :], strict=True))
     for good in flags:
         run.consecutive_bad = 0 if good else run.consecutive_bad + 1
         run.bad_total += 0 if good else 1
@@ -361,4 +373,3 @@ def _truncate_stats(path: Path, samples: int) -> None:
         return
     keep = [rec for rec in read_jsonl(path) if rec.get("samples", 0) <= samples]  # a torn line is dropped
     atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in keep))
-

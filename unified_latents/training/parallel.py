@@ -43,8 +43,10 @@ def trainable_networks(model: nn.Module) -> list[nn.Module]:
     stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
     mixed = [n for n, p in model.named_parameters() if not p.requires_grad and id(p) in covered]
     if stray or mixed:
-        raise ConfigError(f"parameter {(stray or mixed)[0]!r} is not in a wholly trainable top-level network, which "
-                          "train.shard=fsdp, train.compile and train.activation_checkpointing need; turn them off")
+        raise ConfigError(
+            f"parameter {(stray or mixed)[0]!r} is not in a wholly trainable top-level network, which "
+            "train.shard=fsdp, train.compile and train.activation_checkpointing need; turn them off"
+        )
     return nets
 
 
@@ -102,8 +104,7 @@ def optimizer(cfg: RunConfig, model: nn.Module, acc: Accel) -> torch.optim.Optim
     lets the loop skip a non-finite step on the device: `found_inf`)."""
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
-                             fused=acc.fused_adam)
+    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=acc.fused_adam)
 
 
 def wrap_blocks(nets: list[nn.Module], compile: bool, recompute: bool) -> None:
@@ -135,8 +136,11 @@ def _fully_shard(nets: list[nn.Module], device: torch.device, mixed: bool) -> li
 
     # Inputs stay as they come (cast_forward_inputs=False): autocast casts what the matmuls take,
     # while the log-SNR reaches NoiseEmbedding in fp32 (in bf16, 7.30 and 7.32 are one value).
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
-              if mixed else MixedPrecisionPolicy())
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+        if mixed
+        else MixedPrecisionPolicy()
+    )
     units = []
     for net in nets:
         for b in blocks(net):

@@ -69,8 +69,12 @@ def write_snapshot(folder: Path, ema: PowerEMA, weights: dict[str, torch.Tensor]
     path = Path(folder) / snapshot_name(ema.sigma, samples)
     if path.exists():
         return
-    meta = {"sigma_rel": json.dumps(ema.sigma), "gamma": json.dumps(ema.gamma), "step": json.dumps(step),
-            "samples": json.dumps(samples)}
+    meta = {
+        "sigma_rel": json.dumps(ema.sigma),
+        "gamma": json.dumps(ema.gamma),
+        "step": json.dumps(step),
+        "samples": json.dumps(samples),
+    }
     blob = save({k: v.detach().cpu().contiguous() for k, v in weights.items()}, metadata=meta)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
 
@@ -80,8 +84,14 @@ def _inner(t1: np.ndarray, g1: np.ndarray, t2: np.ndarray, g2: np.ndarray) -> np
     [0, t]: (g1 + 1)(g2 + 1) min(t1, t2)^(g1 + g2 + 1) / ((g1 + g2 + 1) t1^(g1 + 1) t2^(g2 + 1)),
     in logs (the exponents are large)."""
     tm = np.minimum(t1, t2)
-    log = (np.log(g1 + 1) + np.log(g2 + 1) + (g1 + g2 + 1) * np.log(tm) - np.log(g1 + g2 + 1)
-           - (g1 + 1) * np.log(t1) - (g2 + 1) * np.log(t2))
+    log = (
+        np.log(g1 + 1)
+        + np.log(g2 + 1)
+        + (g1 + g2 + 1) * np.log(tm)
+        - np.log(g1 + g2 + 1)
+        - (g1 + 1) * np.log(t1)
+        - (g2 + 1) * np.log(t2)
+    )
     return np.exp(log)
 
 
@@ -119,18 +129,22 @@ def reconstruct(folder: Path, sigma: float, samples: int | None = None) -> tuple
     (snapshots used, the fit's relative error)."""
     snaps = list_snapshots(folder)
     if not snaps:
-        raise UserError(f"no post-hoc EMA snapshots in {folder}: train with --set 'train.posthoc_ema=[0.05,0.1]' "
-                        "to choose the EMA length after training")
+        raise UserError(
+            f"no post-hoc EMA snapshots in {folder}: train with --set 'train.posthoc_ema=[0.05,0.1]' "
+            "to choose the EMA length after training"
+        )
     if samples is not None:
         snaps = [s for s in snaps if s["samples"] <= samples]
         if not snaps or max(s["samples"] for s in snaps) != samples:
-            raise UserError(f"{folder} holds no post-hoc EMA snapshot at {samples:,} samples, where the artifact "
-                            "was written; rebuild from the run's own artifact.safetensors")
+            raise UserError(
+                f"{folder} holds no post-hoc EMA snapshot at {samples:,} samples, where the artifact "
+                "was written; rebuild from the run's own artifact.safetensors"
+            )
     end = max(s["step"] for s in snaps)
     target = gamma_of(sigma)
     x, fit = solve([s["step"] for s in snaps], [s["gamma"] for s in snaps], target, end)
     out: dict[str, torch.Tensor] = {}
-    for w, s in zip(x, snaps):
+    for w, s in zip(x, snaps, strict=True):
         with safe_open(str(s["path"]), "pt") as f:
             for k in f.keys():
                 v = f.get_tensor(k).double() * float(w)
@@ -144,19 +158,25 @@ def apply_ema_length(net: torch.nn.Module, artifact: Path, sigma: float, prefix:
     parameters whose names, with `prefix`, the snapshots hold. Returns reconstruct's summary."""
     artifact = Path(artifact)
     if not artifact.is_file():
-        raise UserError(f"--ema-length needs a run's artifact.safetensors (beside its {FOLDER}/ folder), not {artifact}")
+        raise UserError(
+            f"--ema-length needs a run's artifact.safetensors (beside its {FOLDER}/ folder), not {artifact}"
+        )
     with safe_open(str(artifact), "pt") as f:
         meta = f.metadata() or {}
     if "distilled" in meta:
-        raise UserError(f"{artifact} is distilled: its networks are not the averages that its run's snapshots hold; "
-                        "apply --ema-length to the teacher, then distil that")
+        raise UserError(
+            f"{artifact} is distilled: its networks are not the averages that its run's snapshots hold; "
+            "apply --ema-length to the teacher, then distil that"
+        )
     samples = json.loads(meta["samples"]) if "samples" in meta else None
     weights, info = reconstruct(artifact.parent / FOLDER, sigma, samples)
     params = dict(net.named_parameters())
     missing = [k for k in weights if k.removeprefix(prefix) not in params or not k.startswith(prefix)]
     if missing or not weights:
-        raise UserError(f"the post-hoc EMA snapshots beside {artifact} do not fit this model (e.g. {missing[:1]}); "
-                        "they belong to another run")
+        raise UserError(
+            f"the post-hoc EMA snapshots beside {artifact} do not fit this model (e.g. {missing[:1]}); "
+            "they belong to another run"
+        )
     with torch.no_grad():
         for k, v in weights.items():
             p = params[k.removeprefix(prefix)]

@@ -34,9 +34,11 @@ from ..data.fingerprint import comparable, data_fingerprint
 from ..errors import ConfigError, ResumeError, TrainingError
 from .checkpoint import LEGACY_STATE_RE, load_legacy_state, save_artifact
 from .ema import EMA
-from .posthoc_ema import FOLDER as POSTHOC_FOLDER, PowerEMA, write_snapshot
 from .parallel import Layout, full_state, prepare
+from .posthoc_ema import FOLDER as POSTHOC_FOLDER
+from .posthoc_ema import PowerEMA, write_snapshot
 from .state import PendingSave, list_states, load_tensors, read_meta, remove_stale, save_state
+
 
 @dataclass
 class Run:
@@ -90,13 +92,18 @@ class Run:
         return out, osd["param_groups"]
 
     def meta(self) -> dict:
-        return {"bad_steps": self.bad_total, "metrics": self.metrics, "config": to_dict(self.cfg),
-                "fingerprints": self.fingerprints}
+        return {
+            "bad_steps": self.bad_total,
+            "metrics": self.metrics,
+            "config": to_dict(self.cfg),
+            "fingerprints": self.fingerprints,
+        }
 
 
 def fingerprints(cfg: RunConfig, model: nn.Module) -> dict:
     """The training data's content fingerprint and, for stage 2, the frozen encoder's: a state is
     resumed only with the same ones (rank 0 computes them; every process gets rank 0's)."""
+
     def compute() -> dict:
         fp = {"data": data_fingerprint(cfg.data, cfg.data.source)}
         encoder = model.artifact_metadata().get("encoder_fingerprint")
@@ -107,11 +114,11 @@ def fingerprints(cfg: RunConfig, model: nn.Module) -> dict:
 
 CHANGED = {
     "data": "the training data ({source}) is not the data this run has trained on so far (files added, removed "
-            "or changed); restore that data to resume, or pass a new --outdir to start over on this data",
+    "or changed); restore that data to resume, or pass a new --outdir to start over on this data",
     "encoder": "the stage-1 artifact ({stage1}) is not the one this stage-2 run started from (was stage 1 "
-               "retrained? or, for an encoder with a learned variance, its latents are now one seeded sample per "
-               "example instead of the mean); the base model would continue on other latents: pass a new --outdir "
-               "to train a base model on this encoder, or restore the stage-1 artifact it started from",
+    "retrained? or, for an encoder with a learned variance, its latents are now one seeded sample per "
+    "example instead of the mean); the base model would continue on other latents: pass a new --outdir "
+    "to train a base model on this encoder, or restore the stage-1 artifact it started from",
 }
 
 
@@ -121,12 +128,15 @@ def check_fingerprints(run: Run, meta: dict) -> None:
     saved["data"] = comparable(saved.get("data"))  # a data fingerprint of an earlier kind is not compared
     for key, text in CHANGED.items():
         if saved.get(key) is not None and saved[key] != run.fingerprints.get(key):
-            raise ResumeError(f"cannot resume {run.outdir}: " + text.format(source=run.cfg.data.source,
-                                                                           stage1=run.cfg.base.stage1_artifact))
+            raise ResumeError(
+                f"cannot resume {run.outdir}: "
+                + text.format(source=run.cfg.data.source, stage1=run.cfg.base.stage1_artifact)
+            )
 
 
-def setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device, artifact_kind: str,
-          per_rank: int, micro: int) -> Run:
+def setup(
+    cfg: RunConfig, outdir: Path, build_model, data, device: torch.device, artifact_kind: str, per_rank: int, micro: int
+) -> Run:
     """Model, EMA, layout and optimizer, restored from the newest readable state when there is one."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
     model = build_model().to(device)
@@ -135,12 +145,27 @@ def setup(cfg: RunConfig, outdir: Path, build_model, data, device: torch.device,
     lay_out(model, acc)  # before the EMA copies are made, so they share the layout
     ema = EMA(model, cfg.train.ema_decay)
     if cfg.train.posthoc_ema and cfg.train.shard == "fsdp" and dist.world() > 1:
-        raise ConfigError("train.posthoc_ema is not supported with train.shard=fsdp yet; use train.shard=ddp, "
-                          "or train without post-hoc EMA")
+        raise ConfigError(
+            "train.posthoc_ema is not supported with train.shard=fsdp yet; use train.shard=ddp, "
+            "or train without post-hoc EMA"
+        )
     posthoc = [PowerEMA(model, s) for s in cfg.train.posthoc_ema]
     layout = prepare(cfg, model, ema, device)
-    run = Run(cfg, outdir, model, ema, layout, data, device, artifact_kind, per_rank, micro, acc,
-              fingerprints=fps, posthoc=posthoc)
+    run = Run(
+        cfg,
+        outdir,
+        model,
+        ema,
+        layout,
+        data,
+        device,
+        artifact_kind,
+        per_rank,
+        micro,
+        acc,
+        fingerprints=fps,
+        posthoc=posthoc,
+    )
     if cfg.train.async_checkpoint and dist.world() > 1:
         run.ckpt_group = dist.side_group()
     if dist.is_main():
@@ -168,18 +193,21 @@ def _resume(run: Run) -> None:
     for i, name in enumerate(names):
         path = run.outdir / name
         if not dist.all_agree(path.exists()):
-            raise ResumeError(f"{path} is not visible on every process: --outdir must be a folder that all "
-                              "nodes share (the same path on each)")
+            raise ResumeError(
+                f"{path} is not visible on every process: --outdir must be a folder that all "
+                "nodes share (the same path on each)"
+            )
         try:
             meta = _load_legacy(run, path) if name.endswith(".pt") else _load(run, path)
         except ResumeError as e:
             if i + 1 == len(names):
-                raise ResumeError(f"{e}. No readable training state is left in {run.outdir}: "
-                                  "restore one or pass a new --outdir") from None
+                raise ResumeError(
+                    f"{e}. No readable training state is left in {run.outdir}: restore one or pass a new --outdir"
+                ) from None
             dist.print0(f"warning: {e}; resuming from the state before it ({names[i + 1]})")
             continue
         check_fingerprints(run, meta)
-        dist.on_main(lambda: _set_aside(run.outdir, names[:i]), "setting damaged states aside")
+        dist.on_main(lambda bad=names[:i]: _set_aside(run.outdir, bad), "setting damaged states aside")
         run.samples, run.bad_total = int(meta["samples"]), int(meta.get("bad_steps", 0))
         run.metrics = meta.get("metrics", {})  # the last step's, for a run that is already done
         run.saved_at = run.samples
@@ -211,8 +239,13 @@ def _apply(run: Run, path: Path, tensors: dict, groups: list, stateless: dict) -
     left with none, as in the run that wrote it."""
     opts = StateDictOptions(strict=False)  # frozen parameters are not in the state
     try:
-        set_state_dict(run.model, run.opt, model_state_dict=tensors["model"], options=opts,
-                       optim_state_dict={"state": {**tensors["optim"]["state"], **stateless}, "param_groups": groups})
+        set_state_dict(
+            run.model,
+            run.opt,
+            model_state_dict=tensors["model"],
+            options=opts,
+            optim_state_dict={"state": {**tensors["optim"]["state"], **stateless}, "param_groups": groups},
+        )
         params = dict(run.model.named_parameters())
         for name in stateless:
             run.opt.state.pop(params[name], None)
@@ -233,7 +266,11 @@ def _load_legacy(run: Run, path: Path) -> dict:
         run.opt.load_state_dict(legacy_optimizer_state(st["optimizer"], run.model))
     except (RuntimeError, KeyError, ValueError) as e:
         raise ResumeError(f"{path} does not fit this model ({e}); pass a new --outdir") from None
-    return {"samples": st["samples"], "bad_steps": st.get("bad_steps", 0), "metrics": json.loads(st.get("metrics", "{}"))}
+    return {
+        "samples": st["samples"],
+        "bad_steps": st.get("bad_steps", 0),
+        "metrics": json.loads(st.get("metrics", "{}")),
+    }
 
 
 def legacy_optimizer_state(sd: dict, model: nn.Module) -> dict:
@@ -244,7 +281,9 @@ def legacy_optimizer_state(sd: dict, model: nn.Module) -> dict:
     if len(group["params"]) != len(params):
         return sd  # not of that layout: let load_state_dict say what does not fit
     keep = [i for i, p in enumerate(params) if p.requires_grad]
-    state = {new: sd["state"][group["params"][old]] for new, old in enumerate(keep) if group["params"][old] in sd["state"]}
+    state = {
+        new: sd["state"][group["params"][old]] for new, old in enumerate(keep) if group["params"][old] in sd["state"]
+    }
     return {"state": state, "param_groups": [{**group, "params": list(range(len(keep)))}]}
 
 
@@ -264,17 +303,25 @@ def _disk_guard(run: Run, fn):
     try:
         return fn()
     except (OSError, CheckpointException) as e:
-        kept = f"the previous training state ({before:,} samples) is kept" if before >= 0 else "no training state was written yet"
-        raise TrainingError(f"could not write the checkpoint at {run.samples:,} samples in {run.outdir} ({_reason(e)}); "
-                            f"{kept}: {_fix(e)} and rerun the same command to resume from it") from None
+        kept = (
+            f"the previous training state ({before:,} samples) is kept"
+            if before >= 0
+            else "no training state was written yet"
+        )
+        raise TrainingError(
+            f"could not write the checkpoint at {run.samples:,} samples in {run.outdir} ({_reason(e)}); "
+            f"{kept}: {_fix(e)} and rerun the same command to resume from it"
+        ) from None
 
 
 def _checkpoint(run: Run) -> Path:
     finish_pending(run)
     weights = full_state(run.ema.model, run.layout.sharded)  # gathered on rank 0 under FSDP
     extra = {"samples": run.samples, "metrics": run.metrics, **run.model.artifact_metadata()}
-    dist.on_main(lambda: save_artifact(run.artifact, weights, to_dict(run.cfg), run.artifact_kind, extra),
-                 f"writing {run.artifact}")
+    dist.on_main(
+        lambda: save_artifact(run.artifact, weights, to_dict(run.cfg), run.artifact_kind, extra),
+        f"writing {run.artifact}",
+    )
     run.artifact_at = run.samples
     write_posthoc(run)
     if run.saved_at != run.samples:
@@ -294,8 +341,10 @@ def finish_pending(run: Run) -> None:
     try:
         pending.finish()
     except (OSError, CheckpointException) as e:
-        raise TrainingError(f"could not complete the training state {pending.final} ({_reason(e)}); the states "
-                            f"before it are kept: {_fix(e)} and rerun the same command to resume") from None
+        raise TrainingError(
+            f"could not complete the training state {pending.final} ({_reason(e)}); the states "
+            f"before it are kept: {_fix(e)} and rerun the same command to resume"
+        ) from None
 
 
 def _fix(e: Exception) -> str:
@@ -304,8 +353,11 @@ def _fix(e: Exception) -> str:
     text = f"{e} {getattr(e, 'strerror', '')}"
     if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text:
         return "free space"
-    if getattr(e, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM) or "Permission denied" in text \
-            or "Read-only" in text:
+    if (
+        getattr(e, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM)
+        or "Permission denied" in text
+        or "Read-only" in text
+    ):
         return "make the folder writable"
     return "fix the cause above (if it names no folder problem, please report it as a bug)"
 
@@ -331,8 +383,10 @@ def write_posthoc(run: Run) -> None:
     def write() -> None:
         for p in run.posthoc:
             weights = {n: v for n, v in p.model.state_dict().items() if n in names}
-            dist.on_main(lambda: write_snapshot(run.outdir / POSTHOC_FOLDER, p, weights, step, run.samples),
-                         f"writing a post-hoc EMA snapshot in {run.outdir / POSTHOC_FOLDER}")
+            dist.on_main(
+                lambda p=p, weights=weights: write_snapshot(run.outdir / POSTHOC_FOLDER, p, weights, step, run.samples),
+                f"writing a post-hoc EMA snapshot in {run.outdir / POSTHOC_FOLDER}",
+            )
 
     if run.posthoc:
         _disk_guard(run, write)

@@ -162,8 +162,9 @@ def _drop_stateless(state: dict, prefix: str, have: set) -> dict:
     is refused rather than resumed with fresh moments."""
     if not any(k.startswith(prefix + ".") for k in have):
         return {}
-    return {name: state.pop(name) for name in list(state)
-            if not any(f"{prefix}.{name}.{k}" in have for k in state[name])}
+    return {
+        name: state.pop(name) for name in list(state) if not any(f"{prefix}.{name}.{k}" in have for k in state[name])
+    }
 
 
 def _reason(e: BaseException) -> str:
