@@ -3,7 +3,7 @@
 See UL_SPEC (the project's specification) and the README for usage.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load(path, device: str = "auto"):
