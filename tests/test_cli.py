@@ -142,7 +142,7 @@ def test_error_value_out_of_range(tmp_path, override, rule):
 
 
 def test_every_preset_passes_the_range_checks():
-    from unified_latents.config import check_ranges
+    from unified_latents.config_ranges import check_ranges
     from unified_latents.presets import PRESETS, get_preset
 
     for name in PRESETS:

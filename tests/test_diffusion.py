@@ -134,7 +134,7 @@ def _flow_error(sampler: str, steps: int) -> float:
 
 
 def test_dpm_solver_is_second_order_and_beats_ddim_at_equal_calls():
-    from unified_latents.cli.main import SAMPLER_NAMES
+    from unified_latents.cli.parser import SAMPLER_NAMES
     from unified_latents.diffusion import SAMPLERS
 
     assert sorted(SAMPLER_NAMES) == sorted(SAMPLERS)

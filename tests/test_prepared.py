@@ -121,7 +121,11 @@ def test_unreadable_file_is_one_clear_error_or_listed_with_skip_bad(tmp_path):
 
 
 def test_interrupted_prepare_resumes_at_the_first_missing_part(tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "PART", 5)
+    import dataclasses
+
+    from unified_latents.data import modality
+
+    monkeypatch.setattr(modality, "IMAGE", dataclasses.replace(modality.IMAGE, part=5))  # images per part
     src, dest = _folder(tmp_path / "src"), tmp_path / "prep"
     cfg = _cfg(src)
     prep.prepare(cfg.data, str(src), dest, progress=False)

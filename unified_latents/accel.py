@@ -86,10 +86,16 @@ def autocast(cfg: RunConfig, device: torch.device | str):
     return resolve(cfg, device).autocast()
 
 
+def _cudnn_conv():
+    """cuDNN's convolution switches: torch.backends.cudnn.conv exists (set when torch.backends.cudnn
+    is imported) but torch's type stubs do not declare it."""
+    return torch.backends.cudnn.conv  # type: ignore[attr-defined]
+
+
 def apply_backends(acc: Accel) -> None:
     """The process-wide switches: TF32 for float32 matmuls and convolutions, cuDNN autotuning."""
     torch.backends.cuda.matmul.fp32_precision = "tf32" if acc.tf32 else "ieee"
-    torch.backends.cudnn.conv.fp32_precision = "tf32" if acc.tf32 else "ieee"
+    _cudnn_conv().fp32_precision = "tf32" if acc.tf32 else "ieee"
     torch.backends.cudnn.benchmark = acc.cudnn_benchmark
 
 
@@ -97,14 +103,14 @@ def apply_backends(acc: Accel) -> None:
 def exact_fp32():
     """Float32 without TF32 and without autocast, whatever the process has switched on: for the
     Inception features of FID, which are compared with features computed elsewhere."""
-    saved = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    saved = (torch.backends.cuda.matmul.fp32_precision, _cudnn_conv().fp32_precision)
     torch.backends.cuda.matmul.fp32_precision = "ieee"
-    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    _cudnn_conv().fp32_precision = "ieee"
     try:
         with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             yield
     finally:
-        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+        torch.backends.cuda.matmul.fp32_precision, _cudnn_conv().fp32_precision = saved
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:

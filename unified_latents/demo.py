@@ -8,14 +8,12 @@ uploaded image in; its reconstruction, its latent bits and the PSNR out.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from .api import UnifiedLatentsModel, load
-from .data.transforms import crop_pad
+from .data.transforms import crop_pad, pil_chw
 from .errors import UserError
 from .eval.metrics import psnr
 
@@ -53,28 +51,8 @@ def generate(
         decoder_steps=int(decoder_steps),
         sampler=sampler,
     )
-    took = (
-        f"{len(seeds)} {'clip' if ul.stage1.modality.video else 'image'}(s), seeds {seeds[0]}-{seeds[-1]}, "
-        f"in {time.time() - t0:.1f} s"
-    )
-    if ul.stage1.modality.video:
-        from .data.video import write_mp4
-
-        folder = Path(tempfile.mkdtemp(prefix="ul-demo-"))
-        paths = []
-        for s, clip in zip(seeds, out, strict=True):
-            x = torch.stack([torch.from_numpy(_chw(f)) for f in clip], dim=1)  # [C, T, H, W]
-            write_mp4(x, folder / f"{s:06d}.mp4", scale=4)
-            paths.append(str(folder / f"{s:06d}.mp4"))
-        return paths, took
-    return [im.resize((im.width * 4, im.height * 4)) for im in out], took
-
-
-def _chw(im):
-    import numpy as np
-
-    a = np.array(im)  # a writable copy (torch.from_numpy takes it)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    took = f"{len(seeds)} {ul.stage1.modality.per}(s), seeds {seeds[0]}-{seeds[-1]}, in {time.time() - t0:.1f} s"
+    return ul.stage1.modality.demo_outputs(seeds, out), took
 
 
 def reconstruct(ul: UnifiedLatentsModel, image, steps: int):
@@ -85,7 +63,7 @@ def reconstruct(ul: UnifiedLatentsModel, image, steps: int):
     rec = ul.reconstruct([image], steps=int(steps))[0]
     bits = float(ul.bits([image])[0])
     orig = crop_pad(x, ul.data.pad)
-    p = float(psnr(orig, torch.from_numpy(_chw(rec))[None]).mean())
+    p = float(psnr(orig, torch.from_numpy(pil_chw(rec))[None]).mean())
     return rec.resize((rec.width * 4, rec.height * 4)), f"latent: {bits:.1f} bits; PSNR {p:.2f} dB"
 
 
@@ -126,6 +104,7 @@ def build(ul: UnifiedLatentsModel):
                     decoder_steps = gr.Slider(2, 128, value=sc.decoder_steps, step=1, label="decoder steps")
                     sampler = gr.Dropdown(SAMPLERS, value=sc.sampler, label="sampler")
                 button = gr.Button("Generate", variant="primary")
+                # the component that shows what Modality.demo_outputs returns: MP4 paths, or images
                 shown = gr.Files(label="clips (MP4)") if video else gr.Gallery(label="samples", columns=8)
                 took = gr.Markdown()
                 button.click(

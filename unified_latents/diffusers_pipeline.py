@@ -24,10 +24,12 @@ import torch
 from .errors import UserError
 
 try:
-    from diffusers import DiffusionPipeline
     from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
     from diffusers.models.modeling_outputs import AutoencoderKLOutput
-    from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+    # from where it is defined: the package's top-level name reads, to a type checker, as the
+    # placeholder diffusers defines for installs without torch
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 except ImportError:  # pragma: no cover (the message is the behaviour)
     raise UserError("the diffusers integration needs diffusers: pip install 'unified-latents[diffusers]'") from None
 
@@ -96,8 +98,11 @@ class UnifiedLatentsPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(base=base, vae=vae)
 
+    # Not diffusers' signature (a path, artifact or Hub name, and a device): it loads a UL artifact
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", **_: object) -> UnifiedLatentsPipeline:
+    def from_pretrained(  # type: ignore[override]
+        cls, path: str, device: str = "cpu", **_: object
+    ) -> UnifiedLatentsPipeline:
         ul = load(path, device)
         if not hasattr(ul.model, "sample_latents"):
             raise UserError(f"{path} is a stage-1 autoencoder; the pipeline needs a base (stage-2) artifact")

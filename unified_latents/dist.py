@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Literal, overload
 
 import torch
 import torch.distributed as dist
@@ -53,8 +54,7 @@ def _join(backend: str, device: torch.device | None) -> None:
     """Join the process group when launched by torchrun (RANK and WORLD_SIZE set); binding NCCL to
     this process's GPU (device_id) lets it connect eagerly instead of guessing the device."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        extra = {"device_id": device} if device is not None else {}
-        dist.init_process_group(backend, timeout=timedelta(minutes=30), **extra)
+        dist.init_process_group(backend, timeout=timedelta(minutes=30), device_id=device)  # None: unbound
 
 
 def shutdown() -> None:
@@ -189,7 +189,8 @@ def my_share(n: int) -> tuple[int, int]:
     return r * n // w, (r + 1) * n // w
 
 
-_OBJECTS = []  # the gloo group of object gathers (created on first use, by every process at once)
+# The gloo group of object gathers (created on first use, by every process at once).
+_OBJECTS: list[dist.ProcessGroup] = []
 
 
 def _objects_group():
@@ -205,14 +206,19 @@ def gather_objects(obj, everyone: bool = True) -> list | None:
         return [obj]
     group = _objects_group()
     if everyone:
-        parts = [None] * world()
+        parts: list | None = [None] * world()
         dist.all_gather_object(parts, obj, group=group)
         return parts
     parts = [None] * world() if is_main() else None
+
     dist.gather_object(obj, parts, dst=0, group=group)
     return parts
 
 
+@overload
+def gather_cat(t: torch.Tensor, everyone: Literal[True] = True) -> torch.Tensor: ...
+@overload
+def gather_cat(t: torch.Tensor, everyone: bool) -> torch.Tensor | None: ...
 def gather_cat(t: torch.Tensor, everyone: bool = True) -> torch.Tensor | None:
     """Every process's `t` (its share, same trailing shape) concatenated in rank order, on the CPU;
     on every process, or on rank 0 only (None elsewhere). Shares may differ in length."""

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .accel import autocast
+from .artifacts import load_artifact, save_artifact
 from .config import to_dict
 from .data import load_images, to_float
 from .diffusion import alpha_sigma, sample_lams
@@ -34,7 +35,6 @@ from .diffusion.samplers import ddim_step
 from .errors import ConfigError
 from .objectives.base import denoise
 from .objectives.registry import load_model
-from .training.checkpoint import load_artifact, save_artifact
 
 PARTS = ("decoder", "base")
 
@@ -175,7 +175,8 @@ def distill(artifact: Path, out: Path, req: DistillRequest, device="cpu", progre
     rounds = _halvings(start, req.steps)
     p = _Part(model, req.part, _training_data(model, cfg, req), torch.device(device))
     p.net.requires_grad_(True)  # a decoder inside a base model is frozen there
-    summary, t0, k = {"part": req.part, "from_steps": start, "steps": req.steps, "rounds": []}, time.time(), start
+    summary: dict = {"part": req.part, "from_steps": start, "steps": req.steps, "rounds": []}
+    t0, k = time.time(), start
     was = float(torch.tensor([1e-39]) * 1.0) == 0.0  # whether denormals are flushed already
     torch.set_flush_denormal(True)  # CPU: the targets' tiny differences run ~10x slower as denormal floats
     try:

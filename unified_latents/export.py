@@ -17,11 +17,11 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from .artifacts import EXPORT_FORMAT, EXPORT_INDEX, component_prefixes, load_artifact
 from .data.modality import modality_of
 from .errors import UserError
 from .eval.report import metric_rows, table
 from .saved_config import from_saved
-from .training.checkpoint import EXPORT_FORMAT, EXPORT_INDEX, component_prefixes, load_artifact
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -116,29 +116,11 @@ def model_card(config: dict, stage1: dict, meta: dict, ev: dict | None, name: st
         f"# {name}",
         "",
         f"A Unified Latents model: {what}. Trained on {d.source} ({side}x{side}, {d.channels} "
-        f"channel(s){f', {d.frames} frames per clip' if d.frames else ''}), {json.loads(meta.get('samples', '0')):,} "
+        f"channel(s){m.frames_note(d)}), {json.loads(meta.get('samples', '0')):,} "
         "samples seen.",
         "",
     ]
-    try:
-        rows = metric_rows(ev, m, side) if ev is not None else None
-    except KeyError as e:  # an evaluation record of another version
-        raise UserError(
-            f"the evaluation record lacks {e}; give an eval.json written by this version's `ul eval`"
-        ) from None
-    if rows:
-        lines += ["## Metrics", "", table(rows), ""]
-    else:
-        bits = json.loads(meta.get("metrics", "{}")).get("bits_per_image")  # stage 1's last training record
-        if bits is not None:
-            pixels = d.resolution**2 * max(1, d.frames)
-            lines += [
-                "## Latent bitrate",
-                "",
-                f"{bits:.1f} bits per {m.per} under the stage-1 prior at the end of "
-                f"training ({bits / pixels:.4f} bits per input pixel{' per frame' if d.frames else ''}).",
-                "",
-            ]
+    lines += _card_metrics(ev, meta, cfg1)
     lines += [
         "## Training",
         "",
@@ -162,6 +144,30 @@ def model_card(config: dict, stage1: dict, meta: dict, ev: dict | None, name: st
         "",
     ]
     return "\n".join(lines)
+
+
+def _card_metrics(ev: dict | None, meta: dict, cfg1) -> list[str]:
+    """The card's metrics table (from an eval.json), else the stage-1 prior's last training bitrate."""
+    d, m = cfg1.data, modality_of(cfg1.data)
+    try:
+        rows = metric_rows(ev, m, d.resolution - 2 * d.pad) if ev is not None else None
+    except KeyError as e:  # an evaluation record of another version
+        raise UserError(
+            f"the evaluation record lacks {e}; give an eval.json written by this version's `ul eval`"
+        ) from None
+    if rows:
+        return ["## Metrics", "", table(rows), ""]
+    bits = json.loads(meta.get("metrics", "{}")).get("bits_per_image")  # stage 1's last training record
+    if bits is None:
+        return []
+    pixels = d.resolution**2 * max(1, d.frames)
+    return [
+        "## Latent bitrate",
+        "",
+        f"{bits:.1f} bits per {m.per} under the stage-1 prior at the end of "
+        f"training ({bits / pixels:.4f} bits per input pixel{m.per_frame_words}).",
+        "",
+    ]
 
 
 def fetch(name: str) -> Path:

@@ -155,6 +155,7 @@ def write_samples(
     gen = dist.gather_cat(mine, everyone=False)  # on rank 0; every process's files are written by now
     if not dist.is_main():
         return {}
+    assert gen is not None  # rank 0 holds everyone's
     gen = crop_pad(gen, pad)
     by_class = labels is not None and not req.classes and len(seeds) >= model.num_classes
     paths = m.save_overview(gen, outdir, model.num_classes if by_class else None, ctx_clips)

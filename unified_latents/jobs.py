@@ -38,11 +38,7 @@ def run_pipeline(
     """The main job: stage 1, stage 2, sampling and evaluation, then a Markdown report. Works on
     images and on video (a preset with data.frames > 0; counts are then in clips)."""
     outdir = Path(outdir)
-    find_inception(inception, trust)  # fail now, not after half an hour of training
-    if i3d:
-        from .eval.fvd import find_i3d
-
-        find_i3d(i3d, trust)
+    _check_feature_networks(inception, i3d, trust)  # fail now, not after half an hour of training
     times = {}
     t0 = time.time()
     cfg1 = apply_overrides(get_preset(preset, "latents"), overrides)
@@ -57,33 +53,14 @@ def run_pipeline(
     times["stage 2"] = time.time() - t0
     t0 = time.time()
     eval_path = outdir / "eval.json"
-    want = {
-        "samples": samples,
-        "recon": recon,
-        "ref_count": ref_count,
-        "stage1": res1.samples,
-        "base": res2.samples,
-        "i3d": i3d or "",
-        "fid_resize": "tf1",
-        "eval_format": 2,
-    }  # an eval.json of earlier versions is redone
+    want: dict[str, object] = {"samples": samples, "recon": recon, "ref_count": ref_count, "stage1": res1.samples}
+    want.update(base=res2.samples, i3d=i3d or "", fid_resize="tf1", eval_format=2)  # an earlier eval.json is redone
     ev = json.loads(eval_path.read_text()) if eval_path.exists() else {}
     if ev.get("request") != want:
         dist.print0(f"evaluating: {samples} samples, {recon} reconstructions, {ref_count} reference {m.examples} ...")
-        ev = evaluate_artifact(
-            res2.artifact,
-            EvalRequest(
-                samples,
-                recon,
-                ref_count,
-                inception,
-                i3d,
-                device=device,
-                progress=progress is not False,
-                out=outdir,
-                trust_torchscript=trust,
-            ),
-        )
+        req = EvalRequest(samples, recon, ref_count, inception, i3d, device=device, out=outdir, trust_torchscript=trust)
+        req.progress = progress is not False
+        ev = evaluate_artifact(res2.artifact, req)
         ev["request"] = want
         atomic_write_text(eval_path, json.dumps(ev, indent=2))
     times["evaluation"] = time.time() - t0
@@ -91,6 +68,15 @@ def run_pipeline(
     plot_curves(read_stats(outdir / "base" / "stats.jsonl"), outdir / "curves-base.png", "stage 2 (base model)")
     write_report(outdir / "report.md", "Unified Latents run report", report_sections(ev, cfg1, res1, res2, times))
     return outdir / "report.md"
+
+
+def _check_feature_networks(inception: str | None, i3d: str | None, trust: bool) -> None:
+    """The Inception (and I3D) files the evaluation will need: found and allowed, or one error."""
+    find_inception(inception, trust)
+    if i3d:
+        from .eval.fvd import find_i3d
+
+        find_i3d(i3d, trust)
 
 
 def run_sweep(

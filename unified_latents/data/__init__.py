@@ -2,8 +2,9 @@
 
 from .images import ImageData
 from .latents import LatentData, encode_images, load_latents, save_latents
-from .modality import IMAGE, VIDEO, Modality, eval_source, load_images, modality_named, modality_of, named_by_artifact
+from .modality import IMAGE, VIDEO, Modality, modality_named, modality_of
 from .sampler import DataOrder
+from .sources import eval_source, load_images, named_by_artifact
 from .transforms import crop_pad, frames_of, to_float, to_uint8
 from .video import load_clips, moving_fmnist, write_mp4
 

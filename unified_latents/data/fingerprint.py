@@ -38,6 +38,7 @@ def data_fingerprint(cfg: DataConfig, source: str, split: str = "train") -> str:
     h.update(json.dumps([None if on_disk else source, split, {k: getattr(cfg, k) for k in SETTINGS}]).encode())
     try:
         if on_disk:
+            assert p is not None  # on_disk says so
             _hash_files(h, p)
         elif is_hub(source):
             for c in open_split(cfg, source, split).cache_files:  # datasets keys its cache folders on the data

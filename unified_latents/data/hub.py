@@ -16,6 +16,7 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError, UserError
 from .images import READ_ERRORS, ImageData, fit_image
+from .modality import modality_of
 
 PREFIX = "hf:"
 HELD_OUT_SPLITS = ("test", "validation")
@@ -100,7 +101,10 @@ class HubImages:
         return self.shape[0]
 
     def __getitem__(self, idx) -> torch.Tensor:
-        rows = list(range(*idx.indices(self.shape[0]))) if isinstance(idx, slice) else torch.as_tensor(idx).tolist()
+        # tolist() of a single (0-d) index is an int, not the list torch's stubs say
+        rows: int | list = (
+            list(range(*idx.indices(self.shape[0]))) if isinstance(idx, slice) else torch.as_tensor(idx).tolist()
+        )
         rows = [rows] if isinstance(rows, int) else rows
         if not rows:
             return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
@@ -140,7 +144,7 @@ def hub_labels(cfg: DataConfig, ds) -> torch.Tensor | None:
 
 def load_hub(cfg: DataConfig, spec: str, split: str = "train") -> ImageData:
     """An hf: source as ImageData whose images are decoded when indexed."""
-    if cfg.frames:
+    if not modality_of(cfg).from_hub:
         raise DataError(
             f"{spec}: video from Hugging Face datasets is not supported; decode the clips to an "
             ".npz or a folder of video files, and `ul data prepare` that"

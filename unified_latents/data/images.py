@@ -14,6 +14,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -29,9 +30,22 @@ FMNIST_DIRS = [os.environ.get("UL_FMNIST_DIR", ""), "/usr/share/datasets/fashion
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
+class Rows(Protocol):
+    """uint8 examples [N, ...] read by index or slice: a tensor, or a reader that decodes only the
+    rows asked for (data/hub.py HubImages, data/prepared.py PreparedImages and RowRange)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, idx: Any, /) -> torch.Tensor: ...
+
+
+R = TypeVar("R", bound=Rows)
+
+
 @dataclass
-class ImageData:
-    images: torch.Tensor  # uint8 [N, C, H, W]
+class ImageData(Generic[R]):
+    images: R  # uint8 [N, C, H, W] (clips [N, C, T, H, W]): a tensor, or rows decoded when indexed
     labels: torch.Tensor | None  # int64 [N]
     skipped: list[str]  # files skipped as unreadable (with --skip-bad)
 
@@ -66,7 +80,7 @@ def fmnist_dir() -> Path:
     )
 
 
-def load_fmnist(split: str) -> ImageData:
+def load_fmnist(split: str) -> ImageData[torch.Tensor]:
     prefix = {"train": "train", "test": "t10k"}[split]
     d = fmnist_dir()
     images = _read_idx(d / f"{prefix}-images-idx3-ubyte.gz")  # [N, 28, 28]
@@ -119,17 +133,21 @@ def fit_image(im: Image.Image, channels: int, size: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_folder(root: Path, channels: int, size: int, skip_bad: bool) -> ImageData:
+def image_files(root: Path, hint: str = "") -> tuple[list[Path], list[int] | None]:
+    """The image files under `root`, sorted, and their labels: the index of their first-level
+    sub-folder's name when every image sits in one, else None. `hint` ends the error of none found."""
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise DataError(
-            f"no images (PNG/JPEG/...) found under {root}; point --data at a folder of images or an .npz file"
-        )
-    # Labels from the first-level sub-folder names when every image sits in one.
+        raise DataError(f"no images (PNG/JPEG/...) found under {root}{hint}")
     class_names = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     labelled = class_names and all(len(p.relative_to(root).parts) > 1 for p in files)
+    return files, ([class_names.index(p.relative_to(root).parts[0]) for p in files] if labelled else None)
+
+
+def load_folder(root: Path, channels: int, size: int, skip_bad: bool) -> ImageData[torch.Tensor]:
+    files, file_labels = image_files(root, "; point --data at a folder of images or an .npz file")
     images, labels, skipped = [], [], []
-    for p in tqdm(files, desc=f"reading {root}", unit="img", disable=len(files) < 2000, leave=False):
+    for i, p in enumerate(tqdm(files, desc=f"reading {root}", unit="img", disable=len(files) < 2000, leave=False)):
         try:
             images.append(load_image_file(p, channels, size))
         except READ_ERRORS as e:
@@ -139,15 +157,15 @@ def load_folder(root: Path, channels: int, size: int, skip_bad: bool) -> ImageDa
                 ) from None
             skipped.append(str(p))
             continue
-        if labelled:
-            labels.append(class_names.index(p.relative_to(root).parts[0]))
+        if file_labels is not None:
+            labels.append(file_labels[i])
     if not images:
         raise DataError(f"every image under {root} was unreadable ({len(skipped)} skipped)")
-    lab = torch.tensor(labels, dtype=torch.int64) if labelled else None
+    lab = torch.tensor(labels, dtype=torch.int64) if file_labels is not None else None
     return ImageData(torch.from_numpy(np.stack(images)), lab, skipped)
 
 
-def load_npz(path: Path, channels: int, size: int) -> ImageData:
+def load_npz(path: Path, channels: int, size: int) -> ImageData[torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = list(f.keys())
@@ -176,9 +194,10 @@ def load_npz(path: Path, channels: int, size: int) -> ImageData:
     return ImageData(x, lab, [])
 
 
-def checked_pixels(path: Path, arr: np.ndarray) -> np.ndarray:
+def checked_pixels(path: Path | str, arr: np.ndarray) -> np.ndarray:
     """uint8 images as [N, C, H, W] (C 1, 3 or 4), from [N, H, W], [N, H, W, C] or [N, C, H, W]; a
-    layout that is not one of them (2 channels, say) or pixels that are not uint8 are refused."""
+    layout that is not one of them (2 channels, say) or pixels that are not uint8 are refused.
+    `path`: where they come from, as errors name it."""
     if arr.dtype != np.uint8:
         hint = (
             " (floats in [0, 1]? save (x * 255).round().astype(np.uint8))"
@@ -198,7 +217,7 @@ def checked_pixels(path: Path, arr: np.ndarray) -> np.ndarray:
     )
 
 
-def check_labels(data: ImageData, num_classes: int, source: str) -> ImageData:
+def check_labels(data: ImageData[R], num_classes: int, source: str) -> ImageData[R]:
     """Labels of a class-conditional run must be 0..num_classes-1 (num_classes itself is the
     unconditional label of guidance; a larger one would fail mid-run)."""
     if data.labels is None or not num_classes or data.labels.numel() == 0:
@@ -216,7 +235,7 @@ def check_labels(data: ImageData, num_classes: int, source: str) -> ImageData:
 # ----------------------------------------------------------------------------- entry point
 
 
-def load_image_set(cfg: DataConfig, source: str, split: str = "train") -> ImageData:
+def load_image_set(cfg: DataConfig, source: str, split: str = "train") -> ImageData[torch.Tensor]:
     """Load `source` as uint8 [N, C, res, res], padding by cfg.pad (clips: data/video.py)."""
     inner = cfg.resolution - 2 * cfg.pad
     if source == "fmnist":

@@ -61,16 +61,18 @@ class ShardedLatents:
             ) from None
         _check(self.folder, index, encoder_fp, data_fp)
         self.paths = [self.folder / shard_name(k, index["shards"]) for k in range(index["shards"])]
-        self.starts, labels = [], []
+        self.starts: list[int] = []
+        labels: list[torch.Tensor | None] = []
         for p in self.paths:
             with _open(p) as f:
                 meta = f.metadata() or {}
                 self.starts.append(int(meta["offset"]))
                 labels.append(f.get_tensor("labels") if "labels" in f.keys() else None)
         self.total = int(index["total"])
-        self.labels = None if any(lb is None for lb in labels) else torch.cat(labels)
+        self.labels = None if any(lb is None for lb in labels) else torch.cat([lb for lb in labels if lb is not None])
         self.bounds = torch.tensor(self.starts[1:] + [self.total])
-        self.whole = None  # every latent, read at the first get() when the cache is at most IN_MEMORY bytes
+        # every latent, read at the first get() when the cache is at most IN_MEMORY bytes
+        self.whole: torch.Tensor | None = None
         self.small = self._bytes() <= IN_MEMORY
 
     def _bytes(self) -> int:
@@ -93,12 +95,12 @@ class ShardedLatents:
             self.whole = torch.cat([self._read(k) for k in range(len(self.paths))])
         return self
 
-    def get(self, idx: torch.Tensor):
+    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.preload()
         if self.whole is not None:
             return self.whole[idx], (self.labels[idx] if self.labels is not None else None)
         shard = torch.bucketize(idx, self.bounds, right=True)  # the shard holding each row
-        rows = [None] * len(idx)
+        rows: dict[int, torch.Tensor] = {}  # position in idx -> its latent [1, *z_shape]
         for k in shard.unique().tolist():
             where = (shard == k).nonzero().flatten().tolist()
             with _open(self.paths[k]) as f:
@@ -106,7 +108,7 @@ class ShardedLatents:
                 for w in where:
                     i = int(idx[w]) - self.starts[k]
                     rows[w] = sl[i : i + 1]
-        return torch.cat(rows), (self.labels[idx] if self.labels is not None else None)
+        return torch.cat([rows[w] for w in range(len(idx))]), (self.labels[idx] if self.labels is not None else None)
 
     def std(self) -> float:
         """Standard deviation of every latent value, read 4,096 rows at a time."""

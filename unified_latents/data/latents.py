@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from ..files import atomic_write, read_safetensors
 from .fingerprint import comparable
+from .images import Rows
 from .transforms import to_float
 
 LATENTS_FORMAT = "unified-latents/latents-1"
@@ -27,7 +28,7 @@ class LatentData:
     def __len__(self) -> int:
         return self.latents.shape[0]
 
-    def get(self, idx: torch.Tensor):
+    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.latents[idx], (self.labels[idx] if self.labels is not None else None)
 
     def std(self) -> float:
@@ -45,7 +46,7 @@ def streaming_std(chunks) -> float:
 
 @torch.no_grad()
 def encode_images(
-    stage1, images: torch.Tensor, batch: int = 500, device="cpu", progress: bool = False, first: int = 0
+    stage1, images: Rows, batch: int = 500, device="cpu", progress: bool = False, first: int = 0
 ) -> torch.Tensor:
     """uint8 images [N, C, H, W] -> z_clean [N, *z_shape] with the (frozen, EMA) encoder: the latents
     its decoder was trained on (`encode_sample`: with a learned variance, one sample per example,

@@ -1,28 +1,26 @@
 """Everything that differs between images and video, in one frozen object picked once from the
 data config (`modality_of`). Callers ask it instead of branching on `data.frames`: units and
-labels of reports, default evaluation counts, batch sizes, how examples load, how previews and
-samples are saved (PNG grids vs rows of frames and MP4s)."""
+labels of reports and model cards, default evaluation counts, batch sizes, how a local source
+loads, how prepared data is laid out, how previews, samples and the demo's outputs are saved (PNG
+grids vs rows of frames and MP4s). Which source a run reads (hf:, prepared folders, held-out
+splits) is data/sources.py."""
 
 from __future__ import annotations
 
-import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import dist
 from ..config import DataConfig
-from ..errors import DataError, UserError
+from ..errors import UserError
 from ..files import atomic_write
 from .grids import save_grid, save_png, save_strip
-from .hub import held_out_source, is_hub, load_hub
-from .images import ImageData, check_labels, load_image_set
-from .photos import PHOTOS
-from .prepared import is_prepared, load_prepared
-from .transforms import frames_of
-from .video import load_clips, write_mp4
+from .images import ImageData, image_files, load_image_file, load_image_set
+from .transforms import frames_of, pil_chw
+from .video import VIDEO_SUFFIXES, file_clips, load_clips, video_files, write_mp4
 
 
 @dataclass(frozen=True)
@@ -42,8 +40,15 @@ class Modality:
     eval_encode_batch: int  # encoder batch for the base model's bitrate in evaluation
     previews: int  # held-out examples shown in training previews
     preview_samples: int  # samples a stage-2 preview generates
+    # prepared data (data/prepared.py)
+    part: int  # source items per prepared part: images, or video files (clips of an array)
+    column: str  # the Arrow column of an example: "image" (a PNG) / "frames" (a list of PNGs, one per frame)
+    file_unit: str  # progress unit while files are decoded: "img" / "video"
+    array_unit: str  # progress unit while arrays are stored: "img" / "clip"
+    from_hub: bool  # hf:NAME sources (image columns only)
     per_frame_label: str = ""  # after "rFID" in reports
     per_frame_note: str = ""  # after "original HxW pixels" in reports
+    per_frame_words: str = ""  # after "bits per input pixel" in model cards
 
     @property
     def video(self) -> bool:
@@ -61,14 +66,43 @@ class Modality:
         r = cfg.resolution
         return (cfg.channels, cfg.frames, r, r) if self.video else (cfg.channels, r, r)
 
-    def load(self, cfg: DataConfig, source: str, split: str) -> ImageData:
-        if is_hub(source):
-            data = load_hub(cfg, source, split)  # decoded by index from `datasets`' memory-mapped tables
-        elif source and is_prepared(Path(source).expanduser()):
-            data = load_prepared(cfg, Path(source).expanduser())  # read by index, never loaded whole
-        else:
-            data = load_clips(cfg, source, split) if self.video else load_image_set(cfg, source, split)
-        return check_labels(data, cfg.num_classes, source)
+    def load_local(self, cfg: DataConfig, source: str, split: str) -> ImageData[torch.Tensor]:
+        """A source that is neither hf: nor prepared, decoded whole into memory (data/images.py,
+        data/video.py)."""
+        return load_clips(cfg, source, split) if self.video else load_image_set(cfg, source, split)
+
+    def clip_words(self, frames: int, stride: int) -> str:
+        """What a shape says of clips ("16 frames (stride 2) of "); nothing for images."""
+        return f"{frames} frames (stride {stride}) of " if self.video else ""
+
+    def frames_note(self, cfg: DataConfig) -> str:
+        """What a model card adds to the data's size and channels."""
+        return f", {cfg.frames} frames per clip" if self.video else ""
+
+    # ------------------------------------------------------------------ prepared data
+
+    def used_stride(self, stride: int) -> int:
+        """data.frame_stride where it shapes examples (clips); 0 for images, which it does not."""
+        return stride if self.video else 0
+
+    def source_files(self, path: Path) -> tuple[list[Path], list[int] | None] | None:
+        """The files `ul data prepare` decodes one at a time (and their labels: class folders), or
+        None for a source loaded whole (an .npz, fmnist, photos, moving-fmnist)."""
+        if self.video:
+            return (video_files(path), None) if path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES else None
+        return image_files(path) if path.is_dir() else None
+
+    def read_file(self, path: Path, cfg: DataConfig, size: int) -> list[np.ndarray]:
+        """The examples of one source file, uint8: its image [C, size, size], or the clips
+        [C, T, size, size] a video holds (none when it is too short)."""
+        if self.video:
+            return list(file_clips(path, cfg.channels, size, cfg.frames, cfg.frame_stride).numpy())
+        return [load_image_file(path, cfg.channels, size)]
+
+    def arrow_feature(self, datasets):
+        """The `datasets` feature of `column`: binary PNG bytes, or a list of them per clip."""
+        binary = datasets.Value("binary")
+        return datasets.List(binary) if self.video else binary
 
     def frames(self, x: torch.Tensor) -> torch.Tensor:
         """What Inception sees: images as they are, clips as their frames [N * T, C, H, W]."""
@@ -143,6 +177,19 @@ class Modality:
             save_png(im.permute(1, 2, 0).numpy(), outdir / f"{s:06d}.png")
         return {}
 
+    def demo_outputs(self, seeds: list[int], out: list) -> list:
+        """What `ul demo` shows of `UnifiedLatentsModel.sample`'s output: the PIL images enlarged
+        4x, or (video: a list of PIL frames per clip) the paths of MP4s 4x, in a new temporary folder."""
+        if not self.video:
+            return [im.resize((im.width * 4, im.height * 4)) for im in out]
+        folder = Path(tempfile.mkdtemp(prefix="ul-demo-"))
+        paths = []
+        for s, clip in zip(seeds, out, strict=True):
+            x = torch.stack([torch.from_numpy(pil_chw(f)) for f in clip], dim=1)  # [C, T, H, W]
+            write_mp4(x, folder / f"{s:06d}.mp4", scale=4)
+            paths.append(str(folder / f"{s:06d}.mp4"))
+        return paths
+
     def save_npz(self, gen: torch.Tensor, seeds: list[int], labels: torch.Tensor | None, path: Path) -> None:
         """uint8 channels-last arrays: images [N, H, W, C] (+ labels) or videos [N, T, H, W, C]."""
         if self.video:
@@ -175,6 +222,11 @@ IMAGE = Modality(
     eval_encode_batch=500,
     previews=8,
     preview_samples=16,
+    part=5_000,  # also what is held in memory while a part is written
+    column="image",
+    file_unit="img",
+    array_unit="img",
+    from_hub=True,
 )
 VIDEO = Modality(
     "video",
@@ -192,8 +244,14 @@ VIDEO = Modality(
     eval_encode_batch=16,
     previews=4,
     preview_samples=4,
+    part=200,
+    column="frames",
+    file_unit="video",
+    array_unit="clip",
+    from_hub=False,
     per_frame_label=" (per frame)",
     per_frame_note=", per frame",
+    per_frame_words=" per frame",
 )
 
 
@@ -205,30 +263,3 @@ def modality_of(cfg: DataConfig) -> Modality:
 def modality_named(video: bool) -> Modality:
     """The modality an evaluation result records (its "video" flag)."""
     return VIDEO if video else IMAGE
-
-
-def load_images(cfg: DataConfig, source: str | None = None, split: str = "train") -> ImageData:
-    """Load `source` (default cfg.source) as uint8 [N, C, res, res] (video: clips [N, C, T, res, res]),
-    padded by cfg.pad."""
-    return modality_of(cfg).load(cfg, cfg.source if source is None else source, split)
-
-
-def eval_source(cfg: DataConfig) -> tuple[str, str]:
-    """(source, split) of the held-out data: data.eval_source if set, else the training source's
-    test split (fmnist, moving-fmnist, photos; hf:NAME: its test or validation split)."""
-    if cfg.eval_source:
-        return cfg.eval_source, "test"
-    if cfg.source in ("fmnist", "moving-fmnist", PHOTOS):
-        return cfg.source, "test"
-    if is_hub(cfg.source):
-        return held_out_source(cfg.source), "test"
-    raise DataError("no held-out data configured; pass --eval-data PATH (or set data.eval_source)")
-
-
-def named_by_artifact(cfg: DataConfig, held_out: bool = True) -> tuple[str, str]:
-    """(source, split) of the data an artifact's config names (held-out data, or the training
-    data), said on stderr before it is read: a path inside a file from elsewhere is never read
-    silently."""
-    src, split = eval_source(cfg) if held_out else (cfg.source, "train")
-    dist.print0(f"reading {src} ({split} split), the data named in the artifact's config", file=sys.stderr)
-    return src, split

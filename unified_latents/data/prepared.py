@@ -28,13 +28,16 @@ from ..config import DataConfig
 from ..errors import DataError
 from ..files import atomic_write_text
 from .hub import HubImages, hub_labels, is_hub, open_split, require_datasets
-from .images import IMAGE_SUFFIXES, ImageData, load_image_file, load_image_set
-from .video import VIDEO_SUFFIXES, file_clips, load_clips, video_files
+from .images import ImageData
+from .modality import IMAGE, Modality, modality_named, modality_of
 
 MARKER = "ul-prepared.json"
-PART = 5_000  # examples per part: the unit of resuming, and what is held in memory while a part is written
-VIDEO_PART = 200  # video files (or clips of an array) per part
+# How many source items make a part (the unit of resuming, and what is held in memory while a part
+# is written) is Modality.part: 5,000 images, or 200 video files (clips of an array).
 PLAN = "ul-prepare-plan.json"  # what the parts are made of; a rerun with other settings is refused
+
+# One source item as stored: ([stored example, ...], path or "row <i>", "") or (None, path, the reason it is unreadable)
+Stored = tuple[list | None, str, str]
 
 
 def is_prepared(path: Path) -> bool:
@@ -55,41 +58,33 @@ def _encode(arr: np.ndarray):
     return [_png(arr[:, t]) for t in range(arr.shape[1])] if arr.ndim == 4 else _png(arr)
 
 
-def _decode_file(job: tuple) -> tuple[list | None, str, str]:
+def _decode_file(job: tuple[Modality, str, DataConfig, int]) -> Stored:
     """([stored example, ...], path, "") of one file (an image, or a video's clips), or
     (None, path, the reason it cannot be read)."""
-    path, channels, size, frames, stride = job
+    modality, path, cfg, size = job
     try:
-        if frames:
-            return [_encode(c) for c in file_clips(Path(path), channels, size, frames, stride).numpy()], path, ""
-        return [_png(load_image_file(Path(path), channels, size))], path, ""
+        return [_encode(a) for a in modality.read_file(Path(path), cfg, size)], path, ""
     except Exception as e:  # noqa: BLE001 (reported with the file's name; the caller decides)
         return None, path, str(e)
 
 
 def _sources(cfg: DataConfig, source: str, inner: int) -> tuple[list | np.ndarray, list | None]:
     """(jobs, labels or None) in the source's order: one job per image or video file of a folder
-    (file, channels, size, frames, stride); a `datasets` table decoded a part at a time (hf:NAME);
-    or the uint8 arrays of a small source (an .npz, fmnist, photos, moving-fmnist) loaded whole."""
+    (modality, file, config, size); a `datasets` table decoded a part at a time (hf:NAME); or the
+    uint8 arrays of a small source (an .npz, fmnist, photos, moving-fmnist) loaded whole."""
+    m = modality_of(cfg)
     if is_hub(source):
-        if cfg.frames:
+        if not m.from_hub:
             raise DataError(
                 "video from Hugging Face datasets is not supported; give a folder of video files or an .npz of clips"
             )
         return _hub_source(cfg, source, inner)
     path = Path(source).expanduser()
-    small = dataclasses.replace(cfg, pad=0, resolution=inner)
-    if cfg.frames and (path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES):
-        return [(str(p), cfg.channels, inner, cfg.frames, cfg.frame_stride) for p in video_files(path)], None
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise DataError(f"no images (PNG/JPEG/...) found under {path}")
-        classes = sorted({p.relative_to(path).parts[0] for p in files if len(p.relative_to(path).parts) > 1})
-        labelled = classes and all(len(p.relative_to(path).parts) > 1 for p in files)
-        labels = [classes.index(p.relative_to(path).parts[0]) for p in files] if labelled else None
-        return [(str(p), cfg.channels, inner, 0, 1) for p in files], labels
-    data = load_clips(small, source, "train") if cfg.frames else load_image_set(small, source)
+    listed = m.source_files(path)
+    if listed is not None:
+        files, labels = listed
+        return [(m, str(p), cfg, inner) for p in files], labels
+    data = m.load_local(dataclasses.replace(cfg, pad=0, resolution=inner), source, "train")
     return data.images.numpy(), (data.labels.tolist() if data.labels is not None else None)
 
 
@@ -109,7 +104,8 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
     dest.mkdir(parents=True, exist_ok=True)
     (dest / MARKER).unlink(missing_ok=True)  # written last
     jobs, labels = _sources(cfg, source, inner)
-    step = VIDEO_PART if cfg.frames else PART
+    m = modality_of(cfg)
+    step = m.part
     _check_plan(
         dest,
         {
@@ -119,13 +115,13 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
             "part": step,
             "count": len(jobs),
             "frames": cfg.frames,
-            "frame_stride": cfg.frame_stride if cfg.frames else 0,
+            "frame_stride": m.used_stride(cfg.frame_stride),
         },
     )
     files = isinstance(jobs, list)  # files to decode; otherwise arrays (sliced one part at a time)
     pool = get_context("spawn").Pool(num_proc) if num_proc > 1 and files else None
     parts, skipped = [], []
-    unit = ("video" if cfg.frames else "img") if files else ("clip" if cfg.frames else "img")
+    unit = m.file_unit if files else m.array_unit
     try:
         with tqdm(total=len(jobs), desc=f"preparing {source}", unit=unit, disable=not progress) as bar:
             for k, start in enumerate(range(0, len(jobs), step)):
@@ -142,7 +138,7 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
                         rows,
                         labels[start : start + step] if labels else None,
                         cfg.skip_bad,
-                        bool(cfg.frames),
+                        m,
                     )
                 skipped += json.loads((part / "skipped.json").read_text())
                 parts.append(part.name)
@@ -154,7 +150,7 @@ def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progres
     return _finish(datasets, dest, parts, skipped, str(source), shape, labels is not None)
 
 
-def _array_rows(arrays, start: int, step: int, skip_bad: bool) -> list:
+def _array_rows(arrays, start: int, step: int, skip_bad: bool) -> list[Stored]:
     """Stored rows of arrays[start : start + step] (uint8 arrays, or an hf: table decoded on slicing);
     with skip_bad, a row that cannot be decoded is left out and named ("row <i>")."""
     try:
@@ -162,7 +158,7 @@ def _array_rows(arrays, start: int, step: int, skip_bad: bool) -> list:
     except DataError:
         if not skip_bad:
             raise
-    rows = []
+    rows: list[Stored] = []
     for i in range(start, min(start + step, len(arrays))):
         try:
             rows.append(([_encode(np.asarray(arrays[i : i + 1])[0])], f"row {i}", ""))
@@ -183,7 +179,7 @@ def prepare_chunks(
     parts = []
     for k, (arrays, labels) in enumerate(tqdm(chunks, desc=f"preparing {source}", unit="part", disable=not progress)):
         part = dest / f"part-{k:05d}"
-        _write_part(datasets, part, [([_png(a)], "", "") for a in arrays], labels, skip_bad=False, video=False)
+        _write_part(datasets, part, [([_png(a)], "", "") for a in arrays], labels, skip_bad=False, modality=IMAGE)
         parts.append(part.name)
     shape = {"size": size, "channels": channels, "frames": 0, "frame_stride": 1}
     return _finish(datasets, dest, parts, [], source, shape, labelled)
@@ -223,7 +219,9 @@ def _check_plan(dest: Path, plan: dict) -> None:
     atomic_write_text(path, json.dumps(plan))
 
 
-def _write_part(datasets, part: Path, rows: list, labels: list | None, skip_bad: bool, video: bool) -> None:
+def _write_part(
+    datasets, part: Path, rows: list[Stored], labels: list | None, skip_bad: bool, modality: Modality
+) -> None:
     """One part (rows: ([stored example, ...], path, error) per source item, labels per item),
     written under a temporary name and renamed; skipped.json (the files left out) last."""
     bad = [(path, err) for stored, path, err in rows if stored is None]
@@ -232,14 +230,13 @@ def _write_part(datasets, part: Path, rows: list, labels: list | None, skip_bad:
             f"cannot read {bad[0][0]}: {bad[0][1]}; fix or remove it, or pass --skip-bad "
             "to list and skip unreadable files"
         )
-    column = "frames" if video else "image"
+    column = modality.column
     table: dict = {column: [], "label": []}
     for i, (stored, _, _) in enumerate(rows):
         for example in stored or []:
             table[column].append(example)
             table["label"].append(labels[i] if labels else -1)
-    binary = datasets.Value("binary")
-    features = datasets.Features({column: datasets.List(binary) if video else binary, "label": datasets.Value("int64")})
+    features = datasets.Features({column: modality.arrow_feature(datasets), "label": datasets.Value("int64")})
     tmp = part.with_name(part.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(part, ignore_errors=True)
@@ -253,27 +250,32 @@ def _write_part(datasets, part: Path, rows: list, labels: list | None, skip_bad:
 
 class PreparedImages:
     """uint8 [N, C, H, W] (clips: [N, C, T, H, W]) by index (tensor, list or slice), decoded from
-    the Arrow files on demand."""
+    the Arrow files on demand: `column` of `table`, padded by `pad` to `example` (one example's shape)."""
 
-    def __init__(self, table, size: int, channels: int, pad: int, frames: int = 0):
-        self.table, self.pad, self.column = table, pad, "frames" if frames else "image"
-        self.shape = (table.num_rows, channels, *((frames,) if frames else ()), size + 2 * pad, size + 2 * pad)
+    def __init__(self, table, column: str, example: tuple[int, ...], pad: int):
+        self.table, self.column, self.pad = table, column, pad
+        self.shape = (table.num_rows, *example)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, idx) -> torch.Tensor:
-        rows = list(range(*idx.indices(self.shape[0]))) if isinstance(idx, slice) else torch.as_tensor(idx).tolist()
+        # tolist() of a single (0-d) index is an int, not the list torch's stubs say
+        rows: int | list = (
+            list(range(*idx.indices(self.shape[0]))) if isinstance(idx, slice) else torch.as_tensor(idx).tolist()
+        )
         if isinstance(rows, int):
             rows = [rows]
         if not rows:
             return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
-        stored = self.table[rows][self.column]
-        if self.column == "frames":  # a clip: one PNG per frame -> [C, T, H, W]
-            x = torch.from_numpy(np.stack([np.stack([_unpng(b) for b in clip], axis=1) for clip in stored]))
-        else:
-            x = torch.from_numpy(np.stack([_unpng(b) for b in stored]))
+        x = torch.from_numpy(np.stack([_decode(example) for example in self.table[rows][self.column]]))
         return torch.nn.functional.pad(x, (self.pad,) * 4) if self.pad else x
+
+
+def _decode(stored: bytes | list[bytes]) -> np.ndarray:
+    """One stored example (`_encode`) back: PNG bytes -> an image [C, H, W]; a PNG per frame -> a
+    clip [C, T, H, W]."""
+    return np.stack([_unpng(b) for b in stored], axis=1) if isinstance(stored, list) else _unpng(stored)
 
 
 def _unpng(b: bytes) -> np.ndarray:
@@ -300,12 +302,11 @@ def load_prepared(cfg: DataConfig, path: Path) -> ImageData:
     datasets = require_datasets()
     meta = json.loads((Path(path) / MARKER).read_text())
     inner = cfg.resolution - 2 * cfg.pad
-    frames, stride = meta.get("frames", 0), meta.get("frame_stride", 1)
-    if (meta["size"], meta["channels"], frames) != (inner, cfg.channels, cfg.frames) or (
-        frames and stride != cfg.frame_stride
-    ):
-        have = f"{frames} frames (stride {stride}) of " if frames else ""
-        need = f"{cfg.frames} frames (stride {cfg.frame_stride}) of " if cfg.frames else ""
+    m, frames, stride = modality_of(cfg), meta.get("frames", 0), meta.get("frame_stride", 1)
+    stored = modality_named(bool(frames))  # what the folder holds
+    held = (meta["size"], meta["channels"], frames, stored.used_stride(stride))
+    if held != (inner, cfg.channels, cfg.frames, m.used_stride(cfg.frame_stride)):
+        have, need = stored.clip_words(frames, stride), m.clip_words(cfg.frames, cfg.frame_stride)
         raise DataError(
             f"{path} was prepared as {have}{meta['size']}x{meta['size']} with {meta['channels']} channel(s); "
             f"this run needs {need}{inner}x{inner} with {cfg.channels}: prepare it again with these settings"
@@ -313,4 +314,4 @@ def load_prepared(cfg: DataConfig, path: Path) -> ImageData:
     parts = [datasets.load_from_disk(str(Path(path) / p)) for p in meta["parts"]]
     table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     labels = torch.tensor(table["label"], dtype=torch.int64) if meta["labelled"] else None
-    return ImageData(PreparedImages(table, inner, cfg.channels, cfg.pad, frames), labels, meta["skipped"])
+    return ImageData(PreparedImages(table, m.column, m.example_shape(cfg), cfg.pad), labels, meta["skipped"])

@@ -8,9 +8,19 @@ would have seen, whatever the device count or per-device batch.
 from __future__ import annotations
 
 import signal
+from typing import Protocol
 
 import torch
 import torch.utils.data
+
+
+class Examples(Protocol):
+    """What training reads (ImageData, LatentData, ShardedLatents): its length, and the examples at
+    some indices as (float x, labels or None)."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 class DataOrder:
@@ -39,7 +49,9 @@ class MicroBatches(torch.utils.data.Dataset):
     training order): what a DataLoader's workers decode ahead of the training step. An item is
     `data.get(indices)`, so it is the same whichever worker makes it."""
 
-    def __init__(self, data, order: DataOrder, start: int, end: int, batch: int, rank: int, per_rank: int, micro: int):
+    def __init__(
+        self, data: Examples, order: DataOrder, start: int, end: int, batch: int, rank: int, per_rank: int, micro: int
+    ):
         self.data, self.order, self.start, self.batch = data, order, start, batch
         self.lo, self.micro, self.per_step = rank * per_rank, micro, per_rank // micro
         self.steps = max(0, (end - start + batch - 1) // batch)

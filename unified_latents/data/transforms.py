@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -43,3 +44,9 @@ def crop_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
 def frames_of(x: torch.Tensor) -> torch.Tensor:
     """Clips [N, C, T, H, W] -> frames [N * T, C, H, W] (for per-frame metrics and Inception)."""
     return x.transpose(1, 2).flatten(0, 1)
+
+
+def pil_chw(im) -> np.ndarray:
+    """A PIL image as a writable uint8 array [C, H, W] (a copy: torch.from_numpy takes it)."""
+    a = np.array(im)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)

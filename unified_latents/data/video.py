@@ -40,7 +40,7 @@ def moving_fmnist(
     seed: int = 0,
     garments: int = 2,
     speed: tuple[float, float] = (2.0, 4.0),
-) -> ImageData:
+) -> ImageData[torch.Tensor]:
     """`n` clips [n, 1, frames, size, size] of `garments` Fashion-MNIST items (from `split`)
     moving in straight lines at `speed` pixels per frame and bouncing off the canvas edges;
     overlapping garments combine by maximum. Deterministic in (n, frames, size, split, seed)."""
@@ -133,7 +133,7 @@ def file_clips(path: Path, channels: int, size: int, frames: int, stride: int, m
     return _to_clip_tensor(np.stack(got), channels, size)
 
 
-def load_video_files(path: Path, cfg: DataConfig, size: int, max_clips_per_file: int = 0) -> ImageData:
+def load_video_files(path: Path, cfg: DataConfig, size: int, max_clips_per_file: int = 0) -> ImageData[torch.Tensor]:
     files = video_files(path)
     clips, skipped = [], []
     for f in tqdm(files, desc=f"decoding {path}", unit="video", disable=len(files) < 20, leave=False):
@@ -152,7 +152,7 @@ def load_video_files(path: Path, cfg: DataConfig, size: int, max_clips_per_file:
     return ImageData(torch.cat(clips), None, skipped)
 
 
-def load_video_array(path: Path, cfg: DataConfig, size: int) -> ImageData:
+def load_video_array(path: Path, cfg: DataConfig, size: int) -> ImageData[torch.Tensor]:
     try:
         if path.suffix == ".npy":
             arr, labels = np.load(path, allow_pickle=False), None
@@ -192,7 +192,7 @@ def load_video_array(path: Path, cfg: DataConfig, size: int) -> ImageData:
     return ImageData(x, lab, [])
 
 
-def load_clips(cfg: DataConfig, source: str, split: str) -> ImageData:
+def load_clips(cfg: DataConfig, source: str, split: str) -> ImageData[torch.Tensor]:
     """Clips uint8 [N, C, T, res, res] from `source` (moving-fmnist, video file(s), .npz/.npy)."""
     inner = cfg.resolution - 2 * cfg.pad
     if source == MOVING_FMNIST:

@@ -33,15 +33,15 @@ def ancestral_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn, prev=None):
     return mean + s_s * c.sqrt() * noise_fn(z_t)
 
 
-def ddim_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn, prev=None):
-    """Deterministic: z_s = alpha_s x_hat + sigma_s eps_hat."""
+def ddim_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn | None, prev=None):
+    """Deterministic: z_s = alpha_s x_hat + sigma_s eps_hat (`noise_fn` is not used)."""
     a_t, s_t = alpha_sigma(lam_t)
     a_s, s_s = alpha_sigma(lam_s)
     eps_hat = (z_t - a_t * x_hat) / s_t
     return a_s * x_hat + s_s * eps_hat
 
 
-def dpmpp_2m_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn, prev=None):
+def dpmpp_2m_step(z_t, x_hat, lam_t, lam_s, noise_fn: NoiseFn | None, prev=None):
     """DPM-Solver++(2M) (Lu et al. 2022) in this file's log-SNR: with h = (lam_s - lam_t) / 2 (the
     solver's half-log-SNR step), z_s = (sigma_s / sigma_t) z_t + alpha_s (1 - e^-h) D, where
     D = x_hat on the first step (which is exactly DDIM) and afterwards the linear extrapolation

@@ -34,7 +34,7 @@ class CosineSchedule:
         u0, u1 = self._u_range()
         return u0 + t * (u1 - u0)
 
-    def lam(self, t: torch.Tensor) -> torch.Tensor:
+    def lam(self, t: torch.Tensor | float) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else t.dtype)
         out = -2.0 * torch.log(torch.tan(self._u(t))) + self.shift
         # Pin the endpoints exactly (float rounding in atan/tan would miss them by ~1e-6).

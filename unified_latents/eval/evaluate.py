@@ -19,127 +19,27 @@ from ..config import SampleConfig
 from ..data import ImageData, crop_pad, load_images, named_by_artifact, to_float, to_uint8
 from ..data.fingerprint import data_fingerprint
 from ..data.grids import save_strip
+from ..data.modality import Modality
 from ..data.prepared import RowRange
 from ..files import atomic_write_text
 from ..generate import class_labels, generate_images
-from ..objectives import BaseModel
+from ..objectives import BaseModel, UnifiedLatents
 from ..objectives.registry import build_meta_stages, load_model
 from ..training.posthoc_ema import apply_ema_length
 from .fid import InceptionFeatures, feature_cache, fid_from_features, kid, read_features, write_features
 from .flops import generation_report, stage1_report
 from .metrics import psnr
 from .reconstruct import reconstruct_rows, summarise
-
-
-@dataclass
-class EvalRequest:
-    samples: int | None = None  # generated examples for gFID/KID (None: the modality's default)
-    recon: int | None = None  # held-out examples reconstructed (0 = skip)
-    ref_count: int | None = None  # held-out reference examples
-    inception: str | None = None  # Inception TorchScript file (None: the one scripts/setup.sh fetches)
-    i3d: str | None = None  # video: I3D TorchScript file for FVD
-    context_frames: int = 5  # video: given frames in the continuation test
-    sampling: dict = dataclasses.field(default_factory=dict)  # SampleConfig fields to override
-    device: torch.device | str = "cpu"
-    progress: bool = True
-    out: Path | None = None  # folder for eval.json and image grids
-    batch: int | None = None  # examples per network call (None: the artifact's eval.batch)
-    trust_torchscript: bool = False  # load Inception/I3D files other than the pinned Inception (--trust-torchscript)
-    fid_resize: str = "tf1"  # resize to Inception's 299x299: "tf1" (the reference FID's) or "torch" (earlier versions')
-    ema_length: float | None = None  # the base model's post-hoc EMA of this sigma_rel (training/posthoc_ema.py)
-
-
-@dataclass
-class Reference:
-    reference_images: int
-    reference: str
-    video: bool
-    unit: str
-    frames: int
-    fid_resize: str  # how images reach Inception's 299x299 ("tf1": as the reference FID code)
-
-
-@dataclass
-class SampleScores:
-    gfid: float
-    gfid_samples: int
-    kid: float
-    kid_std: float  # spread of the MMD estimate over 100 random subsets of kid_subset samples from each side
-    kid_subset: int
-    fvd: float | None = None
-    fvd_samples: int | None = None
-
-
-@dataclass
-class ContinuationScores:
-    continuation_psnr: float
-    continuation_clips: int
-    context_frames: int
-    context_latent_frames: int
-    generated_from_frame: int
-
-
-@dataclass
-class PixelBits:
-    pixel_bits_per_image: float
-    pixel_bpp: float
-    pixel_bits_images: int
-
-
-@dataclass
-class ReconstructionScores:
-    rfid: float
-    rfid_samples: int
-    psnr: float
-    ssim: float
-    prior_bits_per_image: float
-    prior_bpp: float
-    base_bits_per_image: float  # class-conditional (each image's own label) when the base model has classes
-    base_bpp: float
-    base_null_bits_per_image: float | None = None  # the same latents under the null (unconditional) label
-    base_null_bpp: float | None = None
-
-
-@dataclass
-class FlopCounts:
-    stage1_train_per_sample: int
-    base_params: int
-    base_forward_flops: int
-    base_train_flops: int
-    generate_flops: int
-
-
-@dataclass
-class EvalResult:
-    reference: Reference
-    samples: SampleScores
-    continuations: ContinuationScores | None
-    pixel: PixelBits | None
-    reconstructions: ReconstructionScores | None
-    stage: str
-    flops: FlopCounts
-    sampling: SampleConfig
-    posthoc_ema: dict | None = None  # the post-hoc EMA evaluated (sigma_rel, snapshots, fit), if any
-
-    def to_dict(self) -> dict:
-        """The eval.json form: one flat record (absent measurements left out), then flops and sampling."""
-        out: dict = {}
-        for part in (self.reference, self.samples, self.continuations, self.pixel, self.reconstructions):
-            if part is not None:
-                out.update({k: v for k, v in dataclasses.asdict(part).items() if v is not None})
-        out["stage"] = self.stage
-        if self.posthoc_ema:
-            out["posthoc_ema"] = self.posthoc_ema
-        out["flops"] = dataclasses.asdict(self.flops)
-        s = self.sampling
-        out["sampling"] = {
-            "sampler": s.sampler,
-            "base_steps": s.base_steps,
-            "decoder_steps": s.decoder_steps,
-            "guidance": s.guidance,
-            "guidance_interval": s.guidance_interval,
-        }
-        return out
+from .results import (
+    ContinuationScores,
+    EvalRequest,
+    EvalResult,
+    FlopCounts,
+    PixelBits,
+    ReconstructionScores,
+    Reference,
+    SampleScores,
+)
 
 
 @dataclass
@@ -150,11 +50,11 @@ class _Context:
     req: EvalRequest
     sc: SampleConfig  # the sampling settings in force (the artifact's, with the request's overrides)
     held: ImageData
-    ref: object  # reference Inception features [N, 2048]
+    ref: np.ndarray  # reference Inception features [N, 2048]
     net: InceptionFeatures
 
     @property
-    def m(self):
+    def m(self) -> Modality:
         return self.model.modality
 
     @property
@@ -171,9 +71,10 @@ class _Context:
         return self.req.batch or self.model.cfg.eval.batch or self.m.eval_encode_batch
 
 
-def eval_counts(m, samples: int | None, recon: int | None, ref_count: int | None) -> tuple[int, int, int]:
+def eval_counts(m: Modality, samples: int | None, recon: int | None, ref_count: int | None) -> tuple[int, int, int]:
     """Fill unset counts with the modality's defaults (images, or clips)."""
-    return tuple(v if v is not None else dv for v, dv in zip((samples, recon, ref_count), m.eval_counts, strict=True))
+    ds, dr, dc = m.eval_counts
+    return (ds if samples is None else samples, dr if recon is None else recon, dc if ref_count is None else ref_count)
 
 
 def evaluate_artifact(artifact: Path, request: EvalRequest) -> dict:
@@ -235,7 +136,7 @@ def eval_context(model: BaseModel, request: EvalRequest) -> tuple[_Context, Refe
             "fingerprinting the held-out data",
         )
     )
-    ctx = _Context(model, request, sc, held, None, net)
+    ctx = _Context(model, request, sc, held, np.empty((0, 2048)), net)  # the reference features come next
     ctx.ref = eval_reference(ctx, key, ref_count)
     reference = Reference(ref_count, f"{src}:{split}", m.video, m.samples, d.frames, net.resize)
     return ctx, reference, (samples, recon, ref_count)
@@ -275,6 +176,7 @@ def eval_samples(ctx: _Context, samples: int, ref_count: int, fvd_net) -> Sample
         scores.fvd, scores.fvd_samples = fid_from_features(fake, real), samples
     head = dist.gather_cat(gen[: max(0, min(hi, 100) - lo)], everyone=False)  # the first 100, for the sheet
     if req.out is not None:  # rank 0 only
+        assert head is not None  # rank 0 holds everyone's
         m.save_samples(head, Path(req.out) / "samples.png", samples, labels is not None)
     return scores
 
@@ -285,6 +187,7 @@ def eval_reference(ctx: _Context, key: str, count: int) -> np.ndarray:
     path = feature_cache(key)
     cached = read_features(path)
     if dist.all_agree(cached is not None):  # every process can read it (nodes may not share the cache folder)
+        assert cached is not None  # this process's among them
         return cached
     lo, hi = dist.my_share(count)
     feats = dist.gather_cat(_features(ctx, RowRange(ctx.held.images, lo, hi), ctx.pad, "reference features")).numpy()
@@ -361,6 +264,7 @@ def eval_continuations(ctx: _Context, count: int) -> ContinuationScores:
     p = dist.gather_cat(torch.cat(ps) if ps else torch.empty(0))
     head = dist.gather_cat(torch.cat(gens) if gens else torch.empty(0, dtype=torch.uint8), everyone=False)
     if ctx.req.out is not None:  # rank 0: the first 4 clips, each real row above its continuation
+        assert head is not None
         n = head.shape[0]
         rows = torch.stack([crop_pad(ctx.held.images[:n], ctx.pad), head], dim=1).flatten(0, 1)
         save_strip(rows, Path(ctx.req.out) / "continuations.png")
@@ -410,7 +314,8 @@ def eval_reconstructions(ctx: _Context, recon: int) -> ReconstructionScores:
         first=lo,
     )
     rfeat = dist.gather_cat(_features(ctx, recs, pad, "reconstruction features")).numpy()
-    rm = summarise(*(dist.gather_cat(t) for t in (ps, ss, bits)), s1.pixels_per_image())
+    ps, ss, bits = dist.gather_cat(ps), dist.gather_cat(ss), dist.gather_cat(bits)  # every process's, in rank order
+    rm = summarise(ps, ss, bits, s1.pixels_per_image())
     (base_bits, base_bpp), null = eval_bits(ctx, recon), None
     if ctx.model.num_classes and ctx.held.labels is not None:  # also without the labels: comparable with the prior's
         null = eval_bits(ctx, recon, null_label=True)
@@ -421,6 +326,7 @@ def eval_reconstructions(ctx: _Context, recon: int) -> ReconstructionScores:
         orig = dist.gather_cat(_features(ctx, RowRange(ctx.held.images, lo, hi), pad, "original features")).numpy()
     head = dist.gather_cat(recs[: max(0, min(hi, 10) - lo)], everyone=False)  # the first 10, for the picture
     if req.out is not None:  # rank 0 only
+        assert head is not None
         ctx.m.save_reconstructions(
             crop_pad(ctx.held.images[: head.shape[0]], pad),
             crop_pad(head, pad),
@@ -445,6 +351,7 @@ def eval_flops(model: BaseModel, sc: SampleConfig) -> FlopCounts:
     cfg = model.cfg
     meta_base = build_meta_stages(cfg, model.stage1.cfg)
     pixel = cfg.stage == "pixel"
-    s1_train = 0 if pixel else stage1_report(meta_base.stage1)["total"]["train_flops"]
+    s1 = meta_base.stage1  # UnifiedLatents, or the pixel baseline's PixelSpace (nothing to train)
+    s1_train = stage1_report(s1)["total"]["train_flops"] if isinstance(s1, UnifiedLatents) else 0
     gen = generation_report(meta_base, sc.guidance, sc.base_steps, 0 if pixel else sc.decoder_steps)
     return FlopCounts(s1_train, **gen)

@@ -5,9 +5,15 @@ attention matmuls; a training step costs 3x the forward pass (forward + backward
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from ..objectives.stage1 import UnifiedLatents
+    from ..objectives.stage2 import BaseModel
 
 
 def count_params(module: nn.Module) -> int:
@@ -20,7 +26,7 @@ def forward_flops(fn, *args, **kwargs) -> int:
     return int(counter.get_total_flops())
 
 
-def stage1_report(model: nn.Module, device: str | torch.device = "meta") -> dict[str, dict[str, int]]:
+def stage1_report(model: UnifiedLatents, device: str | torch.device = "meta") -> dict[str, dict[str, int]]:
     """Per-network parameters and forward FLOPs for ONE sample, plus the training cost."""
     x = torch.zeros(1, *model.x_shape, device=device)
     z = torch.zeros(1, *model.z_shape, device=device)
@@ -37,7 +43,9 @@ def stage1_report(model: nn.Module, device: str | torch.device = "meta") -> dict
     return out
 
 
-def generation_report(base, guidance: float, base_steps: int, decoder_steps: int, device="meta") -> dict[str, float]:
+def generation_report(
+    base: BaseModel, guidance: float, base_steps: int, decoder_steps: int, device="meta"
+) -> dict[str, int]:
     """FLOPs per training sample of the base model and per generated sample (base steps, with
     a second, unconditional pass where guidance is on, plus decoder steps and its final call)."""
     z = torch.zeros(1, *base.z_shape, device=device)

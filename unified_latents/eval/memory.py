@@ -15,14 +15,17 @@ CUDA context (~0.5-1 GB) are not counted.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..config import RunConfig
 from ..training.parallel import blocks, trainable_networks, wrap_blocks
+
+if TYPE_CHECKING:
+    from ..objectives.base import ObjectiveModule
 
 
 class MetaNoise:
@@ -64,7 +67,7 @@ def _fused_sdpa(q, k, v, *args, **kwargs):
 
 
 def saved_activation_bytes(
-    model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, checkpointing: bool = False
+    model: ObjectiveModule, x: torch.Tensor, labels: torch.Tensor | None, checkpointing: bool = False
 ) -> int:
     """Bytes of the tensors one training forward of `model` (on meta) saves for backward. With
     activation checkpointing, what each block keeps is its inputs (what it saves is recomputed)."""
@@ -94,7 +97,9 @@ def saved_activation_bytes(
     return total
 
 
-def _activations(model: nn.Module, x_shape: tuple[int, ...], n: int, num_classes: int, checkpointing: bool) -> int:
+def _activations(
+    model: ObjectiveModule, x_shape: tuple[int, ...], n: int, num_classes: int, checkpointing: bool
+) -> int:
     labels = torch.zeros(n, dtype=torch.long, device="meta") if num_classes else None
     return saved_activation_bytes(model, torch.zeros(n, *x_shape, device="meta"), labels, checkpointing)
 

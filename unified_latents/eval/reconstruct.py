@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..data import load_images, named_by_artifact
+from ..data.images import Rows
 from ..data.prepared import RowRange
 from ..data.transforms import crop_pad, to_float, to_uint8
 from ..objectives.registry import load_model
@@ -25,7 +26,7 @@ def _per_example(metric, frames_fn, a: torch.Tensor, b: torch.Tensor) -> torch.T
 @torch.no_grad()
 def reconstruct_rows(
     model,
-    images,
+    images: Rows,
     pad: int = 0,
     batch: int = 250,
     steps: int | None = None,
@@ -35,7 +36,7 @@ def reconstruct_rows(
     progress: bool = True,
     mean_of: int = 1,
     first: int = 0,
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reconstruct `images` (uint8 rows, anything sliced like a tensor: lazily decoded rows are read
     a batch at a time); example k uses seed `first + k`, so a share of a larger set reconstructs as
     it would within the whole. Returns (reconstructions uint8, then per example: PSNR, SSIM on the
@@ -55,7 +56,12 @@ def reconstruct_rows(
         bits.append(model.bits(x, seeds, n_t).cpu())
         recs.append(rec)
     if not recs:
-        return torch.empty((0, *tuple(images.shape)[1:]), dtype=torch.uint8), *(torch.empty(0) for _ in range(3))
+        return (
+            torch.empty((0, *tuple(images.shape)[1:]), dtype=torch.uint8),
+            torch.empty(0),
+            torch.empty(0),
+            torch.empty(0),
+        )
     return torch.cat(recs), torch.cat(ps), torch.cat(ss), torch.cat(bits)
 
 
@@ -107,7 +113,7 @@ def reconstruct(
     mean_of: int = 1,
     batch: int | None = None,
     ema_length: float | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | dict]:
     """`ul reconstruct`: reconstruct `count` held-out examples (under torchrun, each process its
     share: example k uses seed k whatever the process count); rank 0 writes originals above
     reconstructions in a PNG. `ema_length`: the stage-1 networks' post-hoc EMA of that sigma_rel."""
@@ -129,9 +135,11 @@ def reconstruct(
         mean_of=mean_of,
         first=lo,
     )
-    metrics = summarise(*(dist.gather_cat(t) for t in (ps, ss, bits)), model.pixels_per_image(), mean_of)
+    ps, ss, bits = dist.gather_cat(ps), dist.gather_cat(ss), dist.gather_cat(bits)  # every process's, in rank order
+    metrics: dict[str, float | dict] = dict(summarise(ps, ss, bits, model.pixels_per_image(), mean_of))
     shown = min(16, count)
     head = dist.gather_cat(recs[: max(0, min(hi, shown) - lo)], everyone=False)
     if out is not None and dist.is_main():
+        assert head is not None  # rank 0 holds everyone's
         model.modality.save_reconstructions(held.images[:shown], head, out, shown)
     return {**metrics, "posthoc_ema": posthoc} if posthoc else metrics

@@ -159,7 +159,11 @@ def _latent_frames(k: int) -> str:
 
 def metric_rows(ev: dict, m: Modality, side: int) -> list[tuple[str, str]]:
     """The Markdown report's metrics of one evaluation (absent measurements left out)."""
-    return [(x.label(m), x.value(ev, m, side)) for x in METRICS if x.label is not None and x.when(ev, m)]
+    return [
+        (x.label(m), x.value(ev, m, side))
+        for x in METRICS
+        if x.label is not None and x.value is not None and x.when(ev, m)
+    ]
 
 
 def run_rows(ev: dict, res1, res2, times: dict) -> list[tuple[str, str]]:

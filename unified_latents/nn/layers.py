@@ -79,6 +79,7 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))  # [N, cout, *S]
         h = self.norm2(h)
         if self.film is not None:
+            assert emb is not None, "a block with FiLM needs the conditioning vector"
             scale, shift = self.film(emb).reshape(emb.shape[0], 2, -1, *([1] * (x.ndim - 2))).unbind(1)
             h = h * (1 + scale) + shift
         h = self.conv2(self.drop(F.silu(h)))

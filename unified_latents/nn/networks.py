@@ -8,6 +8,7 @@ the network's grid, `labels` optional class indices (index `num_classes` means "
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +92,12 @@ def _resized(cond: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """cond on a level's grid: averaged where the grid is coarser, repeated (nearest) where finer."""
     src = cond.shape[2:]
     if any(t < s for s, t in zip(src, size, strict=True)):
-        pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[len(size)]
-        cond = pool(cond, [min(s, t) for s, t in zip(src, size, strict=True)])
+        pools: dict[int, Callable[..., torch.Tensor]] = {
+            1: F.adaptive_avg_pool1d,
+            2: F.adaptive_avg_pool2d,
+            3: F.adaptive_avg_pool3d,
+        }
+        cond = pools[len(size)](cond, [min(s, t) for s, t in zip(src, size, strict=True)])
     return cond if cond.shape[2:] == size else F.interpolate(cond, size=size, mode="nearest")
 
 
@@ -165,7 +170,7 @@ class UNet(_Denoiser):
         for i, (blocks, down) in enumerate(zip(self.down, self.downsample, strict=True)):
             if i and self.cond_deep is not None:
                 h = h + self.cond_deep[i - 1](_resized(cond, h.shape[2:]))
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):  # ModuleList is not generic: its items read as Module
                 h = blk(h, emb)
             skips.append(h)
             h = down(h)
@@ -176,7 +181,7 @@ class UNet(_Denoiser):
             if h.shape[2:] != skip.shape[2:]:
                 h = F.interpolate(h, size=skip.shape[2:], mode="nearest")
             h = torch.cat([upconv(h), skip], dim=1)  # [N, 2c, *S_level]
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(h, emb)
         return self.patch_out(F.silu(self.out_norm(h)))  # [N, out_ch, *S]
 

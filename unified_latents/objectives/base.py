@@ -17,7 +17,7 @@ from .noise import CounterNoise
 if TYPE_CHECKING:
     from ..config import RunConfig
     from ..data.modality import Modality
-    from .noise import BatchNoise
+    from .noise import RowNoise
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Objective(Protocol):
     log_keys: tuple[str, ...]  # loss terms and after_step values worth printing, in order
     has_unused_parameters: bool  # DDP must not wait for gradients of a network left unused
 
-    def draw_noise(self, rng: BatchNoise) -> dict[str, torch.Tensor]:
+    def draw_noise(self, rng: RowNoise) -> dict[str, torch.Tensor]:
         """Every random number this process's rows of the global batch need, each tensor [rows, ...]
         drawn through `rng` (objectives/noise.py), so the rows' numbers do not depend on the rank."""
 
@@ -54,6 +54,13 @@ class Objective(Protocol):
         """Extra metadata stored in the inference artifact."""
 
 
+if TYPE_CHECKING:
+
+    class ObjectiveModule(torch.nn.Module, Objective):
+        """For annotations only: an nn.Module that is an Objective, what the training loop holds
+        (Python's types have no intersection; the objectives match Objective structurally)."""
+
+
 class Autoencoder(Protocol):
     """The space stage 2 diffuses in: UL's frozen stage 1, or the identity on pixels (PixelSpace)."""
 
@@ -62,7 +69,18 @@ class Autoencoder(Protocol):
     dims: int  # 2 (images) or 3 (video): the convolution type of the base network
     x_shape: tuple[int, ...]  # one example [C, H, W] or [C, T, H, W]
     z_shape: tuple[int, ...]  # one latent
-    decoder_net: torch.nn.Module | None  # the network each decoding step calls (None: decoding is free)
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        """The encoder network, whose weights are fingerprinted (stage2.encoder_fingerprint)."""
+
+    @property
+    def decoder_net(self) -> torch.nn.Module | None:
+        """The network each decoding step calls (None: decoding is free)."""
+
+    # nn.Module's, which BaseModel uses to freeze it
+    def eval(self) -> Autoencoder: ...
+    def requires_grad_(self, requires_grad: bool = True) -> Autoencoder: ...
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """float x [N, *x_shape] in [-1, 1] -> z_clean [N, *z_shape]."""

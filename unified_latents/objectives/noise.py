@@ -10,6 +10,7 @@ resume, and a process never materialises the noise of rows it does not train on.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 
@@ -20,6 +21,16 @@ _ROW_STRIDE = 1 << 20  # rows per step key (a global batch is far smaller)
 def step_key(seed: int, step: int) -> int:
     """The key of one optimisation step's randomness."""
     return (seed * 1_000_003 + step) & _MASK
+
+
+class RowNoise(Protocol):
+    """What an objective's draw_noise draws from: BatchNoise, or a stand-in giving tensors of the
+    same shapes (eval/memory.py MetaNoise, on the meta device)."""
+
+    def normal(self, shape: tuple[int, ...]) -> torch.Tensor: ...
+    def uniform(self, shape: tuple[int, ...] = ()) -> torch.Tensor: ...
+    def randint(self, high: int) -> torch.Tensor: ...
+    def stratified(self, stratified: bool = True) -> torch.Tensor: ...
 
 
 class BatchNoise:

@@ -10,11 +10,11 @@ import torch
 
 from .. import dist
 from ..accel import apply_backends, lay_out, resolve
+from ..artifacts import load_artifact
 from ..config import RunConfig
 from ..errors import ArtifactError, ConfigError, UserError
 from ..presets import get_preset
 from ..saved_config import from_saved
-from ..training.checkpoint import load_artifact
 from .pixel import PixelSpace, pixel_config
 from .stage1 import UnifiedLatents
 from .stage2 import BaseModel
@@ -82,8 +82,8 @@ def load_model(path: Path, device: torch.device | str = "cpu", stage: str | None
 
     tensors, cfg_dict, meta = load_artifact(path)
     cfg = checked_config(cfg_dict, path)
-    wanted = {"base": ("base", "pixel")}.get(stage, (stage,))  # a pixel-diffusion model generates like a base model
-    if stage is not None and cfg.stage not in wanted:
+    wanted: dict[str, tuple[str, ...]] = {"base": ("base", "pixel")}  # a pixel-diffusion model generates like a base
+    if stage is not None and cfg.stage not in wanted.get(stage, (stage,)):
         raise ArtifactError(f"{path} is a '{cfg.stage}' artifact; this command needs a '{stage}' one")
     s1cfg = None
     if cfg.stage == "base":

@@ -25,7 +25,7 @@ from ..diffusion import (
 from ..errors import ConfigError
 from ..nn import build_denoiser, build_encoder, check_grid, encoder_grid
 from .base import Losses, bcast, denoise, elbo_bits, generation_noise
-from .noise import BatchNoise
+from .noise import RowNoise
 
 MEAN_SEED_OFFSET = 3_000_017  # decoder seeds of the j-th sample averaged by reconstruct(mean_of=K)
 VARIANCE_SEED_OFFSET = 2_000_003  # a learned variance's eps for example seed s: seed s + this
@@ -78,6 +78,9 @@ def _alpha_sigma0(lam0: float) -> tuple[float, float]:
 class UnifiedLatents(nn.Module):
     """Holds E, P, D. `forward(x, labels, noise)` returns the stage-1 loss terms per example.
     Images and video share every line: `dims` (2 or 3) only picks the convolution type."""
+
+    log_loss_factor: torch.Tensor  # buffers (registered in __init__)
+    controlled_bits: torch.Tensor
 
     def __init__(self, cfg: RunConfig):
         super().__init__()
@@ -141,7 +144,7 @@ class UnifiedLatents(nn.Module):
 
     # ------------------------------------------------------------------ noise
 
-    def draw_noise(self, rng: BatchNoise) -> dict[str, torch.Tensor]:
+    def draw_noise(self, rng: RowNoise) -> dict[str, torch.Tensor]:
         """Every random number this process's rows of the global batch need (objectives/noise.py)."""
         strat = self.cfg.diffusion.stratified
         out = {
@@ -176,6 +179,7 @@ class UnifiedLatents(nn.Module):
         mean, logvar = self.encode_stats(x)
         if logvar is None:
             return mean, torch.zeros(mean.shape[0], device=mean.device)
+        assert eps_var is not None, "a learned variance needs its noise eps_var"
         lam0 = self.cfg.diffusion.lam0
         extra = -0.5 * torch.log1p(torch.exp(logvar + lam0)).flatten(1).sum(1)
         return mean + torch.exp(0.5 * logvar) * eps_var, extra

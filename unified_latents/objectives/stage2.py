@@ -27,8 +27,7 @@ from ..diffusion.guidance import guided
 from ..errors import ConfigError
 from ..nn import build_denoiser
 from .base import Autoencoder, Losses, bcast, denoise, elbo_bits, generation_noise
-from .noise import BatchNoise
-from .stage1 import UnifiedLatents
+from .noise import RowNoise
 
 DECODER_SEED_OFFSET = 7_919  # decoder noise of sample k uses seed k + offset (base uses k)
 CONTEXT_SEED_OFFSET = 104_729  # the context latents' encoder noise (z0 = alpha0 z + sigma0 eps)
@@ -37,7 +36,7 @@ CONTEXT_SEED_OFFSET = 104_729  # the context latents' encoder noise (z0 = alpha0
 LATER_ENCODER_FIELDS = {"patch_t": 1, "time_down": -1}  # NetConfig fields added after the first release
 
 
-def encoder_fingerprint(stage1: UnifiedLatents) -> str:
+def encoder_fingerprint(stage1: Autoencoder) -> str:
     """sha256 of the encoder's config and weights: ties cached latents to one encoder."""
     h = hashlib.sha256()
     enc = to_dict(stage1.cfg.model.encoder)
@@ -68,6 +67,7 @@ class BaseModel(nn.Module):
 
     log_keys = ("base_nats", "elbo_bits_per_image")
     has_unused_parameters = False
+    latent_scale: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(self, cfg: RunConfig, stage1: Autoencoder):
         super().__init__()
@@ -106,7 +106,7 @@ class BaseModel(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def draw_noise(self, rng: BatchNoise) -> dict[str, torch.Tensor]:
+    def draw_noise(self, rng: RowNoise) -> dict[str, torch.Tensor]:
         out = {
             "t": rng.stratified(self.stage1.cfg.diffusion.stratified),
             "eps": rng.normal(self.z_shape),
@@ -132,6 +132,7 @@ class BaseModel(nn.Module):
             return None
         if mask is None:
             return torch.zeros(n, self.z_shape[0] + 1, *self.z_shape[1:], device=device)
+        assert z0_ctx is not None, "a context mask comes with the context's z0"
         m = mask.expand(-1, 1, *self.z_shape[1:])
         return torch.cat([z0_ctx * m, m], dim=1)
 
@@ -206,7 +207,7 @@ class BaseModel(nn.Module):
         labels: torch.Tensor | None,
         guidance: float = 1.0,
         interval: list[float] | None = None,
-        ctx: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        ctx: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None,
     ):
         """(z_t, lam) -> z_hat, with classifier-free guidance when labels are given. With
         `ctx` = (mask, cond map, context z_clean) the known frames' prediction is their true

@@ -9,9 +9,12 @@ copied from the model after each update. Sharded (FSDP) models are averaged shar
 from __future__ import annotations
 
 import copy
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -19,8 +22,8 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-class EMA:
-    def __init__(self, model: nn.Module, decay: float):
+class EMA(Generic[M]):
+    def __init__(self, model: M, decay: float):
         self.decay = decay
         frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
         self.model = copy.deepcopy(model, memo=dict(frozen)).eval()

@@ -267,7 +267,7 @@ def _step(run: Run, batches) -> tuple[int, float]:
     run.live = {**dict(zip(keys, red, strict=True)), "grad_norm": gnorm}
     run.unread.append(ok)
     if run.accel.fused_adam:  # the kernel skips a non-finite step on the device: nothing is read here
-        run.opt.found_inf = (~ok).to(torch.float32)
+        run.opt.found_inf = (~ok).to(torch.float32)  # type: ignore[attr-defined]  # read by the fused step
         _update(run, step, ok)
     else:
         settle(run)  # the one host read of the step: was it finite?

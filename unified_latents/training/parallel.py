@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..nn.layers import ResBlock, TransformerBlock
 from .ema import EMA
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 BLOCKS = (ResBlock, TransformerBlock)
 SHARDS = ("ddp", "fsdp")
@@ -58,7 +62,7 @@ class Layout:
     forward: nn.Module
     opt: torch.optim.Optimizer
     ddp: DDP | None = None
-    fsdp_units: list[nn.Module] = field(default_factory=list)
+    fsdp_units: list[FSDPModule] = field(default_factory=list)
 
     @property
     def sharded(self) -> bool:
@@ -104,7 +108,8 @@ def optimizer(cfg: RunConfig, model: nn.Module, acc: Accel) -> torch.optim.Optim
     lets the loop skip a non-finite step on the device: `found_inf`)."""
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=acc.fused_adam)
+    b1, b2 = t.betas  # two numbers (config.py checks)
+    return torch.optim.AdamW(params, lr=t.lr, betas=(b1, b2), weight_decay=t.weight_decay, fused=acc.fused_adam)
 
 
 def wrap_blocks(nets: list[nn.Module], compile: bool, recompute: bool) -> None:
@@ -130,7 +135,7 @@ def trainable_networks_like(copy: nn.Module, nets: list[nn.Module], model: nn.Mo
     return [getattr(copy, n) for n in names]
 
 
-def _fully_shard(nets: list[nn.Module], device: torch.device, mixed: bool) -> list[nn.Module]:
+def _fully_shard(nets: list[nn.Module], device: torch.device, mixed: bool) -> list[FSDPModule]:
     """FSDP2 per block, then per network (its remaining parameters); returns the sharded units."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -144,10 +149,8 @@ def _fully_shard(nets: list[nn.Module], device: torch.device, mixed: bool) -> li
     units = []
     for net in nets:
         for b in blocks(net):
-            fully_shard(b, mp_policy=policy)
-            units.append(b)
-        fully_shard(net, mp_policy=policy)
-        units.append(net)
+            units.append(fully_shard(b, mp_policy=policy))  # the block itself, now an FSDPModule
+        units.append(fully_shard(net, mp_policy=policy))
     return units
 
 
@@ -157,4 +160,8 @@ def full_state(module: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
         return module.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # torch types a state dict's values as any state value; a model's are tensors
+    return cast(
+        dict[str, torch.Tensor],
+        get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+    )

@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from safetensors import safe_open
@@ -39,6 +40,10 @@ from .posthoc_ema import FOLDER as POSTHOC_FOLDER
 from .posthoc_ema import PowerEMA, write_snapshot
 from .state import PendingSave, list_states, load_tensors, read_meta, remove_stale, save_state
 
+if TYPE_CHECKING:
+    from ..data.sampler import Examples
+    from ..objectives.base import ObjectiveModule
+
 
 @dataclass
 class Run:
@@ -46,15 +51,15 @@ class Run:
 
     cfg: RunConfig
     outdir: Path
-    model: nn.Module  # an Objective (objectives/base.py), sharded in place under FSDP
-    ema: EMA
+    model: ObjectiveModule  # sharded in place under FSDP
+    ema: EMA[ObjectiveModule]
     layout: Layout
-    data: object
+    data: Examples
     device: torch.device
     artifact_kind: str
     per_rank: int
     micro: int
-    accel: Accel | None = None  # the resolved device choices (unified_latents/accel.py)
+    accel: Accel  # the resolved device choices (unified_latents/accel.py)
     samples: int = 0
     bad_total: int = 0
     consecutive_bad: int = 0
@@ -89,7 +94,7 @@ class Run:
         out = {"model": keep(msd), "ema": keep(esd), "optim": {"state": osd["state"]}}
         if self.posthoc:
             out["posthoc"] = {str(i): keep(get_model_state_dict(p.model)) for i, p in enumerate(self.posthoc)}
-        return out, osd["param_groups"]
+        return out, cast(list, osd["param_groups"])  # torch types every value of the optimizer's state alike
 
     def meta(self) -> dict:
         return {
@@ -100,7 +105,7 @@ class Run:
         }
 
 
-def fingerprints(cfg: RunConfig, model: nn.Module) -> dict:
+def fingerprints(cfg: RunConfig, model: ObjectiveModule) -> dict:
     """The training data's content fingerprint and, for stage 2, the frozen encoder's: a state is
     resumed only with the same ones (rank 0 computes them; every process gets rank 0's)."""
 
@@ -139,7 +144,7 @@ def setup(
 ) -> Run:
     """Model, EMA, layout and optimizer, restored from the newest readable state when there is one."""
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
-    model = build_model().to(device)
+    model = cast("ObjectiveModule", build_model().to(device))  # build_model makes an Objective (objectives/base.py)
     fps = fingerprints(cfg, model)  # before sharding: the encoder's weights are read whole
     acc = resolve(cfg, device)
     lay_out(model, acc)  # before the EMA copies are made, so they share the layout
@@ -347,7 +352,7 @@ def finish_pending(run: Run) -> None:
         ) from None
 
 
-def _fix(e: Exception) -> str:
+def _fix(e: BaseException) -> str:
     """What to do about a failed write: free space only when space ran out (errno ENOSPC/EDQUOT,
     also inside DCP's collected per-rank errors); make the folder writable when it is not."""
     text = f"{e} {getattr(e, 'strerror', '')}"
@@ -362,7 +367,7 @@ def _fix(e: Exception) -> str:
     return "fix the cause above (if it names no folder problem, please report it as a bug)"
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: BaseException) -> str:
     return e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or ["?"])[-1][:200]
 
 

@@ -23,11 +23,13 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from .. import dist
 from ..errors import ResumeError
@@ -108,7 +110,8 @@ def save_state(outdir: Path, samples: int, tensors: dict, meta: dict, keep: int,
     writer = HuggingFaceStorageWriter(str(tmp), save_distributed=True)
     pending = PendingSave(tmp, final, {"samples": samples, **meta}, keep)
     if group is not None:
-        pending.future = dcp.async_save(tensors, storage_writer=writer, process_group=group)
+        # A Future: async_save returns an AsyncSaveResponse only where it stages asynchronously (not asked here)
+        pending.future = cast(Future, dcp.async_save(tensors, storage_writer=writer, process_group=group))
     else:
         with _quiet():
             dcp.save(tensors, storage_writer=writer, no_dist=dist.world() == 1)
@@ -178,7 +181,10 @@ def read_state(path: Path) -> dict:
     **state.json}. For tools and tests; training loads through `load_tensors`."""
     reader = HuggingFaceStorageReader(str(path))
     md = reader.read_metadata()
-    flat = {k: torch.empty(v.size, dtype=v.properties.dtype) for k, v in md.state_dict_metadata.items()}
+    flat = {}
+    for k, v in md.state_dict_metadata.items():
+        assert isinstance(v, TensorStorageMetadata), f"{k}: not a tensor"  # the safetensors files hold tensors only
+        flat[k] = torch.empty(v.size, dtype=v.properties.dtype)
     with _quiet():
         dcp.load(flat, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=True)
     out: dict = json.loads((Path(path) / META).read_text())

@@ -1,0 +1,299 @@
+"""The fault drill: every long command killed with SIGKILL at seeded moments, then rerun as it was,
+ends with the same files as an uninterrupted run (byte for byte, timings aside), and nothing
+half-written is left for a later command to read. A fast subset runs by default; `-m slow`
+drills every command at three kill points."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, make_npz
+
+TIMING_KEYS = ("sec", "seconds", "time", "minutes", "wall", "started", "elapsed")
+SKIP_FILES = (".ul-lock",)
+
+
+def _env(tmp: Path) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "UL_CACHE": str(tmp / "run" / "cache")}
+
+
+def _cmd(args: list[str], torchrun: bool = False) -> list[str]:
+    if torchrun:
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "unified_latents",
+            *args,
+        ]
+    return [sys.executable, "-m", "unified_latents", *args]
+
+
+def _run(tmp: Path, args: list[str], torchrun: bool = False) -> float:
+    t = time.monotonic()
+    r = subprocess.run(_cmd(args, torchrun), env=_env(tmp), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (args, r.stdout[-2000:], r.stderr[-3000:])
+    return time.monotonic() - t
+
+
+def _strip_timings(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_timings(v) for k, v in obj.items() if not any(t in k.lower() for t in TIMING_KEYS)}
+    if isinstance(obj, list):
+        return [_strip_timings(v) for v in obj]
+    return obj
+
+
+def _safetensors(data: bytes):
+    """(header as data, tensor bytes): safetensors' writer orders the header's keys as a hash map
+    does, so the same tensors can come as other bytes; artifacts are written with sorted keys
+    (and compared as bytes), training-state shards written by DCP are not."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = {k: json.loads(v) if v[:1] in "{[" else v for k, v in header.pop("__metadata__", {}).items()}
+    return header, meta, data[8 + n :]
+
+
+def _content(path: Path):
+    """A file's content as compared: JSON (and JSON lines) without timing fields, a training
+    state's safetensors shard by its tensors and header, else the bytes."""
+    data = path.read_bytes()
+    if path.suffix == ".safetensors" and path.parent.name.startswith("state-"):
+        return _safetensors(data)
+    if path.suffix in (".json", ".jsonl"):
+        try:
+            return [_strip_timings(json.loads(ln)) for ln in data.decode().splitlines() if ln.strip()]
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return data
+    return data
+
+
+def _tree(root: Path) -> dict[str, object]:
+    return {
+        str(p.relative_to(root)): _content(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in SKIP_FILES and "tensorboard" not in p.parts
+    }
+
+
+def _assert_same_tree(ref: Path, got: Path, where: str) -> None:
+    a, b = _tree(ref), _tree(got)
+    assert sorted(a) == sorted(b), (
+        f"{where}: files differ: only in the uninterrupted run {sorted(set(a) - set(b))}, "
+        f"only after the kill {sorted(set(b) - set(a))}"
+    )
+    bad = [name for name in a if a[name] != b[name]]
+    assert not bad, f"{where}: contents differ: {bad}"
+
+
+def drill(tmp: Path, args: list[str], kills: int, seed: int, torchrun: bool = False, before=None) -> None:
+    """Run `args` (writing under tmp/run) uninterrupted, keep the result; then `kills` times: a fresh
+    tmp/run, the command killed with SIGKILL at a seeded moment of its duration, rerun to the end,
+    the result compared with the uninterrupted one. `before(run)` prepares tmp/run each time."""
+    run, ref = tmp / "run", tmp / "ref"
+    (before or (lambda r: r.mkdir(parents=True)))(run)
+    duration = _run(tmp, args, torchrun)
+    run.rename(ref)
+    rng = random.Random(seed)
+    for _ in range(kills):
+        (before or (lambda r: r.mkdir(parents=True)))(run)
+        at = rng.uniform(0.15, 0.95) * duration
+        p = subprocess.Popen(
+            _cmd(args, torchrun),
+            env=_env(tmp),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(at)
+        os.killpg(p.pid, 9)  # the whole process group: torchrun's workers and DataLoader workers too
+        p.wait()
+        _run(tmp, args, torchrun)
+        _assert_same_tree(ref, run, f"{args[0]} killed at {at:.1f} s of {duration:.1f} s")
+        shutil.rmtree(run)
+
+
+# --------------------------------------------------------------------------- shared inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Data, a stage-1 and a base artifact, and a stand-in Inception, made once."""
+    from test_stage2 import _stand_in_inception
+
+    d = tmp_path_factory.mktemp("fault-inputs")
+    data = make_npz(d / "d.npz")
+    common = ["--preset", "tiny", "--data", str(data), "--eval-data", str(data), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "UL_CACHE": str(d / "cache")}
+    for args in (
+        ["train", *common, "--outdir", str(d / "s1")],
+        [
+            "train",
+            "--stage",
+            "base",
+            *common,
+            "--artifact",
+            str(d / "s1" / "artifact.safetensors"),
+            "--outdir",
+            str(d / "s2"),
+        ],
+    ):
+        r = subprocess.run(_cmd(args), env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return {
+        "data": data,
+        "s1": d / "s1" / "artifact.safetensors",
+        "base": d / "s2" / "artifact.safetensors",
+        "inception": _stand_in_inception(d / "inc.pt"),
+        "common": common,
+    }
+
+
+def _train(inputs, run: Path) -> list[str]:
+    return [
+        "train",
+        *inputs["common"],
+        "--outdir",
+        str(run),
+        "--set",
+        "train.ckpt_every=16",
+        "--set",
+        "train.image_every=32",
+    ]
+
+
+def _sample(inputs, run: Path) -> list[str]:
+    return [
+        "sample",
+        "--artifact",
+        str(inputs["base"]),
+        "--seeds",
+        "0-23",
+        "--base-steps",
+        "4",
+        "--decoder-steps",
+        "4",
+        "--batch",
+        "4",
+        "--outdir",
+        str(run / "samples"),
+    ]
+
+
+def test_train_and_sample_killed_then_rerun_end_as_uninterrupted(inputs, tmp_path):
+    drill(tmp_path / "train", _train(inputs, tmp_path / "train" / "run"), kills=1, seed=1)
+    drill(tmp_path / "sample", _sample(inputs, tmp_path / "sample" / "run"), kills=1, seed=2)
+
+
+# --------------------------------------------------------------------------- every command, three kill points
+
+
+def _commands(inputs, run: Path) -> dict[str, list[str]]:
+    inc = ["--inception", str(inputs["inception"]), "--trust-torchscript"]
+    return {
+        "train": _train(inputs, run),
+        "train-base": [
+            "train",
+            "--stage",
+            "base",
+            *inputs["common"],
+            "--artifact",
+            str(inputs["s1"]),
+            "--outdir",
+            str(run),
+            "--set",
+            "train.ckpt_every=16",
+            "--set",
+            "train.image_every=32",
+        ],
+        "encode": [
+            "encode",
+            "--artifact",
+            str(inputs["s1"]),
+            "--data",
+            str(inputs["data"]),
+            "--dest",
+            str(run / "lat"),
+        ],
+        "data-prepare": [
+            "data",
+            "prepare",
+            str(inputs["data"]),
+            "--dest",
+            str(run / "prep"),
+            "--preset",
+            "tiny",
+            "--no-progress",
+        ],
+        "eval": [
+            "eval",
+            "--artifact",
+            str(inputs["base"]),
+            "--samples",
+            "16",
+            "--recon",
+            "8",
+            "--ref-count",
+            "16",
+            "--outdir",
+            str(run / "eval"),
+            *inc,
+        ],
+        "sample": _sample(inputs, run),
+        "distill": [
+            "distill",
+            "--artifact",
+            str(inputs["base"]),
+            "--part",
+            "decoder",
+            "--from-steps",
+            "8",
+            "--steps",
+            "4",
+            "--samples-per-round",
+            "256",
+            "--batch",
+            "32",
+            "--out",
+            str(run / "student.safetensors"),
+        ],
+        "export": ["export", "--artifact", str(inputs["base"]), "--to", str(run / "export")],
+        "pipeline": [
+            "pipeline",
+            *inputs["common"],
+            "--outdir",
+            str(run / "p"),
+            "--samples",
+            "16",
+            "--recon",
+            "8",
+            "--ref-count",
+            "16",
+            *inc,
+        ],
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["train", "train-base", "encode", "data-prepare", "eval", "sample", "distill", "export", "pipeline"]
+)
+def test_every_long_command_killed_at_three_moments_ends_as_uninterrupted(inputs, tmp_path, name):
+    drill(tmp_path, _commands(inputs, tmp_path / "run")[name], kills=3, seed=zlib.crc32(name.encode()))
+
+
+@pytest.mark.slow
+def test_a_torchrun_training_killed_then_rerun_ends_as_uninterrupted(inputs, tmp_path):
+    drill(tmp_path, _train(inputs, tmp_path / "run"), kills=3, seed=7, torchrun=True)

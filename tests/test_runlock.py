@@ -1,0 +1,80 @@
+"""One run per output folder (unified_latents/runlock.py): a live holder is named, a killed one's
+folder is taken over with a warning, an unwritable folder is refused before any work."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+from unified_latents.errors import UserError
+from unified_latents.runlock import LOCK_NAME, FolderLock
+
+HOLD = (
+    "import sys, time\nfrom unified_latents.runlock import FolderLock\nwith FolderLock(sys.argv[1]):\n"
+    "    print('held', flush=True)\n    time.sleep(120)\n"
+)
+
+
+def _holder(folder):
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holder_is_taken_over(tmp_path, capsys):
+    folder = tmp_path / "run"
+    p = _holder(folder)
+    try:
+        with pytest.raises(UserError, match=rf"in use by another run \(process {p.pid} on .*another output folder"):
+            with FolderLock(folder, "ul train"):
+                pass
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    with FolderLock(folder):  # the kernel dropped the killed holder's lock
+        pass
+    capsys.readouterr()
+    with FolderLock(folder):  # a clean exit leaves no record: no warning the next time
+        pass
+    assert "taking it over" not in capsys.readouterr().err
+
+
+def test_the_takeover_warning_names_the_dead_process(tmp_path, capsys):
+    folder = tmp_path / "run"
+    p = _holder(folder)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    with FolderLock(folder):
+        err = capsys.readouterr().err
+    assert f"process {p.pid}" in err and "gone (killed?); taking it over" in err
+    assert (folder / LOCK_NAME).read_text() == ""  # released cleanly
+
+
+def test_one_process_may_hold_several_folders_and_a_folder_again_after_release(tmp_path):
+    with FolderLock(tmp_path / "a"), FolderLock(tmp_path / "b"):
+        pass
+    with FolderLock(tmp_path / "a"):
+        pass
+
+
+def test_an_unwritable_folder_is_one_error_before_any_work(tmp_path, monkeypatch):
+    real = os.open
+
+    def refused(path, *a, **k):
+        if str(path).endswith(LOCK_NAME):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", refused)  # the tests run as root, for whom chmod does not refuse
+    with pytest.raises(UserError, match="cannot write to .*Permission denied.*make it writable"):
+        with FolderLock(tmp_path / "ro"):
+            pass
