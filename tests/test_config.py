@@ -169,3 +169,8 @@ def test_fmnist_long_is_the_main_job_with_only_its_stated_changes(stage):
         long["model.decoder.channels"] == [32, 64, 128]
         and long["train.total_samples"] == 2 * short["train.total_samples"]
     )
+
+
+def test_a_network_needs_one_block_count_per_level():
+    with pytest.raises(ConfigError, match="model.decoder.blocks.*one block count per level of model.decoder.channels"):
+        apply_overrides(get_preset("tiny"), ["model.decoder.channels=[8,16,32]"])

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from itertools import pairwise
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def _draw(rng: BatchNoise) -> dict:
 def test_rows_drawn_by_any_split_of_processes_equal_one_draw(splits):
     key = step_key(3, 11)
     whole = _draw(BatchNoise(key, 64))
-    parts = [_draw(BatchNoise(key, 64, lo, hi)) for lo, hi in zip(splits, splits[1:], strict=True)]
+    parts = [_draw(BatchNoise(key, 64, lo, hi)) for lo, hi in pairwise(splits)]
     for k, v in whole.items():
         assert torch.equal(torch.cat([p[k] for p in parts]), v), k
 

@@ -1,6 +1,7 @@
 """RGB photos: the photo benchmark's data split, the PCA codec, the colour-sensitivity metric."""
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -76,8 +77,8 @@ def test_pca_codec_rate_distortion():
     test = sample(500)
     curve = codec.curve(test, [100.0, 1.0, 0.3, 0.1, 0.03, 0.01])
     bits, ps = zip(*curve, strict=True)
-    assert bits[0] == 0.0 and all(b2 > b1 for b1, b2 in zip(bits, bits[1:], strict=True))
-    assert all(p2 > p1 for p1, p2 in zip(ps, ps[1:], strict=True))
+    assert bits[0] == 0.0 and all(b2 > b1 for b1, b2 in pairwise(bits))
+    assert all(p2 > p1 for p1, p2 in pairwise(ps))
     assert ps[-1] > 45  # 4 real components at step 0.01: only uint8 rounding is left
     # the quantised Gaussian's entropy at a fine step: h(N(0, var)) - log2(step) per component
     c = codec.coefficients(test)

@@ -113,6 +113,8 @@ def check_ranges(cfg: Any) -> Any:
             raise bad(f"model.{n}.channels", "a list of widths, each greater than 0")
         if any(b < 0 for b in flat[f"model.{n}.blocks"]):
             raise bad(f"model.{n}.blocks", "a list of block counts, each 0 or more")
+        if len(flat[f"model.{n}.blocks"]) != len(flat[f"model.{n}.channels"]):
+            raise bad(f"model.{n}.blocks", f"one block count per level of model.{n}.channels")
     for lo, hi in (
         ("diffusion.lam_z_min", "diffusion.lam0"),
         ("diffusion.lam_x_min", "diffusion.lam_x_max"),
