@@ -19,14 +19,16 @@ HOLD = (
 )
 
 
-def _holder(folder):
+def _holder(folder, wait: bool = True):
     p = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(folder)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert p.stdout.readline().strip() == "held"
+    if wait:
+        assert p.stdout.readline().strip() == "held"
     return p
 
 
@@ -59,9 +61,12 @@ def test_the_takeover_warning_names_the_dead_process(tmp_path, capsys):
     assert (folder / LOCK_NAME).read_text() == ""  # released cleanly
 
 
-def test_one_process_may_hold_several_folders_and_a_folder_again_after_release(tmp_path):
+def test_one_process_may_hold_several_folders_a_folder_twice_and_again_after_release(tmp_path):
     with FolderLock(tmp_path / "a"), FolderLock(tmp_path / "b"):
-        pass
+        with FolderLock(tmp_path / "a"):  # nested: ul pipeline evaluating into the folder it holds
+            pass
+        p = _holder(tmp_path / "a", wait=False)  # still held by the outer hold: another process cannot have it
+        assert p.wait(timeout=60) != 0
     with FolderLock(tmp_path / "a"):
         pass
 
@@ -78,3 +83,38 @@ def test_an_unwritable_folder_is_one_error_before_any_work(tmp_path, monkeypatch
     with pytest.raises(UserError, match="cannot write to .*Permission denied.*make it writable"):
         with FolderLock(tmp_path / "ro"):
             pass
+
+
+def test_a_second_ul_train_in_the_same_folder_is_one_error_naming_the_first(tmp_path):
+    from helpers import make_npz, run_ul
+
+    data = make_npz(tmp_path / "d.npz")
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data),
+        "--outdir",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--set",
+        "train.total_samples=4096",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "unified_latents", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert first.stdout.readline()  # its first training line: it holds the folder
+        second = run_ul(*args)
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another run (process {first.pid}" in second.stderr
+        assert second.stderr.count("error:") == 1 and "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()

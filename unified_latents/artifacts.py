@@ -6,13 +6,14 @@ and objectives layers: loading a model needs these, not the training loop."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
 from .errors import ArtifactError
-from .files import atomic_write, read_safetensors
+from .files import canonical_header as canonical_header  # re-exported: older imports
+from .files import read_safetensors, write_safetensors
 
 ARTIFACT_FORMAT = "unified-latents/1"
 
@@ -21,29 +22,33 @@ def save_artifact(path: Path, tensors: dict[str, torch.Tensor], config: dict, ki
     meta = {"format": ARTIFACT_FORMAT, "kind": kind, "config": json.dumps(config)}
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    blob = save(tensors, metadata=meta)
-
-    def write(tmp) -> None:
-        with open(tmp, "wb") as f:
-            for part in canonical_header(blob):
-                f.write(part)
-
-    atomic_write(path, write)
+    write_safetensors(path, tensors, meta)
 
 
-def canonical_header(blob: bytes) -> tuple:
-    """The parts of the same safetensors file with its JSON header's keys sorted. safetensors
-    writes the metadata in hash-map order, which changes from process to process; sorted, equal
-    weights and config give equal bytes (so an artifact's hash names its content). Data offsets
-    are explicit in the header, so the tensor bytes do not move; the header keeps its length
-    (padded with spaces, as the format allows) and so its 8-byte alignment."""
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(text) > n:  # cannot happen for a header that we parsed: same content, same separators
-        return (blob,)
-    return blob[:8], text, b" " * (n - len(text)), memoryview(blob)[8 + n :]
+# ----------------------------------------------------------------------------- where an artifact comes from
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def fetch(name: str) -> Path:
+    """A local path as it is, or a Hub repo id ("user/name") downloaded with huggingface_hub."""
+    p = Path(name).expanduser()
+    if p.exists() or not REPO_ID.fullmatch(str(name)):
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ArtifactError(
+            f"{name} is not a local path; loading from the Hub needs huggingface_hub (pip install huggingface_hub)"
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id=str(name)))
+    except Exception as e:  # noqa: BLE001 (offline, no such repo, no access: one message)
+        raise ArtifactError(
+            f"{name} is not a local file or folder, and downloading it as a Hugging Face Hub repo failed "
+            f"({str(e).splitlines()[0][:160]}); check the path, or the repo name, your network and "
+            "`huggingface-cli login`"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- exported folders
@@ -95,9 +100,9 @@ def read_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
 
 
 def load_artifact(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """-> (tensors, config dict, metadata) of an artifact file or an exported folder. Refuses
-    files that are not ours or are damaged."""
-    path = Path(path)
+    """-> (tensors, config dict, metadata) of an artifact file, an exported folder, or a Hub repo
+    id holding one (downloaded). Refuses files that are not ours or are damaged."""
+    path = fetch(str(path))
     if path.is_dir() and (path / EXPORT_INDEX).exists():
         return read_folder(path)
     if not path.is_file():

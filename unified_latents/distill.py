@@ -35,6 +35,7 @@ from .diffusion.samplers import ddim_step
 from .errors import ConfigError
 from .objectives.base import denoise
 from .objectives.registry import load_model
+from .runlock import holding
 
 PARTS = ("decoder", "base")
 
@@ -164,6 +165,7 @@ def distill_round(
     return losses
 
 
+@holding("out", "ul distill")
 def distill(artifact: Path, out: Path, req: DistillRequest, device="cpu", progress: bool = True) -> dict:
     """Distil `req.part` of `artifact` from its configured steps (or `req.from_steps`) down to
     `req.steps`, write the student artifact to `out`; returns a summary (rounds, losses, seconds)."""

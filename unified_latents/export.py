@@ -11,21 +11,20 @@ folder wherever they take an artifact; `load("user/name")` downloads one from th
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from .artifacts import EXPORT_FORMAT, EXPORT_INDEX, component_prefixes, load_artifact
+from .artifacts import EXPORT_FORMAT, EXPORT_INDEX, REPO_ID, component_prefixes, load_artifact
+from .artifacts import fetch as fetch  # re-exported: the Python API imports it from here
 from .data.modality import modality_of
 from .errors import UserError
 from .eval.report import metric_rows, table
+from .files import write_safetensors
+from .runlock import holding
 from .saved_config import from_saved
 
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
-
+@holding("to", "ul export", beside=True)
 def export(artifact: Path, to: Path, eval_json: Path | None = None) -> Path:
     """Write `artifact` as a folder at `to` (built beside it and renamed into place: never half written)."""
     tensors, config, meta = load_artifact(artifact)
@@ -42,7 +41,7 @@ def export(artifact: Path, to: Path, eval_json: Path | None = None) -> Path:
         if not part:
             continue
         (tmp / name).mkdir()
-        save_file(part, str(tmp / name / "model.safetensors"))
+        write_safetensors(tmp / name / "model.safetensors", part)
         net = config["model"]["base"] if name == "base" else stage1["model"][name]
         (tmp / name / "config.json").write_text(
             json.dumps(
@@ -59,14 +58,14 @@ def export(artifact: Path, to: Path, eval_json: Path | None = None) -> Path:
         used |= {prefix + k for k in part}
     extras = {k: v.contiguous() for k, v in tensors.items() if k not in used}
     if extras:
-        save_file(extras, str(tmp / "extras.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        write_safetensors(tmp / "extras.safetensors", extras)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     index = {
         "format": EXPORT_FORMAT,
         "components": comps,
         "metadata": {k: v for k, v in meta.items() if k not in ("format", "config")},
     }
-    (tmp / EXPORT_INDEX).write_text(json.dumps(index, indent=2))
+    (tmp / EXPORT_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
     (tmp / "README.md").write_text(model_card(config, stage1, meta, _eval_record(artifact, config, eval_json), to.name))
     shutil.rmtree(to, ignore_errors=True)
     tmp.rename(to)
@@ -168,26 +167,6 @@ def _card_metrics(ev: dict | None, meta: dict, cfg1) -> list[str]:
         f"training ({bits / pixels:.4f} bits per input pixel{m.per_frame_words}).",
         "",
     ]
-
-
-def fetch(name: str) -> Path:
-    """A local path as it is, or a Hub repo id ("user/name") downloaded with huggingface_hub."""
-    p = Path(name).expanduser()
-    if p.exists() or not REPO_ID.fullmatch(str(name)):
-        return p
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise UserError(
-            f"{name} is not a local path; loading from the Hub needs huggingface_hub (pip install huggingface_hub)"
-        ) from None
-    try:
-        return Path(snapshot_download(repo_id=str(name)))
-    except Exception as e:  # noqa: BLE001 (offline, no such repo, no access: one message)
-        raise UserError(
-            f"cannot download {name} from the Hugging Face Hub ({str(e).splitlines()[0][:160]}); "
-            "check the name, your network and `huggingface-cli login`"
-        ) from None
 
 
 def push(folder: Path, repo_id: str, private: bool = False) -> str:

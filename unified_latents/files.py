@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
 
 def atomic_write(path: Path, write_fn) -> None:
@@ -33,6 +34,45 @@ def atomic_write(path: Path, write_fn) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write's temporaries: .NAME.XXXXXXXX.tmp
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporaries a killed atomic_write left anywhere under `folder` (only call it with
+    the folder held: runlock.FolderLock, so no live writer's temporary is taken)."""
+    gone = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and TEMP_RE.match(p.name)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+def canonical_header(blob: bytes) -> tuple:
+    """The parts of the same safetensors file with its JSON header's keys sorted. safetensors
+    writes the metadata in hash-map order, which changes from process to process; sorted, equal
+    tensors and metadata give equal bytes (so a file's hash names its content). Data offsets
+    are explicit in the header, so the tensor bytes do not move; the header keeps its length
+    (padded with spaces, as the format allows) and so its 8-byte alignment."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # cannot happen for a header that we parsed: same content, same separators
+        return (blob,)
+    return blob[:8], text, b" " * (n - len(text)), memoryview(blob)[8 + n :]
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written atomically, its header in canonical (sorted) order: the same
+    tensors and metadata always give the same bytes."""
+    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+    def write(tmp) -> None:
+        with open(tmp, "wb") as f:
+            for part in canonical_header(blob):
+                f.write(part)
+
+    atomic_write(path, write)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ from .errors import UserError
 from .files import atomic_write_text
 from .objectives import BaseModel
 from .objectives.registry import load_model
+from .runlock import holding
 
 
 def class_labels(seeds: list[int], classes: str | None, num_classes: int) -> torch.Tensor | None:
@@ -119,6 +120,7 @@ class SampleRequest:
     sampling: dict = field(default_factory=dict)  # steps, decoder_steps, sampler, guidance, interval
 
 
+@holding("outdir", "ul sample")
 def write_samples(
     artifact: Path, seeds: list[int], outdir: Path, req: SampleRequest, device="cpu", progress: bool = True
 ) -> dict[str, Path]:

@@ -19,9 +19,11 @@ from .eval.report import read_stats, report_sections, write_report
 from .files import atomic_write_text
 from .objectives.stage1 import check_grids
 from .presets import get_preset
+from .runlock import holding
 from .stages import base_config, train_stage
 
 
+@holding("outdir", "ul pipeline")
 def run_pipeline(
     preset: str,
     overrides: list[str],

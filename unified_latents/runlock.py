@@ -11,16 +11,24 @@ before any work. Under torchrun only rank 0 takes the lock, for all the processe
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
+from . import dist
 from .errors import UserError
+from .files import remove_stale_temps
 
 LOCK_NAME = ".ul-lock"
+_HELD: dict[Path, int] = {}  # lock files this process holds -> how many times (nested holds are free)
 
 
 def _alive(pid: int) -> bool:
@@ -42,18 +50,26 @@ def _describe(owner: dict) -> str:
 
 class FolderLock:
     """`with FolderLock(folder, what):` holds `folder` for this process (created if missing);
-    UserError when another live process holds it or the folder cannot be written."""
+    UserError when another live process holds it or the folder cannot be written. Once held, the
+    temporaries a killed write left under it are removed (files.remove_stale_temps). `name`: the
+    lock file's name, for an output that is one entry of a shared folder (ul export's folder,
+    which is replaced whole, is held by `.NAME.ul-lock` beside it); `clean` off leaves the
+    folder's other entries alone."""
 
-    def __init__(self, folder: Path, what: str = "this command"):
-        self.folder, self.what = Path(folder), what
+    def __init__(self, folder: Path, what: str = "this command", name: str = LOCK_NAME, clean: bool = True):
+        self.folder, self.what, self.name, self.clean = Path(folder), what, name, clean
         self.fd: int | None = None
 
     def __enter__(self) -> FolderLock:
         import fcntl
 
+        key = (self.folder / self.name).resolve()
+        if key in _HELD:  # this process holds it already (ul pipeline evaluating into its own folder)
+            _HELD[key] += 1
+            return self
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(self.folder / self.name, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise UserError(
                 f"cannot write to {self.folder} ({e.strerror}): make it writable or pass another output folder"
@@ -71,6 +87,10 @@ class FolderLock:
                 f"stop it, or give {self.what} another output folder"
             ) from None
         self._take_over(self._owner())
+        _HELD[key] = 1
+        if self.clean:
+            for p in remove_stale_temps(self.folder):
+                print(f"removed {p}, left by an interrupted write", file=sys.stderr, flush=True)
         return self
 
     def _owner(self) -> dict:
@@ -100,14 +120,64 @@ class FolderLock:
         os.pwrite(self.fd, json.dumps(me).encode(), 0)
 
     def __exit__(self, *exc) -> None:
+        key = (self.folder / self.name).resolve()
+        if _HELD.get(key, 0) > 1:
+            _HELD[key] -= 1
+            return
+        _HELD.pop(key, None)
         if self.fd is not None:
             os.ftruncate(self.fd, 0)  # a clean exit leaves no holder behind (the kernel drops the lock)
             os.close(self.fd)
             self.fd = None
 
 
-def folder_lock(folder: Path, what: str, main: bool = True):
-    """FolderLock on the main process of a job; a no-op context elsewhere (the main one holds it)."""
-    from contextlib import nullcontext
+@contextmanager
+def job_lock(folder: Path, what: str, **kw) -> Iterator[None]:
+    """FolderLock held by rank 0 for the whole job (every process when there is one): all the
+    processes learn whether rank 0 got it, so a refused job stops everywhere instead of hanging."""
+    lock = FolderLock(folder, what, **kw) if dist.is_main() else None
+    err: UserError | None = None
+    if lock is not None:
+        try:
+            lock.__enter__()
+        except UserError as e:
+            err = e
+    if not dist.all_agree(err is None):
+        raise err or UserError(f"{folder}: rank 0 of this job could not take it; see its message")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
-    return FolderLock(folder, what) if main else nullcontext()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def holding(where: str | Callable[[dict], Path | None], what: str, beside: bool = False):
+    """Decorator: the function runs with the output it writes held by its job (job_lock). `where`:
+    the name of the argument giving the output folder, or a function of the bound arguments giving
+    it (None: nothing to hold). `beside`, or an output that is one file (it has a suffix): held by
+    `.NAME.ul-lock` in its parent folder, whose other entries are left alone."""
+
+    def deco(fn: Callable[P, R]) -> Callable[P, R]:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            out = where(bound.arguments) if callable(where) else bound.arguments[where]
+            if out is None:
+                return fn(*args, **kwargs)
+            out = Path(out)
+            if beside or out.suffix:
+                with job_lock(out.parent, what, name=f".{out.name}.ul-lock", clean=False):
+                    return fn(*args, **kwargs)
+            with job_lock(out, what):
+                return fn(*args, **kwargs)
+
+        return run
+
+    return deco

@@ -27,6 +27,7 @@ from .errors import ConfigError, UserError
 from .objectives import BaseModel, UnifiedLatents, encoder_fingerprint
 from .objectives.registry import artifact_config, build_model, load_model
 from .objectives.stage1 import check_grids
+from .runlock import holding
 from .training import TrainResult, train
 
 
@@ -137,6 +138,7 @@ def encode_into(stage1: UnifiedLatents, data, dest: Path, meta: dict, device, pr
     dist.on_main(finish, f"writing {dest / INDEX}")
 
 
+@holding("dest", "ul encode")
 def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress: bool = True) -> Path:
     """`ul encode`: cache z_clean (and labels) of a dataset with the frozen EMA encoder. DEST.safetensors:
     one file (one process). A folder: one shard per process (torchrun splits the data), index last."""

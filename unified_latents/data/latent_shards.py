@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import DataError
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write_text, write_safetensors
 from .fingerprint import comparable
 from .latents import LATENTS_FORMAT, LatentData, load_latents, streaming_std
 
@@ -40,7 +39,7 @@ def write_shard(dest: Path, k: int, n: int, lat: LatentData, offset: int, meta: 
     if lat.labels is not None:
         tensors["labels"] = lat.labels.contiguous()
     info = {"format": LATENTS_FORMAT, "offset": str(offset), **{k2: str(v) for k2, v in meta.items()}}
-    atomic_write(Path(dest) / shard_name(k, n), lambda tmp: save_file(tensors, tmp, metadata=info))
+    write_safetensors(Path(dest) / shard_name(k, n), tensors, info)
 
 
 def write_index(dest: Path, n: int, total: int, meta: dict) -> None:

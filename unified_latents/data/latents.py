@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..errors import DataError
-from ..files import atomic_write, read_safetensors
+from ..files import read_safetensors, write_safetensors
 from .fingerprint import comparable
 from .images import Rows
 from .transforms import to_float
@@ -66,7 +65,7 @@ def save_latents(path: Path, data: LatentData, fingerprint: str, source: str, da
     meta = {"format": LATENTS_FORMAT, "encoder_fingerprint": fingerprint, "source": json.dumps(source)}
     if data_fp is not None:
         meta["data_fingerprint"] = data_fp
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    write_safetensors(Path(path), tensors, meta)
 
 
 def load_latents(path: Path, fingerprint: str, data_fp: str | None = None) -> LatentData:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ..config import DataConfig
 from ..errors import DataError
 from ..files import atomic_write_text
+from ..runlock import holding
 from .hub import HubImages, hub_labels, is_hub, open_split, require_datasets
 from .images import ImageData
 from .modality import IMAGE, Modality, modality_named, modality_of
@@ -95,6 +96,7 @@ def _hub_source(cfg: DataConfig, spec: str, inner: int):
     return HubImages(ds, cfg.image_column, cfg.channels, inner), (labels.tolist() if labels is not None else None)
 
 
+@holding("dest", "ul data prepare")
 def prepare(cfg: DataConfig, source: str, dest: Path, num_proc: int = 1, progress: bool = True) -> dict:
     """Write `source` (an image folder, an .npz, fmnist, photos, hf:NAME; with data.frames, a
     video folder or file, an .npz of clips, moving-fmnist) as a prepared dataset at `dest`,
@@ -297,6 +299,18 @@ class RowRange:
         return self.images[self.lo + a : self.lo + b]
 
 
+def _load_part(datasets, path: Path, part: str):
+    """One part of a prepared folder, memory-mapped; a part cut short (a copy or a disk that ran
+    out) is one error naming it and the command that writes it again."""
+    try:
+        return datasets.load_from_disk(str(path / part))
+    except Exception as e:  # noqa: BLE001 (Arrow's OSError/ArrowInvalid, datasets' FileNotFoundError: one message)
+        raise DataError(
+            f"{path / part} is damaged or incomplete ({str(e).splitlines()[0][:160]}); delete that part folder and "
+            f"run `ul data prepare` with the same source and --dest {path} again (the complete parts are kept)"
+        ) from None
+
+
 def load_prepared(cfg: DataConfig, path: Path) -> ImageData:
     """A prepared folder as ImageData whose images are read lazily."""
     datasets = require_datasets()
@@ -311,7 +325,7 @@ def load_prepared(cfg: DataConfig, path: Path) -> ImageData:
             f"{path} was prepared as {have}{meta['size']}x{meta['size']} with {meta['channels']} channel(s); "
             f"this run needs {need}{inner}x{inner} with {cfg.channels}: prepare it again with these settings"
         )
-    parts = [datasets.load_from_disk(str(Path(path) / p)) for p in meta["parts"]]
+    parts = [_load_part(datasets, Path(path), p) for p in meta["parts"]]
     table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     labels = torch.tensor(table["label"], dtype=torch.int64) if meta["labelled"] else None
     return ImageData(PreparedImages(table, m.column, m.example_shape(cfg), cfg.pad), labels, meta["skipped"])

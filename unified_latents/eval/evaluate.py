@@ -25,6 +25,7 @@ from ..files import atomic_write_text
 from ..generate import class_labels, generate_images
 from ..objectives import BaseModel, UnifiedLatents
 from ..objectives.registry import build_meta_stages, load_model
+from ..runlock import holding
 from ..training.posthoc_ema import apply_ema_length
 from .fid import InceptionFeatures, feature_cache, fid_from_features, kid, read_features, write_features
 from .flops import generation_report, stage1_report
@@ -77,6 +78,7 @@ def eval_counts(m: Modality, samples: int | None, recon: int | None, ref_count: 
     return (ds if samples is None else samples, dr if recon is None else recon, dc if ref_count is None else ref_count)
 
 
+@holding(lambda a: a["request"].out, "ul eval")
 def evaluate_artifact(artifact: Path, request: EvalRequest) -> dict:
     """`ul eval`: load a base (or pixel) artifact and evaluate it; the eval.json record."""
     model, _ = load_model(artifact, request.device, stage="base")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -222,11 +223,13 @@ def feature_cache(key: str) -> Path:
 
 
 def read_features(path: Path) -> np.ndarray | None:
-    """Cached features, or None when absent or unreadable (the damaged file is removed)."""
+    """Cached features, or None when absent or unreadable (the damaged file is removed, with a
+    warning: the features are then computed again)."""
     if path.exists():
         try:
             return np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
+            print(f"warning: the feature cache {path} is damaged ({e}); computing the features again", file=sys.stderr)
             path.unlink(missing_ok=True)
     return None
 

@@ -34,6 +34,7 @@ from ..data.sampler import MicroBatches, micro_batch_loader
 from ..errors import ConfigError, ResumeError, TrainingError
 from ..files import read_jsonl
 from ..objectives.noise import BatchNoise, step_key
+from ..runlock import job_lock
 from ..saved_config import incompatible_changes
 from .checkpoint import atomic_write_text
 from .loggers import check_kind, make_log
@@ -137,15 +138,15 @@ def train(
     """Train to cfg.train.total_samples (or stop early, with a checkpoint, at `until` samples)."""
     t = cfg.train
     check_kind(t.log)  # before anything is written
-    run = _setup(cfg, Path(outdir), build_model, data, device or torch.device("cpu"), artifact_kind)
-    start = run.samples
-
-    done = run.samples >= t.total_samples  # a finished run's rerun logs nothing new
-    log = make_log("" if done else t.log, run.outdir, run.samples, to_dict(cfg), dist.is_main())
-    try:
-        return _train_loop(run, start, log, preview_x, save_previews, progress, until)
-    finally:
-        log.close()
+    with job_lock(Path(outdir), "ul train"):  # one run per folder
+        run = _setup(cfg, Path(outdir), build_model, data, device or torch.device("cpu"), artifact_kind)
+        start = run.samples
+        done = run.samples >= t.total_samples  # a finished run's rerun logs nothing new
+        log = make_log("" if done else t.log, run.outdir, run.samples, to_dict(cfg), dist.is_main())
+        try:
+            return _train_loop(run, start, log, preview_x, save_previews, progress, until)
+        finally:
+            log.close()
 
 
 def _train_loop(run: Run, start: int, log, preview_x, save_previews, progress, until) -> TrainResult:

@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
 from scipy.optimize import brentq
 
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import write_safetensors
 from .ema import EMA
 
 FOLDER = "posthoc-ema"
@@ -75,8 +74,7 @@ def write_snapshot(folder: Path, ema: PowerEMA, weights: dict[str, torch.Tensor]
         "step": json.dumps(step),
         "samples": json.dumps(samples),
     }
-    blob = save({k: v.detach().cpu().contiguous() for k, v in weights.items()}, metadata=meta)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+    write_safetensors(path, weights, meta)
 
 
 def _inner(t1: np.ndarray, g1: np.ndarray, t2: np.ndarray, g2: np.ndarray) -> np.ndarray:
