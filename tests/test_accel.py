@@ -38,17 +38,10 @@ CUDA_CHOICES = [
 @pytest.fixture(autouse=True)
 def _restore_backends():
     """apply_backends switches process-wide flags: put them back for the other tests."""
-    saved = (
-        torch.backends.cuda.matmul.fp32_precision,
-        torch.backends.cudnn.conv.fp32_precision,
-        torch.backends.cudnn.benchmark,
-    )
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     yield
-    (
-        torch.backends.cuda.matmul.fp32_precision,
-        torch.backends.cudnn.conv.fp32_precision,
-        torch.backends.cudnn.benchmark,
-    ) = saved
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[1:]
 
 
 # --------------------------------------------------------------------------- resolution
@@ -236,11 +229,7 @@ def test_inception_features_run_without_tf32_or_autocast_and_are_cached_by_preci
 
     def stand(x):  # records the precision in force where the Inception network runs
         seen.append(
-            (
-                torch.backends.cuda.matmul.fp32_precision,
-                torch.backends.cudnn.conv.fp32_precision,
-                torch.is_autocast_enabled("cpu"),
-            )
+            (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.is_autocast_enabled("cpu"))
         )
         return x.mean((2, 3))
 
@@ -249,8 +238,8 @@ def test_inception_features_run_without_tf32_or_autocast_and_are_cached_by_preci
     accel.apply_backends(accel.resolve(apply_overrides(get_preset("tiny"), ["accel.tf32=on"]), "cpu"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         net(torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8))
-    assert seen == [("ieee", "ieee", False)]
-    assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # restored afterwards
+    assert seen == [("highest", False, False)]
+    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32  # restored afterwards
     assert net.precision.startswith("cpu") and "fp32" in net.precision
     net.device = torch.device("cuda")
     assert net.precision.startswith("cuda")

@@ -103,6 +103,32 @@ def _assert_same_tree(ref: Path, got: Path, where: str) -> None:
     assert not bad, f"{where}: contents differ: {bad}"
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: each process's parent)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL to `pid` and everything it started, as when the machine loses power."""
+    for p in [pid, *_descendants(pid)]:
+        try:
+            os.kill(p, 9)
+        except ProcessLookupError:
+            pass
+
+
 def drill(tmp: Path, args: list[str], kills: int, seed: int, torchrun: bool = False, before=None) -> None:
     """Run `args` (writing under tmp/run) uninterrupted, keep the result; then `kills` times: a fresh
     tmp/run, the command killed with SIGKILL at a seeded moment of its duration, rerun to the end,
@@ -123,7 +149,7 @@ def drill(tmp: Path, args: list[str], kills: int, seed: int, torchrun: bool = Fa
             start_new_session=True,
         )
         time.sleep(at)
-        os.killpg(p.pid, 9)  # the whole process group: torchrun's workers and DataLoader workers too
+        _kill_tree(p.pid)  # torchrun's workers are session leaders of their own: not in p's group
         p.wait()
         _run(tmp, args, torchrun)
         _assert_same_tree(ref, run, f"{args[0]} killed at {at:.1f} s of {duration:.1f} s")

@@ -86,16 +86,13 @@ def autocast(cfg: RunConfig, device: torch.device | str):
     return resolve(cfg, device).autocast()
 
 
-def _cudnn_conv():
-    """cuDNN's convolution switches: torch.backends.cudnn.conv exists (set when torch.backends.cudnn
-    is imported) but torch's type stubs do not declare it."""
-    return torch.backends.cudnn.conv  # type: ignore[attr-defined]
-
-
 def apply_backends(acc: Accel) -> None:
-    """The process-wide switches: TF32 for float32 matmuls and convolutions, cuDNN autotuning."""
-    torch.backends.cuda.matmul.fp32_precision = "tf32" if acc.tf32 else "ieee"
-    _cudnn_conv().fp32_precision = "tf32" if acc.tf32 else "ieee"
+    """The process-wide switches: TF32 for float32 matmuls and convolutions, cuDNN autotuning. Set
+    through set_float32_matmul_precision and cudnn.allow_tf32, which torch keeps in step with its
+    per-backend `fp32_precision` switches (setting only those makes the older getters raise, and
+    torch.compile's autotuning reads them)."""
+    torch.set_float32_matmul_precision("high" if acc.tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = acc.tf32
     torch.backends.cudnn.benchmark = acc.cudnn_benchmark
 
 
@@ -103,14 +100,15 @@ def apply_backends(acc: Accel) -> None:
 def exact_fp32():
     """Float32 without TF32 and without autocast, whatever the process has switched on: for the
     Inception features of FID, which are compared with features computed elsewhere."""
-    saved = (torch.backends.cuda.matmul.fp32_precision, _cudnn_conv().fp32_precision)
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
-    _cudnn_conv().fp32_precision = "ieee"
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
     try:
         with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             yield
     finally:
-        torch.backends.cuda.matmul.fp32_precision, _cudnn_conv().fp32_precision = saved
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:

@@ -33,7 +33,8 @@ REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 def fetch(name: str) -> Path:
     """A local path as it is, or a Hub repo id ("user/name") downloaded with huggingface_hub."""
     p = Path(name).expanduser()
-    if p.exists() or not REPO_ID.fullmatch(str(name)):
+    local = p.exists() or p.suffix == ".safetensors" or Path(p.parts[0]).is_dir()  # a path, perhaps mistyped
+    if local or not REPO_ID.fullmatch(str(name)):
         return p
     try:
         from huggingface_hub import snapshot_download
@@ -46,8 +47,8 @@ def fetch(name: str) -> Path:
     except Exception as e:  # noqa: BLE001 (offline, no such repo, no access: one message)
         raise ArtifactError(
             f"{name} is not a local file or folder, and downloading it as a Hugging Face Hub repo failed "
-            f"({str(e).splitlines()[0][:160]}); check the path, or the repo name, your network and "
-            "`huggingface-cli login`"
+            f"({(str(e).splitlines() or [type(e).__name__])[0][:160]}); check the path, or the repo name, "
+            "your network and `huggingface-cli login`"
         ) from None
 
 

@@ -25,6 +25,10 @@ def init(device: str = "auto") -> torch.device:
     if not use_cuda:
         _join("gloo", None)
         return torch.device("cpu")
+    if index is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UserError(
+            f"--device {device} names one GPU; under torchrun each process takes its own: pass --device cuda"
+        )
     if index is not None and index >= torch.cuda.device_count():
         raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 ...)")
     gpu = torch.device("cuda", local_gpu() if index is None else index)

@@ -165,7 +165,7 @@ def distill_round(
     return losses
 
 
-@holding("out", "ul distill")
+@holding("out", "ul distill", beside=True)
 def distill(artifact: Path, out: Path, req: DistillRequest, device="cpu", progress: bool = True) -> dict:
     """Distil `req.part` of `artifact` from its configured steps (or `req.from_steps`) down to
     `req.steps`, write the student artifact to `out`; returns a summary (rounds, losses, seconds)."""

@@ -40,11 +40,14 @@ TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write's temporar
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporaries a killed atomic_write left anywhere under `folder` (only call it with
-    the folder held: runlock.FolderLock, so no live writer's temporary is taken)."""
-    gone = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and TEMP_RE.match(p.name)]
+    """Delete the temporaries a killed atomic_write left directly in `folder` (only call it with
+    the folder held: runlock.FolderLock; sub-folders are other commands' and are left to them)."""
+    gone = [p for p in Path(folder).glob(".*.tmp") if p.is_file() and TEMP_RE.match(p.name)]
     for p in gone:
-        p.unlink(missing_ok=True)
+        try:
+            p.unlink()
+        except OSError:  # another user's, or already gone: not ours to insist on
+            continue
     return gone
 
 

@@ -29,6 +29,23 @@ from .files import remove_stale_temps
 
 LOCK_NAME = ".ul-lock"
 _HELD: dict[Path, int] = {}  # lock files this process holds -> how many times (nested holds are free)
+_FDS: set[int] = set()  # their descriptors
+UNSUPPORTED = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)  # flock refused by the file system
+
+
+def _close_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the parent's lock; closing its copies means the
+    lock goes with the parent, not with the last of its children."""
+    for fd in list(_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _FDS.clear()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _alive(pid: int) -> bool:
@@ -59,6 +76,7 @@ class FolderLock:
     def __init__(self, folder: Path, what: str = "this command", name: str = LOCK_NAME, clean: bool = True):
         self.folder, self.what, self.name, self.clean = Path(folder), what, name, clean
         self.fd: int | None = None
+        self.made: list[Path] = []  # what taking the lock created (the folder, the lock file)
 
     def __enter__(self) -> FolderLock:
         import fcntl
@@ -68,6 +86,8 @@ class FolderLock:
             _HELD[key] += 1
             return self
         try:
+            missing = [p for p in (*reversed(self.folder.parents), self.folder) if not p.exists()]
+            self.made = [*missing, *([] if (self.folder / self.name).exists() else [self.folder / self.name])]
             self.folder.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.folder / self.name, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -78,20 +98,38 @@ class FolderLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             owner = self._owner()
-            os.close(self.fd)
-            self.fd = None
+            self._close()
+            if e.errno in UNSUPPORTED:  # a file system without flock: run unguarded rather than not at all
+                print(
+                    f"warning: {self.folder} cannot be locked ({e.strerror}); nothing stops a second run from "
+                    "using it at the same time",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return self
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             raise UserError(
                 f"{self.folder} is in use by another run ({_describe(owner)}); wait for it to finish or "
                 f"stop it, or give {self.what} another output folder"
             ) from None
-        self._take_over(self._owner())
+        try:
+            self._take_over(self._owner())
+            if self.clean:
+                for p in remove_stale_temps(self.folder):
+                    print(f"removed {p}, left by an interrupted write", file=sys.stderr, flush=True)
+        except BaseException:
+            self._close()
+            raise
         _HELD[key] = 1
-        if self.clean:
-            for p in remove_stale_temps(self.folder):
-                print(f"removed {p}, left by an interrupted write", file=sys.stderr, flush=True)
+        _FDS.add(self.fd)
         return self
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            _FDS.discard(self.fd)
+            os.close(self.fd)
+            self.fd = None
 
     def _owner(self) -> dict:
         try:
@@ -127,8 +165,16 @@ class FolderLock:
         _HELD.pop(key, None)
         if self.fd is not None:
             os.ftruncate(self.fd, 0)  # a clean exit leaves no holder behind (the kernel drops the lock)
-            os.close(self.fd)
-            self.fd = None
+            if exc and exc[0] is not None:  # failed (bad input): leave no folder or lock file it created
+                self._unmake()
+            self._close()
+
+    def _unmake(self) -> None:
+        for p in reversed(self.made):
+            try:
+                p.rmdir() if p.is_dir() else p.unlink()
+            except OSError:  # the folder holds what the command wrote before failing: keep it
+                return
 
 
 @contextmanager
@@ -136,30 +182,34 @@ def job_lock(folder: Path, what: str, **kw) -> Iterator[None]:
     """FolderLock held by rank 0 for the whole job (every process when there is one): all the
     processes learn whether rank 0 got it, so a refused job stops everywhere instead of hanging."""
     lock = FolderLock(folder, what, **kw) if dist.is_main() else None
-    err: UserError | None = None
+    err: BaseException | None = None
     if lock is not None:
         try:
             lock.__enter__()
-        except UserError as e:
+        except Exception as e:  # noqa: BLE001 - re-raised below, after every process knows
             err = e
     if not dist.all_agree(err is None):
         raise err or UserError(f"{folder}: rank 0 of this job could not take it; see its message")
     try:
         yield
-    finally:
+    except BaseException as e:
         if lock is not None:
-            lock.__exit__(None, None, None)
+            lock.__exit__(type(e), e, e.__traceback__)  # a failed command leaves no folder it created
+        raise
+    if lock is not None:
+        lock.__exit__(None, None, None)
 
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def holding(where: str | Callable[[dict], Path | None], what: str, beside: bool = False):
+def holding(where: str | Callable[[dict], Path | None], what: str, beside: bool | Callable[[Path], bool] = False):
     """Decorator: the function runs with the output it writes held by its job (job_lock). `where`:
     the name of the argument giving the output folder, or a function of the bound arguments giving
-    it (None: nothing to hold). `beside`, or an output that is one file (it has a suffix): held by
-    `.NAME.ul-lock` in its parent folder, whose other entries are left alone."""
+    it (None: nothing to hold). `beside` (or a test of the path): the output is one entry of its
+    parent folder (a file, or a folder replaced whole), held by `.NAME.ul-lock` there, the
+    parent's other entries left alone; otherwise the output folder itself is held."""
 
     def deco(fn: Callable[P, R]) -> Callable[P, R]:
         sig = inspect.signature(fn)
@@ -172,7 +222,7 @@ def holding(where: str | Callable[[dict], Path | None], what: str, beside: bool 
             if out is None:
                 return fn(*args, **kwargs)
             out = Path(out)
-            if beside or out.suffix:
+            if beside(out) if callable(beside) else beside:
                 with job_lock(out.parent, what, name=f".{out.name}.ul-lock", clean=False):
                     return fn(*args, **kwargs)
             with job_lock(out, what):

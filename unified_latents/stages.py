@@ -31,6 +31,7 @@ from .runlock import holding
 from .training import TrainResult, train
 
 
+@holding("outdir", "ul train")  # stage 2 writes its latent cache there before training
 def train_stage(
     cfg: RunConfig, outdir: Path, device: torch.device, progress: bool | None = None, until: int | None = None
 ) -> TrainResult:
@@ -138,7 +139,7 @@ def encode_into(stage1: UnifiedLatents, data, dest: Path, meta: dict, device, pr
     dist.on_main(finish, f"writing {dest / INDEX}")
 
 
-@holding("dest", "ul encode")
+@holding("dest", "ul encode", beside=lambda p: p.suffix == ".safetensors")
 def encode(artifact: Path, data: str | None, dest: Path, device="cpu", progress: bool = True) -> Path:
     """`ul encode`: cache z_clean (and labels) of a dataset with the frozen EMA encoder. DEST.safetensors:
     one file (one process). A folder: one shard per process (torchrun splits the data), index last."""

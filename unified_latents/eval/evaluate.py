@@ -78,7 +78,7 @@ def eval_counts(m: Modality, samples: int | None, recon: int | None, ref_count: 
     return (ds if samples is None else samples, dr if recon is None else recon, dc if ref_count is None else ref_count)
 
 
-@holding(lambda a: a["request"].out, "ul eval")
+@holding(lambda a: a["request"].out and Path(a["request"].out) / "eval.json", "ul eval", beside=True)
 def evaluate_artifact(artifact: Path, request: EvalRequest) -> dict:
     """`ul eval`: load a base (or pixel) artifact and evaluate it; the eval.json record."""
     model, _ = load_model(artifact, request.device, stage="base")

@@ -107,7 +107,7 @@ class CounterNoise:
     """Per-example random streams computed on the device: value j of the c-th draw of example k is
     a hash of (seed k, c, j) (counter-based, like Philox), so one kernel draws a whole batch and
     example k's numbers depend only on its seed, never on the batch it shares or the device count.
-    Normals by Box-Muller from two 24-bit uniforms of one 64-bit hash (tails reach about 5.9
+    Normals by Box-Muller from two 23-bit uniforms of one 64-bit hash (tails reach about 5.9
     sigma). The same interface as the host streams (objectives/base.py seeded_noise); CPU and GPU
     give the same numbers up to float rounding of log/cos, not the host streams' numbers."""
 
@@ -127,8 +127,9 @@ class CounterNoise:
 
     @staticmethod
     def _unit(words: torch.Tensor, shift: int) -> torch.Tensor:
-        """24 bits of each word at `shift` as a float32 uniform in (0, 1) (never 0: log-safe)."""
-        return (((words >> shift) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+        """23 bits of each word at `shift` as a float32 uniform strictly inside (0, 1): the centres
+        of 2^23 equal cells (exact in float32, never 0 or 1: log-safe)."""
+        return ((words >> shift) & 0x7FFFFF).to(torch.float32) * (1.0 / (1 << 23)) + (1.0 / (1 << 24))
 
     def normal(self, shape: tuple[int, ...]) -> torch.Tensor:
         w = self._words(tuple(shape))

@@ -55,4 +55,4 @@ class EMA(Generic[M]):
             else:  # a list of 0-d weights: one 0-d tensor would be read as a Python scalar (a host read)
                 torch._foreach_lerp_(dsts, srcs, [ok.to(dsts[0].dtype) * (1 - d)] * len(dsts))
         for e, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            e.copy_(b)
+            e.copy_(b if ok is None else torch.where(ok, b, e))  # a skipped step copies nothing

@@ -201,7 +201,11 @@ def _finish(run: Run, start: int, preview) -> TrainResult:
     t = run.cfg.train
     if run.samples == start and run.artifact_at == run.samples:
         return TrainResult(run.artifact, run.samples, run.metrics)  # already finished: rewrite nothing
-    settle(run)
+    try:
+        settle(run)
+    except TrainingError:  # too many bad steps, found only now: a state being written is still completed
+        finish_pending(run)
+        raise
     art = checkpoint(run)
     finish_pending(run)
     if run.samples >= t.total_samples and not (t.image_every > 0 and run.samples % t.image_every == 0):
@@ -265,11 +269,14 @@ def _step(run: Run, batches) -> tuple[int, float]:
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
     gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a replicated DTensor
     ok = torch.isfinite(red[keys.index("loss")]) & torch.isfinite(gnorm)
-    run.live = {**dict(zip(keys, red, strict=True)), "grad_norm": gnorm}
+    # merged, not replaced: a skipped step's after_step values stay the last taken step's
+    run.live = {**run.live, **dict(zip(keys, red, strict=True)), "grad_norm": gnorm}
     run.unread.append(ok)
     if run.accel.fused_adam:  # the kernel skips a non-finite step on the device: nothing is read here
         run.opt.found_inf = (~ok).to(torch.float32)  # type: ignore[attr-defined]  # read by the fused step
         _update(run, step, ok)
+        if len(run.unread) >= run.cfg.train.max_bad_steps:  # enough unread steps to stop on: look at them
+            settle(run)
     else:
         settle(run)  # the one host read of the step: was it finite?
         if not run.consecutive_bad:
