@@ -475,6 +475,9 @@ def test_each_process_binds_its_gpu_and_nccl_to_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)  # torchrun: every GPU of the node visible
     assert dist.init("cuda") == torch.device("cuda", 3) and joined["backend"] == "nccl"
     assert bound == [torch.device("cuda", 0), torch.device("cuda", 3)]
+    with pytest.raises(UserError, match="under torchrun each process takes its own"):
+        dist.init("cuda:5")  # one named GPU for 4 processes
+    monkeypatch.setenv("WORLD_SIZE", "1")
     assert dist.init("cuda:5") == torch.device("cuda", 5)
     with pytest.raises(UserError, match="cuda:9"):
         dist.init("cuda:9")
