@@ -68,7 +68,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from unified_latents import dist  # noqa: E402
 from unified_latents.accel import apply_backends, lay_out, resolve  # noqa: E402
 from unified_latents.config import apply_overrides  # noqa: E402
-from unified_latents.presets import get_preset  # noqa: E402
+from unified_latents.presets import IMAGENET512_NARROW, get_preset  # noqa: E402
 
 # The choices "auto" makes on CUDA, forced on the CPU by --dry so that it takes the GPU's code paths.
 CUDA_CHOICES = [
@@ -79,25 +79,7 @@ CUDA_CHOICES = [
     "accel.tf32=on",
     "accel.noise=device",
 ]
-# The imagenet512 networks narrowed, at 64 px: the same blocks and shape changes, at CPU cost (--dry).
-NARROW = [
-    "data.resolution=64",
-    "model.latent_channels=4",
-    "model.encoder.channels=[8,16,32,32]",
-    "model.decoder.channels=[8,16,32]",
-    "model.decoder.width=32",
-    "model.decoder.heads=2",
-    "model.decoder.transformer_blocks=2",
-    "model.decoder.emb_dim=16",
-    "model.prior.width=32",
-    "model.prior.heads=2",
-    "model.prior.transformer_blocks=2",
-    "model.base.channels=[32]",
-    "model.base.width=32",
-    "model.base.heads=2",
-    "model.base.transformer_blocks=2",
-    "model.base.emb_dim=16",
-]
+NARROW = IMAGENET512_NARROW  # the imagenet512 networks narrowed, at 64 px (--dry)
 NARROW_PRESET = "imagenet512-narrow"
 
 ARGS = argparse.Namespace(dry=False, out="", deadline=0.0, set=[], inception=None)

@@ -19,7 +19,7 @@ from unified_latents.errors import ConfigError, UserError
 from unified_latents.objectives import UnifiedLatents
 from unified_latents.objectives.base import seeded_noise
 from unified_latents.objectives.noise import BatchNoise, CounterNoise
-from unified_latents.presets import get_preset
+from unified_latents.presets import IMAGENET512_NARROW, get_preset
 from unified_latents.training.ema import EMA
 from unified_latents.training.parallel import prepare
 
@@ -307,23 +307,7 @@ def test_compile_with_activation_checkpointing_compiles_the_blocks(eager_compile
 def test_imagenet512_shaped_blocks_stay_under_the_recompile_limit(eager_compile):
     """Every block of the imagenet512 stage-1 networks (narrowed, at 64 px: the same blocks and
     shape changes) compiles: one specialisation per block shape, none left to run eagerly."""
-    cfg = apply_overrides(
-        get_preset("imagenet512"),
-        [
-            "data.resolution=64",
-            "model.latent_channels=4",
-            "model.encoder.channels=[8,16,32,32]",
-            "model.decoder.channels=[8,16,32]",
-            "model.decoder.width=32",
-            "model.decoder.heads=2",
-            "model.decoder.transformer_blocks=2",
-            "model.decoder.emb_dim=16",
-            "model.prior.width=32",
-            "model.prior.heads=2",
-            "model.prior.transformer_blocks=2",
-            "train.compile=true",
-        ],
-    )
+    cfg = apply_overrides(get_preset("imagenet512"), [*IMAGENET512_NARROW, "train.compile=true"])
     _compiled_step(cfg)  # FailOnRecompileLimitHit if a block had to fall back to eager
     assert eager_compile["frames"]["ok"] > 8
 

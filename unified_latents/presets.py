@@ -200,6 +200,27 @@ def _stages(latents: RunConfig, base_train: TrainConfig, base_sample: SampleConf
 # base/decoder steps): DDIM 96/16 gFID 29.67, DDIM 64/32 30.24, ancestral 64/32 30.49, ancestral
 # 96/16 30.63, ancestral 32/16 30.57, the same with guidance 1.25 31.07; on the held-controller
 # run, DDIM 12/16 29.70 vs 96/16 30.10 (benchmarks/distill.py), so 12 base steps.
+# Overrides that narrow the imagenet512 networks and run them at 64 px: the same blocks and shape
+# changes at CPU cost (compile tests, benchmarks/gpu_check.py --dry).
+IMAGENET512_NARROW = [
+    "data.resolution=64",
+    "model.latent_channels=4",
+    "model.encoder.channels=[8,16,32,32]",
+    "model.decoder.channels=[8,16,32]",
+    "model.decoder.width=32",
+    "model.decoder.heads=2",
+    "model.decoder.transformer_blocks=2",
+    "model.decoder.emb_dim=16",
+    "model.prior.width=32",
+    "model.prior.heads=2",
+    "model.prior.transformer_blocks=2",
+    "model.base.channels=[32]",
+    "model.base.width=32",
+    "model.base.heads=2",
+    "model.base.transformer_blocks=2",
+    "model.base.emb_dim=16",
+]
+
 PRESETS: dict[str, typing.Callable[[], Preset]] = {
     # name: lambda: _stages(stage 1, stage-2 training[, stage-2 sampling])
     "tiny": lambda: _stages(
