@@ -392,3 +392,122 @@ def test_a_cut_feature_cache_is_rebuilt_with_a_warning_and_a_cut_snapshot_is_one
     _cut(snap)
     with pytest.raises(UserError, match=f"{snap.name} cannot be read"):
         list_snapshots(snap.parent)
+
+
+# --------------------------------------------------------------------------- full and read-only disks
+
+
+@pytest.fixture
+def tmpfs():
+    """`mount(where, bytes, ro=False)`: a tmpfs of that size at `where` (unmounted afterwards),
+    `resize(where, bytes)`: more room, as when space is freed. Skips where mounting is refused
+    (not root, no CAP_SYS_ADMIN)."""
+    mounted: list[Path] = []
+
+    def mount(where: Path, size: int, ro: bool = False) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        opts = f"size={max(size, 16 * 4096)}" + (",ro" if ro else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): run the disk tests as root")
+        mounted.append(where)
+        return where
+
+    def resize(where: Path, size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True)
+
+    mount.resize = resize  # type: ignore[attr-defined]
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _footprint(root: Path) -> int:
+    """Bytes a tree takes on a tmpfs: every file rounded up to whole pages, a page per folder."""
+    pages = sum(-(-p.stat().st_size // 4096) if p.is_file() else 1 for p in root.rglob("*"))
+    return 4096 * (pages + 1)
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Temporaries and unreadable results left in `root`: nothing here may be half written."""
+    from safetensors import safe_open
+
+    bad = [str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.name.split("-")[-1]]
+    for p in root.rglob("*.safetensors"):
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                [f.get_tensor(k) for k in f.keys()]  # noqa: B018 - every tensor's bytes are there
+        except Exception as e:  # noqa: BLE001 - any failure to read is the finding
+            bad.append(f"{p}: {e}")
+    for p in root.rglob("*.json"):
+        try:
+            json.loads(p.read_text())
+        except (ValueError, OSError) as e:
+            bad.append(f"{p}: {e}")
+    return bad
+
+
+def full_disk(tmp: Path, tmpfs, make_args, fractions: tuple[float, ...]) -> None:
+    """For each fraction f: run the command with all its output (and caches) in a folder with room
+    for f of what an uninterrupted run writes: one clean error saying to free space, nothing half
+    written or temporary left; then, with room again, the same command finishes with the
+    uninterrupted result."""
+    ref = tmp / "ref"
+    (ref / "run").mkdir(parents=True)
+    _run(ref, make_args(ref / "run"))
+    need = _footprint(ref / "run")
+    for f in fractions:
+        at = tmp / f"full-{f}"
+        run = tmpfs(at / "run", int(need * f))
+        args = make_args(run)
+        r = subprocess.run(_cmd(args), env=_env(at), capture_output=True, text=True, timeout=600)
+        where = f"{args[0]} with {f:.0%} of the room it needs"
+        assert r.returncode == 2 and "free space" in r.stderr and "Traceback" not in r.stderr, (
+            f"{where}: rc {r.returncode}\n{r.stderr[-3000:]}"
+        )
+        assert r.stderr.count("error") == 1, f"{where}: one error, not {r.stderr}"
+        assert not _leftovers(run), f"{where}: {_leftovers(run)}"
+        tmpfs.resize(run, 2 * need + 4 * 2**20)
+        _run(at, args)
+        _assert_same_tree(ref / "run", run, f"{where}, rerun after freeing space")
+
+
+def test_a_full_disk_is_one_error_and_the_rerun_after_freeing_space_ends_as_uninterrupted(inputs, tmp_path, tmpfs):
+    full_disk(tmp_path / "train", tmpfs, lambda run: _train(inputs, run), (0.6,))
+    full_disk(tmp_path / "sample", tmpfs, lambda run: _sample(inputs, run), (0.5,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["train", "train-base", "encode", "data-prepare", "eval", "sample", "distill", "export", "pipeline"]
+)
+def test_every_writing_command_on_a_full_disk_at_three_fill_levels(inputs, tmp_path, tmpfs, name):
+    full_disk(tmp_path, tmpfs, lambda run: _commands(inputs, run)[name], (0.2, 0.5, 0.85))
+
+
+@pytest.mark.parametrize(
+    "name", ["train", "train-base", "encode", "data-prepare", "eval", "sample", "distill", "export", "pipeline"]
+)
+def test_a_read_only_output_folder_is_one_error_before_any_work(inputs, tmp_path, tmpfs, name, capsys):
+    from unified_latents.cli.main import main
+
+    ro = tmpfs(tmp_path / "ro", 1 << 20)
+    args = _commands(inputs, ro / "run")[name]
+    for p in (
+        ro / "run",
+        ro / "cache",
+        ro / "run" / "samples",
+    ):  # the output folders exist, then the disk turns read-only
+        p.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    os.environ["UL_CACHE"] = str(ro / "cache")
+    t = time.monotonic()
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+    finally:
+        del os.environ["UL_CACHE"]
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "writable" in err and str(ro) in err and err.count("error") == 1, err
+    assert time.monotonic() - t < 5, f"{name} worked for {time.monotonic() - t:.1f} s before refusing"
+    assert sorted(p.name for p in ro.rglob("*")) == ["cache", "run", "samples"]

@@ -52,7 +52,8 @@ class NetConfig:
     heads: int = 4
     dropout: float = 0.0
     emb_dim: int = 128  # width of the log-SNR embedding
-    norm: str = "group"  # conv normalisation: "group" (<= 32 groups) or "layer" (1 group; nn/layers.py norm)
+    norm: str = "group"  # conv normalisation: "group" (<= 32 groups), "group<k>" (k channels per group, e.g.
+    #                      "group8") or "layer" (1 group); nn/layers.py norm
     cond_all_levels: bool = False  # U-Net with a cond (the decoder): z0 enters every down level, not only the first
     per_frame: bool = (
         False  # video decoder: a 2-D network on each frame alone, given z0 at its time, the whole z0, the time
@@ -96,6 +97,11 @@ class DiffusionConfig:
     decoder_kind: str = "diffusion"  # "diffusion" (UL) or "mse": L2 regression from z0 (Table 5)
     mse_sigma: float = 0.1  # the mse decoder's fixed Gaussian likelihood scale (nats = ||x - x_hat||^2 / 2 sigma^2)
     learned_variance: bool = False  # encoder also predicts log sigma_z^2 (Table 6)
+    # Decoder conditioning augmentation (Cascaded Diffusion Models' noise augmentation, for the
+    # gap between the encoder's z0 and the base model's samples): in training, each example's z0
+    # is noised further to a log-SNR drawn uniformly from [lam0 - cond_aug, lam0] before the
+    # decoder sees it. The prior and the bitrate still see z0 at lam0. 0 = off.
+    cond_aug: float = 0.0
     prior_stop_grad: bool = False  # no prior gradient into the encoder (Table 6 row A)...
     stop_grad_kl_weight: float = 0.01  # ...whose latent a KL to N(0, I) at this weight regularises (0: none)
 

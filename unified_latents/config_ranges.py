@@ -65,6 +65,7 @@ _NON_NEGATIVE = (
     "diffusion.stop_grad_kl_weight",
     "diffusion.controller_rate",
     "diffusion.controller_hold_samples",
+    "diffusion.cond_aug",
     *(f"model.{n}.transformer_blocks" for n in _NETS),
 )
 _UNIT = {

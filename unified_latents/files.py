@@ -3,6 +3,7 @@ safetensors read with a clear error."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -13,6 +14,27 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
+
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+ACCESS_ERRNOS = (errno.EACCES, errno.EROFS, errno.EPERM)
+
+
+def write_fix(e: BaseException) -> str:
+    """What to do about a failed write: free space only when space ran out (errno ENOSPC/EDQUOT,
+    or its text inside a wrapped error: pyarrow, DCP's per-rank errors); make the folder writable
+    when it is not; else the cause is not a folder problem."""
+    text = f"{e} {getattr(e, 'strerror', '')}"
+    code = getattr(e, "errno", None)
+    if code in SPACE_ERRNOS or "No space left" in text or "quota" in text:
+        return "free space"
+    if code in ACCESS_ERRNOS or "Permission denied" in text or "Read-only" in text:
+        return "make the folder writable"
+    return "fix the cause above (if it names no folder problem, please report it as a bug)"
+
+
+def is_folder_fault(e: BaseException) -> bool:
+    """A write that failed for want of space or permission (not a bug: the user can fix it)."""
+    return isinstance(e, OSError) and not write_fix(e).startswith("fix the cause")
 
 
 def atomic_write(path: Path, write_fn) -> None:

@@ -25,7 +25,7 @@ from typing import ParamSpec, TypeVar
 
 from . import dist
 from .errors import UserError
-from .files import remove_stale_temps
+from .files import remove_stale_temps, write_fix
 
 LOCK_NAME = ".ul-lock"
 _HELD: dict[Path, int] = {}  # lock files this process holds -> how many times (nested holds are free)
@@ -92,7 +92,7 @@ class FolderLock:
             self.fd = os.open(self.folder / self.name, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise UserError(
-                f"cannot write to {self.folder} ({e.strerror}): make it writable or pass another output folder"
+                f"cannot write to {self.folder} ({e.strerror}): {write_fix(e)} or pass another output folder"
             ) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -7,6 +7,7 @@ log-SNR only as a conditioning input.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +28,26 @@ def nd_size(dims: int, space: int, time: int) -> int | tuple[int, ...]:
     return space if dims < 3 else (time, space, space)
 
 
-NORMS = ("group", "layer")
+NORMS = ("group", "layer", "group<k>")
+
+
+def check_norm(kind: str) -> bool:
+    """Whether `kind` names a conv normalisation `norm` knows."""
+    return kind in ("group", "layer") or re.fullmatch(r"group([1-9][0-9]*)", kind) is not None
 
 
 def norm(ch: int, kind: str = "group") -> nn.GroupNorm:
     """'group': up to 32 groups (one channel per group below 64 channels: an instance norm,
-    which removes every channel's mean over the image); 'layer': one group, which removes
-    only one mean over all channels and positions, so a colour cast survives it."""
+    which removes every channel's mean over the image); 'group<k>' (e.g. 'group8'): k channels
+    per group (at least one group; k divides the channels or the nearest common divisor is
+    used), so a narrow network keeps per-channel statistics as wide ones with 32 groups do;
+    'layer': one group, which removes only one mean over all channels and positions, so a
+    colour cast survives it."""
     if kind == "layer":
         return nn.GroupNorm(1, ch)
+    per = re.fullmatch(r"group([1-9][0-9]*)", kind)
+    if per:
+        return nn.GroupNorm(max(1, ch // math.gcd(ch, int(per.group(1)))), ch)
     groups = math.gcd(ch, 32) if ch >= 8 else 1
     return nn.GroupNorm(groups, ch)
 

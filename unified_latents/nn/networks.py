@@ -16,7 +16,18 @@ from torch import nn
 
 from ..config import NetConfig
 from ..errors import ConfigError
-from .layers import NORMS, NoiseEmbedding, ResBlock, Transformer, conv_nd, conv_transpose_nd, nd_size, norm, zero_init
+from .layers import (
+    NORMS,
+    NoiseEmbedding,
+    ResBlock,
+    Transformer,
+    check_norm,
+    conv_nd,
+    conv_transpose_nd,
+    nd_size,
+    norm,
+    zero_init,
+)
 
 
 def _patch(cfg: NetConfig, dims: int):
@@ -279,7 +290,7 @@ def _check_cond_levels(cfg: NetConfig, role: str, cond_ch: int) -> None:
 
 
 def _check(cfg: NetConfig, registry: dict, role: str) -> None:
-    if cfg.norm not in NORMS:
+    if not check_norm(cfg.norm):
         raise ConfigError(f"{role}: norm {cfg.norm!r} is not one of: {', '.join(NORMS)}")
     if cfg.arch not in registry:
         raise ConfigError(f"unknown {role} arch {cfg.arch!r}; choose one of: {', '.join(sorted(registry))}")

@@ -156,6 +156,9 @@ class UnifiedLatents(nn.Module):
         }
         if self.cfg.diffusion.learned_variance:  # drawn last: UL's own stream is unchanged
             out["eps_var"] = rng.normal(self.z_shape)
+        if self.cfg.diffusion.cond_aug > 0:  # likewise
+            out["u_aug"] = rng.uniform()
+            out["eps_aug"] = rng.normal(self.z_shape)
         return out
 
     # ------------------------------------------------------------------ pieces
@@ -199,6 +202,18 @@ class UnifiedLatents(nn.Module):
         a, s = _alpha_sigma0(self.cfg.diffusion.lam0)
         return a * z_clean + s * eps
 
+    def augmented_cond(self, z0: torch.Tensor, u: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z0 at lam0 -> the same latent at lam = lam0 - u * cond_aug (u [N] in [0, 1)), by the
+        forward process from lam0 on: z_lam = (alpha/alpha0) z0 + sqrt(sigma^2 - (alpha sigma0 / alpha0)^2) eps,
+        which is alpha z_clean + sigma eps' in distribution (variance preserving)."""
+        lam0 = self.cfg.diffusion.lam0
+        lam = lam0 - u.float() * self.cfg.diffusion.cond_aug
+        a, s = alpha_sigma(lam)
+        a0, s0 = _alpha_sigma0(lam0)
+        r = a / a0
+        extra = torch.sqrt((s**2 - (r * s0) ** 2).clamp_min(0.0))
+        return bcast(r, z0) * z0 + bcast(extra, z0) * eps
+
     def prior_loss(self, z_clean: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Unweighted ELBO of z0 under the prior + terminal KL, nats per example [N] (eq. 3).
 
@@ -240,7 +255,8 @@ class UnifiedLatents(nn.Module):
         # Stop-grad (paper Table 6 row A): the prior no longer regularises the encoder, a strongly
         # discounted KL of z0 to N(0, I) does; l_z stays the prior's honest bitrate of z0.
         reg = d.stop_grad_kl_weight * prior_terminal_kl(z_clean, d.lam0) if d.prior_stop_grad else 0.0
-        l_x = self.decoder_loss(x, z0, noise["t_x"], noise["eps_x"])
+        z_dec = self.augmented_cond(z0, noise["u_aug"], noise["eps_aug"]) if d.cond_aug > 0 else z0
+        l_x = self.decoder_loss(x, z_dec, noise["t_x"], noise["eps_x"])
         c_lf = self.log_loss_factor.exp().float()
         ln2_pixels = math.log(2) * self.pixels_per_image()
         # beta-VAE style: the KL weight scales the whole KL, the learned variance's entropy included

@@ -9,7 +9,6 @@ are still resumed from when the run is not sharded.
 
 from __future__ import annotations
 
-import errno
 import json
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from ..accel import Accel, contiguous, lay_out, resolve
 from ..config import RunConfig, to_dict
 from ..data.fingerprint import comparable, data_fingerprint
 from ..errors import ConfigError, ResumeError, TrainingError
+from ..files import write_fix
 from .checkpoint import LEGACY_STATE_RE, load_legacy_state, save_artifact
 from .ema import EMA
 from .parallel import Layout, full_state, prepare
@@ -308,6 +308,7 @@ def _disk_guard(run: Run, fn):
     try:
         return fn()
     except (OSError, CheckpointException) as e:
+        _drop_temporaries(run.outdir)
         kept = (
             f"the previous training state ({before:,} samples) is kept"
             if before >= 0
@@ -315,7 +316,7 @@ def _disk_guard(run: Run, fn):
         )
         raise TrainingError(
             f"could not write the checkpoint at {run.samples:,} samples in {run.outdir} ({_reason(e)}); "
-            f"{kept}: {_fix(e)} and rerun the same command to resume from it"
+            f"{kept}: {write_fix(e)} and rerun the same command to resume from it"
         ) from None
 
 
@@ -346,25 +347,19 @@ def finish_pending(run: Run) -> None:
     try:
         pending.finish()
     except (OSError, CheckpointException) as e:
+        _drop_temporaries(pending.final.parent)
         raise TrainingError(
             f"could not complete the training state {pending.final} ({_reason(e)}); the states "
-            f"before it are kept: {_fix(e)} and rerun the same command to resume"
+            f"before it are kept: {write_fix(e)} and rerun the same command to resume"
         ) from None
 
 
-def _fix(e: BaseException) -> str:
-    """What to do about a failed write: free space only when space ran out (errno ENOSPC/EDQUOT,
-    also inside DCP's collected per-rank errors); make the folder writable when it is not."""
-    text = f"{e} {getattr(e, 'strerror', '')}"
-    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text:
-        return "free space"
-    if (
-        getattr(e, "errno", None) in (errno.EACCES, errno.EROFS, errno.EPERM)
-        or "Permission denied" in text
-        or "Read-only" in text
-    ):
-        return "make the folder writable"
-    return "fix the cause above (if it names no folder problem, please report it as a bug)"
+def _drop_temporaries(outdir: Path) -> None:
+    """After a failed write: the unfinished state folder and temporary files go (rank 0; every
+    process's part of a DCP write has ended when its error is raised), so a full disk leaves only
+    complete files and the room they took back."""
+    if dist.is_main():
+        remove_stale(outdir)
 
 
 def _reason(e: BaseException) -> str:
