@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "group8": ("8 channels per norm group in every network", [f"model.{n}.norm=group8" for n in NETS]),
     "noclip": ("no gradient clipping (train.grad_clip=0)", ["train.grad_clip=0"]),
     "condaug2": ("decoder conditioning augmentation to lam0 - 2", ["diffusion.cond_aug=2"]),
+    "baseshift": ("base schedule placed by the latents' std (base.shift_auto)", ["base.shift_auto=true"]),
     "group8-noclip": (
         "group8 and no gradient clipping",
         [*(f"model.{n}.norm=group8" for n in NETS), "train.grad_clip=0"],

@@ -406,7 +406,7 @@ def tmpfs():
 
     def mount(where: Path, size: int, ro: bool = False) -> Path:
         where.mkdir(parents=True, exist_ok=True)
-        opts = f"size={max(size, 16 * 4096)}" + (",ro" if ro else "")
+        opts = f"size={max(size, 4096)}" + (",ro" if ro else "")  # (size=0 would mean no limit)
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
         if r.returncode:
             pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): run the disk tests as root")
@@ -416,16 +416,19 @@ def tmpfs():
     def resize(where: Path, size: int) -> None:
         subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True)
 
-    mount.resize = resize  # type: ignore[attr-defined]
+    def umount(where: Path) -> None:
+        subprocess.run(["umount", str(where)], check=True)
+        mounted.remove(where)
+
+    mount.resize, mount.umount = resize, umount  # type: ignore[attr-defined]
     yield mount
     for where in reversed(mounted):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def _footprint(root: Path) -> int:
-    """Bytes a tree takes on a tmpfs: every file rounded up to whole pages, a page per folder."""
-    pages = sum(-(-p.stat().st_size // 4096) if p.is_file() else 1 for p in root.rglob("*"))
-    return 4096 * (pages + 1)
+    """Bytes a tree's files take on a tmpfs: each rounded up to whole pages (folders take none)."""
+    return 4096 * sum(-(-p.stat().st_size // 4096) for p in root.rglob("*") if p.is_file())
 
 
 def _leftovers(root: Path) -> list[str]:
@@ -452,15 +455,15 @@ def full_disk(tmp: Path, tmpfs, make_args, fractions: tuple[float, ...]) -> None
     for f of what an uninterrupted run writes: one clean error saying to free space, nothing half
     written or temporary left; then, with room again, the same command finishes with the
     uninterrupted result."""
-    ref = tmp / "ref"
-    (ref / "run").mkdir(parents=True)
-    _run(ref, make_args(ref / "run"))
-    need = _footprint(ref / "run")
+    run, ref = tmp / "run", tmp / "ref"  # every run at the same path (a run's config records its paths)
+    run.mkdir(parents=True)
+    args = make_args(run)
+    _run(tmp, args)
+    need = _footprint(run)
+    run.rename(ref)
     for f in fractions:
-        at = tmp / f"full-{f}"
-        run = tmpfs(at / "run", int(need * f))
-        args = make_args(run)
-        r = subprocess.run(_cmd(args), env=_env(at), capture_output=True, text=True, timeout=600)
+        tmpfs(run, int(need * f))
+        r = subprocess.run(_cmd(args), env=_env(tmp), capture_output=True, text=True, timeout=600)
         where = f"{args[0]} with {f:.0%} of the room it needs"
         assert r.returncode == 2 and "free space" in r.stderr and "Traceback" not in r.stderr, (
             f"{where}: rc {r.returncode}\n{r.stderr[-3000:]}"
@@ -468,13 +471,14 @@ def full_disk(tmp: Path, tmpfs, make_args, fractions: tuple[float, ...]) -> None
         assert r.stderr.count("error") == 1, f"{where}: one error, not {r.stderr}"
         assert not _leftovers(run), f"{where}: {_leftovers(run)}"
         tmpfs.resize(run, 2 * need + 4 * 2**20)
-        _run(at, args)
-        _assert_same_tree(ref / "run", run, f"{where}, rerun after freeing space")
+        _run(tmp, args)
+        _assert_same_tree(ref, run, f"{where}, rerun after freeing space")
+        tmpfs.umount(run)
 
 
 def test_a_full_disk_is_one_error_and_the_rerun_after_freeing_space_ends_as_uninterrupted(inputs, tmp_path, tmpfs):
-    full_disk(tmp_path / "train", tmpfs, lambda run: _train(inputs, run), (0.6,))
-    full_disk(tmp_path / "sample", tmpfs, lambda run: _sample(inputs, run), (0.5,))
+    # ul train is drilled on a full disk by tests/test_resume.py in the default run; all commands with -m slow
+    full_disk(tmp_path, tmpfs, lambda run: _sample(inputs, run), (0.5,))
 
 
 @pytest.mark.slow
@@ -511,3 +515,27 @@ def test_a_read_only_output_folder_is_one_error_before_any_work(inputs, tmp_path
     assert e.value.code == 2 and "writable" in err and str(ro) in err and err.count("error") == 1, err
     assert time.monotonic() - t < 5, f"{name} worked for {time.monotonic() - t:.1f} s before refusing"
     assert sorted(p.name for p in ro.rglob("*")) == ["cache", "run", "samples"]
+
+
+def test_a_folder_fault_anywhere_is_one_error_and_anything_else_keeps_its_traceback(monkeypatch, capsys):
+    """Space and permission failures are the user's to fix (one line saying how); other OS errors
+    are bugs to report, so they keep their traceback."""
+    import errno
+
+    from unified_latents.cli import main as cli
+
+    def failing(code):
+        def cmd(args):
+            raise OSError(code, os.strerror(code), "/data/out/file.bin")
+
+        return cmd
+
+    for code, words in ((errno.ENOSPC, "free space"), (errno.EDQUOT, "free space"), (errno.EROFS, "read-only")):
+        monkeypatch.setitem(cli.COMMANDS, "info", failing(code))
+        with pytest.raises(SystemExit) as e:
+            cli.main(["info", "--preset", "tiny"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and "/data/out/file.bin" in err and err.count("\n") == 1, err
+    monkeypatch.setitem(cli.COMMANDS, "info", failing(errno.EIO))
+    with pytest.raises(OSError):
+        cli.main(["info", "--preset", "tiny"])

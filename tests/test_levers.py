@@ -75,3 +75,29 @@ def test_conditioning_augmentation_reaches_the_decoder_only_and_leaves_the_bitra
         a, b = plain(x, None, n_plain), aug(x, None, n_aug)
     torch.testing.assert_close(a.terms["prior_nats"], b.terms["prior_nats"])
     assert not torch.allclose(a.terms["decoder_nats"], b.terms["decoder_nats"])
+
+
+def test_base_shift_auto_places_the_schedule_by_the_latents_std_and_resumes(tiny_cfg, tmp_path):
+    """shift_auto: base.shift = -2 ln(std of the training latents), recorded in the artifact's config
+    (so sampling uses it) and in the run's; the same command again finds the run finished."""
+    from helpers import make_npz
+
+    from unified_latents.data import load_images
+    from unified_latents.objectives.registry import load_model
+    from unified_latents.stages import train_stage
+
+    data = make_npz(tmp_path / "d.npz", n=32)
+    s1cfg = apply_overrides(copy.deepcopy(tiny_cfg), [f"data.source={data}", "train.total_samples=16"])
+    s1 = train_stage(s1cfg, tmp_path / "s1", torch.device("cpu"), progress=False).artifact
+    base = apply_overrides(
+        copy.deepcopy(s1cfg), ["stage=base", f"base.stage1_artifact={s1}", "base.shift_auto=true", "base.shift=0.5"]
+    )
+    done = train_stage(base, tmp_path / "b", torch.device("cpu"), progress=False)
+    stage1, _ = load_model(s1, "cpu", stage="latents")
+    with torch.no_grad():
+        std = stage1.encode(load_images(s1cfg.data).images.float() / 127.5 - 1).std().item()
+    model, cfg = load_model(done.artifact, "cpu", stage="base")
+    assert not cfg.base.shift_auto and cfg.base.shift == pytest.approx(0.5 - 2 * math.log(std), rel=1e-4)
+    assert model.sched.shift == cfg.base.shift
+    again = train_stage(base, tmp_path / "b", torch.device("cpu"), progress=False)
+    assert again.samples == done.samples and again.artifact.read_bytes() == done.artifact.read_bytes()

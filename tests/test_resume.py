@@ -189,7 +189,10 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_says_so(tmp_path
     real = run_mod.save_state
 
     def full_at_64(outdir, samples, *a, **k):
-        if samples == 64:
+        if samples == 64:  # the disk fills up part-way through the state's first shard
+            part = outdir / ".state-000000000064.tmp"
+            part.mkdir()
+            (part / "shard-00001-model-00001-of-00001.safetensors").write_bytes(b"\0" * 100)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(outdir, samples, *a, **k)
 
@@ -201,6 +204,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_says_so(tmp_path
     ):
         _train(cfg, data, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").glob("state-*")) == ["state-000000000032"]
+    assert not list((tmp_path / "run").glob(".*tmp")), "the unfinished state is removed with its room"
     monkeypatch.setattr(run_mod, "save_state", real)
     assert _train(cfg, data, tmp_path / "run").samples == 64  # space freed: the rerun resumes and finishes
 

@@ -114,6 +114,10 @@ class BaseConfig:
     latents: str = ""  # latents cached by `ul encode`; "" = encode the data at start
     bias: float = 0.0  # b_base in sigmoid(b_base - lam)
     shift: float = 0.0  # log-SNR schedule shift of the base model
+    # Add -2 ln(std of the training latents) to `shift` when stage 2 starts: the cosine schedule is
+    # placed as for unit-scale data, so a latent of std s is half hidden near log-SNR -2 ln s, not 0.
+    # The resolved shift is what the run's config and artifact record (shift_auto then reads false).
+    shift_auto: bool = False
     label_dropout: float = 0.1  # classifier-free guidance training
     # Video: condition on a random prefix of context latent frames (0..T_latent-1, uniform) so
     # one model continues clips from context frames and also generates them from nothing.

@@ -19,7 +19,7 @@ from .artifacts import fetch as fetch  # re-exported: the Python API imports it 
 from .data.modality import modality_of
 from .errors import UserError
 from .eval.report import metric_rows, table
-from .files import write_safetensors
+from .files import temp_folder, write_safetensors
 from .runlock import holding
 from .saved_config import from_saved
 
@@ -32,43 +32,42 @@ def export(artifact: Path, to: Path, eval_json: Path | None = None) -> Path:
     to = Path(to)
     if to.exists() and not (to / EXPORT_INDEX).exists():
         raise UserError(f"--to {to} exists and is not an earlier export; choose a new folder")
-    tmp = to.with_name(to.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    comps, used = {}, set()
-    for name, prefix in component_prefixes(config["stage"]).items():
-        part = {k[len(prefix) :]: v.contiguous() for k, v in tensors.items() if k.startswith(prefix)}
-        if not part:
-            continue
-        (tmp / name).mkdir()
-        write_safetensors(tmp / name / "model.safetensors", part)
-        net = config["model"]["base"] if name == "base" else stage1["model"][name]
-        (tmp / name / "config.json").write_text(
-            json.dumps(
-                {
-                    "component": name,
-                    "network": net,
-                    "latent_channels": stage1["model"]["latent_channels"],
-                    "data": {k: stage1["data"][k] for k in ("resolution", "channels", "pad", "frames")},
-                },
-                indent=2,
+    with temp_folder(to.with_name(to.name + ".tmp")) as tmp:  # removed again if writing fails
+        comps, used = {}, set()
+        for name, prefix in component_prefixes(config["stage"]).items():
+            part = {k[len(prefix) :]: v.contiguous() for k, v in tensors.items() if k.startswith(prefix)}
+            if not part:
+                continue
+            (tmp / name).mkdir()
+            write_safetensors(tmp / name / "model.safetensors", part)
+            net = config["model"]["base"] if name == "base" else stage1["model"][name]
+            (tmp / name / "config.json").write_text(
+                json.dumps(
+                    {
+                        "component": name,
+                        "network": net,
+                        "latent_channels": stage1["model"]["latent_channels"],
+                        "data": {k: stage1["data"][k] for k in ("resolution", "channels", "pad", "frames")},
+                    },
+                    indent=2,
+                )
             )
-        )
-        comps[name] = prefix
-        used |= {prefix + k for k in part}
-    extras = {k: v.contiguous() for k, v in tensors.items() if k not in used}
-    if extras:
-        write_safetensors(tmp / "extras.safetensors", extras)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    index = {
-        "format": EXPORT_FORMAT,
-        "components": comps,
-        "metadata": {k: v for k, v in meta.items() if k not in ("format", "config")},
-    }
-    (tmp / EXPORT_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
-    (tmp / "README.md").write_text(model_card(config, stage1, meta, _eval_record(artifact, config, eval_json), to.name))
-    shutil.rmtree(to, ignore_errors=True)
-    tmp.rename(to)
+            comps[name] = prefix
+            used |= {prefix + k for k in part}
+        extras = {k: v.contiguous() for k, v in tensors.items() if k not in used}
+        if extras:
+            write_safetensors(tmp / "extras.safetensors", extras)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        index = {
+            "format": EXPORT_FORMAT,
+            "components": comps,
+            "metadata": {k: v for k, v in meta.items() if k not in ("format", "config")},
+        }
+        (tmp / EXPORT_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+        record = _eval_record(artifact, config, eval_json)
+        (tmp / "README.md").write_text(model_card(config, stage1, meta, record, to.name))
+        shutil.rmtree(to, ignore_errors=True)
+        tmp.rename(to)
     return to
 
 

@@ -7,8 +7,11 @@ import errno
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,6 +40,20 @@ def is_folder_fault(e: BaseException) -> bool:
     return isinstance(e, OSError) and not write_fix(e).startswith("fix the cause")
 
 
+def folder_fault_message(e: OSError) -> str:
+    """One line for a write that failed for want of space or permission (is_folder_fault)."""
+    what = f" {e.filename}" if getattr(e, "filename", None) else ""
+    if write_fix(e) == "free space":
+        return (
+            f"could not write{what} ({e.strerror or e}): free space and rerun the same command (what was "
+            "written completely is kept; no unfinished file is left behind)"
+        )
+    return (
+        f"cannot access{what} ({e.strerror or e}): check its permissions and that its disk is not "
+        "read-only, then rerun the same command"
+    )
+
+
 def atomic_write(path: Path, write_fn) -> None:
     """Write via `write_fn(tmp_path)` to a temp file in the same folder, fsync, rename."""
     path = Path(path)
@@ -44,9 +61,15 @@ def atomic_write(path: Path, write_fn) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            write_fn(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as e:
+            said = _with_cause(e, path)
+            if said is e:
+                raise
+            raise said from e
         os.replace(tmp, path)
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -56,6 +79,33 @@ def atomic_write(path: Path, write_fn) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def temp_folder(tmp: Path) -> Iterator[Path]:
+    """A fresh folder `tmp` to build an output in before it is renamed into place; removed again
+    if building it fails (a full disk leaves no half-built folder behind)."""
+    tmp = Path(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _with_cause(e: OSError, path: Path) -> OSError:
+    """A short write reported without an errno (numpy's `tofile`: "1024 requested and 496
+    written") is a full disk when the folder has no room left: said as ENOSPC, naming the file."""
+    if e.errno is not None:
+        return e
+    try:
+        st = os.statvfs(path.parent)
+        full = st.f_bavail * st.f_frsize < 64 * 1024
+    except OSError:
+        full = False
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) if full else e
 
 
 TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write's temporaries: .NAME.XXXXXXXX.tmp

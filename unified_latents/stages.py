@@ -3,13 +3,14 @@ pixel baseline) trains on examples; stage 2 on the frozen encoder's latents, cac
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import torch
 
 from . import dist
-from .config import RunConfig, from_dict, to_dict
+from .config import RunConfig, clone, from_dict, to_dict
 from .data import (
     LatentData,
     encode_images,
@@ -179,6 +180,7 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
     lat = latents_for(stage1, cfg, outdir / "latents", device, progress)
     if cfg.data.num_classes and lat.labels is None:
         dist.print0("the data has no labels: training an unconditional base model")
+    cfg = _resolve_shift(cfg, lat)
     scale = 1.0 / lat.std() if cfg.base.scale_latents else 1.0
     if cfg.base.scale_latents:
         dist.print0(f"latent scale factor 1/std = {scale:.4g} (base.scale_latents; UL itself never rescales)")
@@ -194,6 +196,17 @@ def _train_base(cfg: RunConfig, outdir: Path, device, progress, until) -> TrainR
         progress,
         until,
     )
+
+
+def _resolve_shift(cfg: RunConfig, lat) -> RunConfig:
+    """base.shift_auto: the schedule shift set from the training latents' std (config.py BaseConfig)."""
+    if not cfg.base.shift_auto:
+        return cfg
+    std = lat.std()
+    cfg = clone(cfg)
+    cfg.base.shift, cfg.base.shift_auto = cfg.base.shift - 2.0 * math.log(std), False
+    dist.print0(f"base.shift_auto: training latents' std {std:.4g} -> base.shift {cfg.base.shift:.4g}")
+    return cfg
 
 
 def _held_latents(stage1: UnifiedLatents, cfg: RunConfig, lat: LatentData, device) -> torch.Tensor:

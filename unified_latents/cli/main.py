@@ -7,7 +7,7 @@ import sys
 
 from .. import dist
 from ..errors import UserError
-from ..files import is_folder_fault, write_fix
+from ..files import folder_fault_message, is_folder_fault
 from .args import parse_seeds, writable_dir
 from .data_cmd import cmd_data
 from .demo_cmd import cmd_demo
@@ -313,12 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         if args.debug or not is_folder_fault(e):
             raise
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(
-            f"error: could not write{where} ({e.strerror or e}): {write_fix(e)} and rerun the same command "
-            "(what was written completely is kept; an unfinished file is never left behind)",
-            file=sys.stderr,
-        )
+        print(f"error: {folder_fault_message(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         if args.debug:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, temp_folder
 from ..runlock import holding
 from .hub import HubImages, hub_labels, is_hub, open_split, require_datasets
 from .images import ImageData
@@ -239,12 +239,11 @@ def _write_part(
             table[column].append(example)
             table["label"].append(labels[i] if labels else -1)
     features = datasets.Features({column: modality.arrow_feature(datasets), "label": datasets.Value("int64")})
-    tmp = part.with_name(part.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(part, ignore_errors=True)
-    datasets.Dataset.from_dict(table, features=features).save_to_disk(str(tmp))
-    tmp.rename(part)
-    atomic_write_text(part / "skipped.json", json.dumps([path for path, _ in bad]))
+    with temp_folder(part.with_name(part.name + ".tmp")) as tmp:
+        datasets.Dataset.from_dict(table, features=features).save_to_disk(str(tmp))
+        atomic_write_text(tmp / "skipped.json", json.dumps([path for path, _ in bad]))
+        tmp.rename(part)
 
 
 # ----------------------------------------------------------------------------- reading
