@@ -39,6 +39,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "noclip": ("no gradient clipping (train.grad_clip=0)", ["train.grad_clip=0"]),
     "condaug2": ("decoder conditioning augmentation to lam0 - 2", ["diffusion.cond_aug=2"]),
     "baseshift": ("base schedule placed by the latents' std (base.shift_auto)", ["base.shift_auto=true"]),
+    "mp": (
+        "magnitude-preserving U-Nets (EDM2) for prior, decoder and base",
+        [f"model.{n}.arch=unet_mp" for n in ("prior", "decoder", "base")],
+    ),
     "group8-noclip": (
         "group8 and no gradient clipping",
         [*(f"model.{n}.norm=group8" for n in NETS), "train.grad_clip=0"],

@@ -101,3 +101,91 @@ def test_base_shift_auto_places_the_schedule_by_the_latents_std_and_resumes(tiny
     assert model.sched.shift == cfg.base.shift
     again = train_stage(base, tmp_path / "b", torch.device("cpu"), progress=False)
     assert again.samples == done.samples and again.artifact.read_bytes() == done.artifact.read_bytes()
+
+
+# --------------------------------------------------------------------------- magnitude-preserving U-Net
+
+
+def _mp_net(dims=2, **kw):
+    from unified_latents.config import NetConfig
+    from unified_latents.nn.mp import MPUNet
+
+    cfg = NetConfig(arch="unet_mp", channels=[16, 32], blocks=[1, 1], emb_dim=32, **kw)
+    return MPUNet(cfg, dims, 1, 1, cond_ch=4, num_classes=10)
+
+
+@pytest.mark.parametrize(("shape", "f"), [((2, 3, 8, 12), (2, 4)), ((2, 3, 4, 8, 12), (1, 2, 4))])
+def test_patches_to_channels_and_back_is_the_identity(shape, f):
+    from unified_latents.nn.mp import depth_to_space, space_to_depth
+
+    x = torch.randn(shape)
+    y = space_to_depth(x, f)
+    assert y.shape == (shape[0], shape[1] * math.prod(f), *(s // k for s, k in zip(shape[2:], f, strict=True)))
+    first = x[0, 0][tuple(slice(0, k) for k in f)].flatten()  # the first patch of the first channel...
+    torch.testing.assert_close(y[0, : math.prod(f)][(slice(None), *(0,) * len(f))], first)  # ...is its position 0
+    assert torch.equal(depth_to_space(y, f), x)
+
+
+def test_mp_layers_preserve_unit_magnitude():
+    """Unit-variance inputs give unit-variance outputs: each piece, and the whole network once its
+    zero-initialised gains are set to 1 (at initialisation its output is exactly zero)."""
+    from unified_latents.nn.mp import MPConv, mp_cat, mp_silu, mp_sum
+
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 16, 16, 16), torch.randn(64, 48, 16, 16)
+    assert abs(mp_silu(a).pow(2).mean().sqrt() - 1) < 0.2  # SiLU rescaled (its second moment is ~1)
+    assert abs(mp_sum(a, b[:, :16], 0.3).std() - 1) < 0.02
+    assert abs(mp_cat(a, b, 0.5).std() - 1) < 0.02
+    assert abs(MPConv(16, 32, 3, 2)(a).std() - 1) < 0.1
+    net = _mp_net()
+    x, lam, cond, labels = torch.randn(16, 1, 16, 16), torch.linspace(-8, 8, 16), torch.randn(16, 4, 4, 4), None
+    assert net(x, lam, cond, labels).abs().max() == 0
+    for name, p in net.named_parameters():
+        if name.endswith("gain"):
+            p.data.fill_(1.0)
+    assert 0.5 < net(x, lam, cond, labels).std() < 2.0
+
+
+def test_mp_weights_are_forced_to_their_norm_in_training_and_not_in_eval():
+    from unified_latents.nn.mp import STORE_RMS, MPConv
+
+    conv = MPConv(8, 4, 3, 2)
+    conv.weight.data.mul_(3.0)
+    x = torch.randn(2, 8, 6, 6)
+    out_scaled = conv.eval()(x)
+    assert torch.allclose(conv.weight.flatten(1).pow(2).mean(1).sqrt(), torch.full((4,), 3 * STORE_RMS), rtol=0.3)
+    conv.train()(x)
+    rms = conv.weight.flatten(1).pow(2).mean(1).sqrt()
+    torch.testing.assert_close(rms, torch.full((4,), STORE_RMS), rtol=1e-3, atol=0)
+    torch.testing.assert_close(conv.eval()(x), out_scaled, rtol=1e-3, atol=1e-5)  # the stored scale: no effect
+
+
+def test_a_model_with_mp_denoisers_trains_a_step_for_images_and_video(tiny_cfg):
+    """unet_mp as prior, decoder and base (2-D and 3-D with patches): a forward and backward pass
+    of the stage-1 objective, every parameter of the denoisers reached by the gradient."""
+    from unified_latents.presets import get_preset
+
+    for cfg in (copy.deepcopy(tiny_cfg), get_preset("tiny-video")):
+        cfg = apply_overrides(cfg, [f"model.{n}.arch=unet_mp" for n in ("prior", "decoder")])
+        model = UnifiedLatents(cfg)
+        for name, p in model.named_parameters():
+            if name.endswith("gain"):
+                p.data.fill_(0.5)  # past the zero start, so every weight gets a gradient
+        x = torch.rand(2, *model.x_shape) * 2 - 1
+        model(x, None, model.draw_noise(BatchNoise(0, 2))).total.sum().backward()
+        dead = [n for n, p in model.named_parameters() if n.startswith(("prior", "decoder")) and p.grad is None]
+        assert not dead, dead
+
+
+def test_a_finished_stage_1_is_kept_when_only_stage_2_settings_change(tiny_cfg):
+    """A pipeline trying another base model (its schedule, its network) reuses the finished stage 1;
+    the same changes to a stage-2 run are refused on resume."""
+    from unified_latents.config import to_dict
+    from unified_latents.saved_config import incompatible_changes
+
+    over = ["base.shift_auto=true", "base.shift=1.0", "model.base.channels=[8, 16]"]
+    s1 = to_dict(tiny_cfg)
+    assert incompatible_changes(s1, to_dict(apply_overrides(copy.deepcopy(tiny_cfg), over))) == []
+    assert incompatible_changes(s1, to_dict(apply_overrides(copy.deepcopy(tiny_cfg), ["model.decoder.norm=group8"])))
+    s2 = apply_overrides(copy.deepcopy(tiny_cfg), ["stage=base"])
+    assert len(incompatible_changes(to_dict(s2), to_dict(apply_overrides(copy.deepcopy(s2), over)))) == 3

@@ -53,6 +53,9 @@ CONTROLLER = (
     "diffusion.controller_min",
     "diffusion.controller_max",
 )
+# Stage-2 fields that a stage-1 run carries but never uses: a pipeline can try another base model
+# on a finished stage 1.
+STAGE2_ONLY = ("base", "model.base")
 STAGE1_ONLY = ("diffusion.loss_factor", "diffusion.target_bits", *CONTROLLER, "diffusion.stop_grad_kl_weight")
 
 
@@ -76,7 +79,7 @@ def incompatible_changes(old: dict, new: dict) -> list[str]:
     except ConfigError:
         pass
     fo, fn = flatten(old), flatten(new)
-    ignored = (*CHANGEABLE, *(STAGE1_ONLY if new.get("stage") != "latents" else ()))
+    ignored = (*CHANGEABLE, *(STAGE1_ONLY if new.get("stage") != "latents" else STAGE2_ONLY))
     if not fo.get("diffusion.target_bits") and not fn.get("diffusion.target_bits"):
         ignored += CONTROLLER  # a fixed c_lf before and after: the controller never acts
     if not fo.get("diffusion.prior_stop_grad") and not fn.get("diffusion.prior_stop_grad"):

@@ -28,6 +28,7 @@ from .layers import (
     norm,
     zero_init,
 )
+from .mp import MPUNet
 
 
 def _patch(cfg: NetConfig, dims: int):
@@ -220,7 +221,7 @@ class ViT(_Denoiser):
 
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {"resnet_encoder": ResNetEncoder}
-DENOISERS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "vit": ViT}
+DENOISERS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "vit": ViT, "unet_mp": MPUNet}
 
 
 class PerFrame(nn.Module):
