@@ -5,8 +5,8 @@
     python benchmarks/rgb.py --fid-floor    # FID of real training crops vs the test crops
     python benchmarks/rgb.py --train-vs-test runs/rgb/ul/artifact.safetensors   # PCA gap, seen vs unseen scenes
 
-Data: `data.source=photos` (unified_latents/data/photos.py): 20,000 training crops of 25
-photographed scenes (33 photos) and 2,000 test crops of 7 other scenes (whole photos held out),
+Data: `data.source=photos` (unified_latents/data/photos.py): 20,000 training crops of 50
+photographed scenes (58 photos) and 2,000 test crops of 14 other scenes (whole photos held out),
 at the preset's resolution (`rgb32`: 32x32). Install the photos with `bash scripts/setup.sh photos`.
 
 For every variant (a named list of config overrides, VARIANTS below) it trains stage 1,

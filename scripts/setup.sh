@@ -4,7 +4,8 @@
 # package (editable).
 # Idempotent: anything already installed is left alone. Extra pip extras: scripts/setup.sh test
 # `scripts/setup.sh photos` also installs the colour photos of the RGB benchmark (data/photos.py):
-# Debian's opencv-doc and the scikit-image and scikit-learn wheels (their files only, no dependencies).
+# Debian's opencv-doc and the scikit-image and scikit-learn wheels (their files only, no dependencies),
+# and the wallpaper photos of three Debian packages, unpacked into ~/.cache/unified_latents/photos.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -61,6 +62,20 @@ if [ "$extras" = "photos" ]; then
     $sudo_cmd apt-get install -y -q opencv-doc >/dev/null 2>&1 \
       || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q opencv-doc >/dev/null; }
   fi
+  # the wallpaper photos: downloaded and unpacked into a cache folder (not installed: lxqt-themes
+  # would pull in a desktop theme)
+  walls="${UL_PHOTOS_CACHE:-$HOME/.cache/unified_latents/photos}"
+  for pkg in plasma-workspace-wallpapers:usr/share/wallpapers lxqt-themes:usr/share/lxqt/wallpapers \
+             mate-backgrounds:usr/share/backgrounds/mate/nature; do
+    if [ ! -d "/${pkg#*:}" ] && [ ! -d "$walls/${pkg#*:}" ]; then
+      echo "unpacking the Debian package ${pkg%%:*} (wallpaper photos) into $walls ..."
+      tmpd="$(mktemp -d)"
+      (cd "$tmpd" && { apt-get download -q "${pkg%%:*}" >/dev/null 2>&1 \
+        || { $sudo_cmd apt-get update -q >/dev/null && apt-get download -q "${pkg%%:*}" >/dev/null; }; })
+      mkdir -p "$walls" && dpkg-deb -x "$tmpd"/*.deb "$walls"
+      rm -rf "$tmpd"
+    fi
+  done
   for pkg in skimage:scikit-image==0.26.0 sklearn:scikit-learn==1.9.1; do
     if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('${pkg%%:*}') is None)" >/dev/null 2>&1; then
       echo "installing ${pkg#*:} (its bundled photos; no dependencies) ..."

@@ -87,7 +87,7 @@ def test_base_shift_auto_places_the_schedule_by_the_latents_std_and_resumes(tiny
     from unified_latents.stages import train_stage
 
     data = make_npz(tmp_path / "d.npz", n=32)
-    s1cfg = apply_overrides(copy.deepcopy(tiny_cfg), [f"data.source={data}", "train.total_samples=16"])
+    s1cfg = apply_overrides(copy.deepcopy(tiny_cfg), [f"data.source={data}", "train.total_samples=8"])
     s1 = train_stage(s1cfg, tmp_path / "s1", torch.device("cpu"), progress=False).artifact
     base = apply_overrides(
         copy.deepcopy(s1cfg), ["stage=base", f"base.stage1_artifact={s1}", "base.shift_auto=true", "base.shift=0.5"]

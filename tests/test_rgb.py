@@ -23,6 +23,7 @@ def photo_dir(tmp_path, monkeypatch):
             for name in names:
                 arr = np.zeros((80, 96, 3), np.uint8)
                 arr[..., colour] = rng.integers(100, 256, (80, 96), dtype=np.uint8)
+                (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)  # wallpapers sit in sub-folders
                 Image.fromarray(arr).save(tmp_path / name, quality=95)
     monkeypatch.setenv("UL_PHOTOS_DIR", str(tmp_path))
     return tmp_path
@@ -52,6 +53,8 @@ def test_photo_source_through_load_images(photo_dir):
 
 def test_missing_photos_are_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("UL_PHOTOS_DIR", str(tmp_path))
+    monkeypatch.setenv("UL_PHOTOS_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.setattr(photos, "WALLPAPERS", {k: f"nowhere/{k}" for k in photos.WALLPAPERS})
     monkeypatch.setattr(photos, "OPENCV_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setattr(photos, "_package_dir", lambda module, sub: None)
     with pytest.raises(DataError, match="setup.sh photos"):
@@ -178,3 +181,22 @@ def test_tiny_rgb_run_latents_see_colour(tmp_path):
     group = colour_report(_tiny_rgb_run(tmp_path, tmp_path / "blobs.npz", "group").encode, x, 5.0)
     assert layer["noise_margin"] > 2.0, layer
     assert group["noise_margin"] < 0.5 * layer["noise_margin"], (group, layer)
+
+
+def test_the_benchmark_holds_out_whole_scenes_of_every_package_and_its_fingerprint_names_them():
+    """No file is both a training and a test photo; each wallpaper package gives photos to both
+    splits; the source's fingerprint changes with the list (so caches of another list are rebuilt)."""
+    from unified_latents.config import DataConfig
+    from unified_latents.data.fingerprint import data_fingerprint
+
+    files = {
+        s: {(w, n) for w, names in lst for n in names}
+        for s, lst in (("train", photos.TRAIN_PHOTOS), ("test", photos.TEST_PHOTOS))
+    }
+    assert not files["train"] & files["test"]
+    for where in photos.WALLPAPERS:
+        assert all(any(w == where for w, _ in files[s]) for s in files), where
+    before = data_fingerprint(DataConfig(source="photos"), "photos")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(photos, "TEST_PHOTOS", photos.TEST_PHOTOS[:-1])
+        assert data_fingerprint(DataConfig(source="photos"), "photos") != before

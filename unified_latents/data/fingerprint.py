@@ -6,9 +6,9 @@ every file plus a hash of the first and last MiB of up to three of them (first, 
 single file up to 256 MiB, an .npz say, is hashed whole). A copy of the data at another path has
 the same fingerprint; an added, removed or resized file, or a rewritten sampled one, gives
 another. A folder's files are never all read, so it stays cheap for a million files. Embedded
-sources (fmnist, moving-fmnist, photos) are their name. An hf: dataset is the folder and file
-names and sizes of the Arrow files `datasets` caches it in (the folder name is `datasets`' own
-fingerprint of the data).
+sources (fmnist, moving-fmnist, photos) are their name (and the photo benchmark's list of
+photos). An hf: dataset is the folder and file names and sizes of the Arrow files `datasets`
+caches it in (the folder name is `datasets`' own fingerprint of the data).
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ def data_fingerprint(cfg: DataConfig, source: str, split: str = "train") -> str:
     p = Path(source).expanduser() if source else None
     on_disk = source not in EMBEDDED and not is_hub(source) and p is not None and p.exists()
     h.update(json.dumps([None if on_disk else source, split, {k: getattr(cfg, k) for k in SETTINGS}]).encode())
+    if source == "photos":  # the benchmark's photo list is part of what defines its examples
+        from . import photos
+
+        h.update(json.dumps([photos.TRAIN_PHOTOS, photos.TEST_PHOTOS]).encode())
     try:
         if on_disk:
             assert p is not None  # on_disk says so

@@ -4,8 +4,14 @@ registries, with whole photos held out for the test split.
 Sources (nothing downloaded at run time; `bash scripts/setup.sh photos` installs them):
 scikit-image's bundled `skimage/data` images and scikit-learn's two sample images (the wheels
 are installed without dependencies: only their files are read, neither is imported), and the
-sample pictures of Debian's `opencv-doc` package. Only colour photographs are listed: no
-charts, logos, grayscale or synthetic pictures. A stereo pair or two views of one scene
+sample pictures of Debian's `opencv-doc` package, and the photographs among the wallpapers of
+Debian's `plasma-workspace-wallpapers`, `lxqt-themes` and `mate-backgrounds` (its nature folder;
+the packages are downloaded and unpacked into a cache folder, not installed). Only colour
+photographs are listed: no charts, logos, grayscale or synthetic pictures. Of the wallpapers,
+the illustrations, 3-D renders, gradients and logo screens are left out, and so are two nearly
+grayscale photographs (plasma's ColdRipple and Grey) and one picture that may be a render
+(plasma's Volna); of the 32 photographs kept, every fourth of each package in name order is held
+out for the test split. A stereo pair or two views of one scene
 count as one photo for the split, so test crops never share a scene with training crops.
 
 Each crop is a square of random side (log-uniform between the output size and half the
@@ -58,6 +64,13 @@ TRAIN_PHOTOS: list[tuple[str, tuple[str, ...]]] = [
     ("opencv", ("rubberwhale1.png", "rubberwhale2.png")),
     ("opencv", ("starry_night.jpg",)),
     ("opencv", ("stuff.jpg",)),
+    *(("plasma", (f"{n}/contents/images/2560x1600.jpg",)) for n in ("BytheWater", "ColorfulCups", "DarkestHour")),
+    *(("plasma", (f"{n}/contents/images/2560x1600.jpg",)) for n in ("FallenLeaf", "Kite", "OneStandsOut")),
+    ("plasma", ("summer_1am/contents/images/2560x1600.jpg",)),
+    *(("lxqt", (n,)) for n in ("Butterfly-Kenneth-Wimer.jpg", "Valendas.png", "after-the-rain.jpg", "beam.png")),
+    *(("lxqt", (n,)) for n in ("butterfly.png", "cloud.png", "flowers.png", "fog.jpg", "this-is-not-windows.jpg")),
+    *(("mate", (n,)) for n in ("Aqua.jpg", "Blinds.jpg", "Dune.jpg", "Garden.jpg", "GreenMeadow.jpg", "LadyBird.jpg")),
+    *(("mate", (n,)) for n in ("Storm.jpg", "TwoWings.jpg", "Wood.jpg")),
 ]
 TEST_PHOTOS: list[tuple[str, tuple[str, ...]]] = [
     ("skimage", ("chelsea.png",)),
@@ -67,12 +80,27 @@ TEST_PHOTOS: list[tuple[str, tuple[str, ...]]] = [
     ("opencv", ("smarties.png",)),
     ("opencv", ("squirrel_cls.jpg",)),
     ("opencv", ("board.jpg",)),
+    *(("plasma", (f"{n}/contents/images/2560x1600.jpg",)) for n in ("EveningGlow", "Path")),
+    *(("lxqt", (n,)) for n in ("appleflower.png", "drop.png")),
+    *(("mate", (n,)) for n in ("FreshFlower.jpg", "RainDrops.jpg", "YellowFlower.jpg")),
 ]
+# Where each wallpaper package keeps them (under / when installed, under the cache when unpacked).
+WALLPAPERS = {
+    "plasma": "usr/share/wallpapers",
+    "lxqt": "usr/share/lxqt/wallpapers",
+    "mate": "usr/share/backgrounds/mate/nature",
+}
 OPENCV_DIR = "/usr/share/doc/opencv-doc/examples/data"
 INSTALL_HINT = (
     "install them with `bash scripts/setup.sh photos` (pip: scikit-image and scikit-learn with "
-    "--no-deps; Debian: opencv-doc), or set UL_PHOTOS_DIR to a folder holding the files"
+    "--no-deps; Debian: opencv-doc, and plasma-workspace-wallpapers, lxqt-themes and mate-backgrounds "
+    "unpacked into UL_PHOTOS_CACHE, by default ~/.cache/unified_latents/photos), or set UL_PHOTOS_DIR "
+    "to a folder holding the files"
 )
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("UL_PHOTOS_CACHE", "~/.cache/unified_latents/photos")).expanduser()
 
 
 def _package_dir(module: str, sub: str) -> Path | None:
@@ -90,7 +118,10 @@ def _roots() -> dict[str, list[Path]]:
         "sklearn": _package_dir("sklearn", "datasets/images"),
         "opencv": Path(OPENCV_DIR),
     }
-    return {k: extra + ([v] if v is not None else []) for k, v in found.items()}
+    roots = {k: extra + ([v] if v is not None else []) for k, v in found.items()}
+    for k, sub in WALLPAPERS.items():
+        roots[k] = [*extra, _cache() / sub, Path("/") / sub]
+    return roots
 
 
 def photo_files(split: str) -> list[list[Path]]:
