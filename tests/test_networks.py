@@ -14,6 +14,7 @@ SMALL = {
         arch="unet", channels=[8, 16], blocks=[1, 1], patch=1, transformer_blocks=1, width=16, heads=2, emb_dim=16
     ),
     "vit": NetConfig(arch="vit", transformer_blocks=2, width=16, heads=2, patch=2, emb_dim=16),
+    "unet_mp": NetConfig(arch="unet_mp", channels=[8, 16], blocks=[1, 1], patch=2, emb_dim=16),
 }
 
 
@@ -30,7 +31,7 @@ def test_encoder_shapes(dims, spatial):
     assert z.shape == (2, 5, *want)
 
 
-@pytest.mark.parametrize("name", ["unet", "uvit", "vit"])
+@pytest.mark.parametrize("name", ["unet", "uvit", "vit", "unet_mp"])
 @pytest.mark.parametrize("dims,spatial", [(2, (16, 16)), (3, (4, 8, 8))])
 @pytest.mark.parametrize("cond", [False, True])
 @pytest.mark.parametrize("classes", [0, 10])

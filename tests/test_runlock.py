@@ -80,7 +80,7 @@ def test_an_unwritable_folder_is_one_error_before_any_work(tmp_path, monkeypatch
         return real(path, *a, **k)
 
     monkeypatch.setattr(os, "open", refused)  # the tests run as root, for whom chmod does not refuse
-    with pytest.raises(UserError, match="cannot write to .*Permission denied.*make it writable"):
+    with pytest.raises(UserError, match="cannot write to .*Permission denied.*make the folder writable"):
         with FolderLock(tmp_path / "ro"):
             pass
 
