@@ -39,6 +39,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "noclip": ("no gradient clipping (train.grad_clip=0)", ["train.grad_clip=0"]),
     "condaug2": ("decoder conditioning augmentation to lam0 - 2", ["diffusion.cond_aug=2"]),
     "baseshift": ("base schedule placed by the latents' std (base.shift_auto)", ["base.shift_auto=true"]),
+    "baseshift3": ("base schedule shift 3 (base.shift=3)", ["base.shift=3"]),
     "mp": (
         "magnitude-preserving U-Nets (EDM2) for prior, decoder and base",
         [f"model.{n}.arch=unet_mp" for n in ("prior", "decoder", "base")],
