@@ -492,7 +492,7 @@ def test_every_writing_command_on_a_full_disk_at_three_fill_levels(inputs, tmp_p
 @pytest.mark.parametrize(
     "name", ["train", "train-base", "encode", "data-prepare", "eval", "sample", "distill", "export", "pipeline"]
 )
-def test_a_read_only_output_folder_is_one_error_before_any_work(inputs, tmp_path, tmpfs, name, capsys):
+def test_a_read_only_output_folder_is_one_error_before_any_work(inputs, tmp_path, tmpfs, name, capsys, monkeypatch):
     from unified_latents.cli.main import main
 
     ro = tmpfs(tmp_path / "ro", 1 << 20)
@@ -504,13 +504,10 @@ def test_a_read_only_output_folder_is_one_error_before_any_work(inputs, tmp_path
     ):  # the output folders exist, then the disk turns read-only
         p.mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
-    os.environ["UL_CACHE"] = str(ro / "cache")
+    monkeypatch.setenv("UL_CACHE", str(ro / "cache"))
     t = time.monotonic()
-    try:
-        with pytest.raises(SystemExit) as e:
-            main(args)
-    finally:
-        del os.environ["UL_CACHE"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "writable" in err and str(ro) in err and err.count("error") == 1, err
     assert time.monotonic() - t < 5, f"{name} worked for {time.monotonic() - t:.1f} s before refusing"
