@@ -435,7 +435,7 @@ def _leftovers(root: Path) -> list[str]:
     """Temporaries and unreadable results left in `root`: nothing here may be half written."""
     from safetensors import safe_open
 
-    bad = [str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.name.split("-")[-1]]
+    bad = [str(p) for p in root.rglob("*") if p.name.endswith(".tmp")]  # every temporary's name ends so
     for p in root.rglob("*.safetensors"):
         try:
             with safe_open(str(p), framework="pt") as f:
