@@ -44,6 +44,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "magnitude-preserving U-Nets (EDM2) for prior, decoder and base",
         [f"model.{n}.arch=unet_mp" for n in ("prior", "decoder", "base")],
     ),
+    "baseshift5": ("base schedule shift 5 (base.shift=5)", ["base.shift=5"]),
+    "upextra": ("one more residual block per decoder up level", ["model.decoder.up_extra=1"]),
+    "group8-decoder": ("8 channels per norm group in the decoder only", ["model.decoder.norm=group8"]),
+    "mp-rsqrt": (
+        "magnitude-preserving U-Nets with EDM2's inverse-square-root learning rate from 8k samples",
+        [
+            *(f"model.{n}.arch=unet_mp" for n in ("prior", "decoder", "base")),
+            "train.lr_decay=rsqrt",
+            "train.lr_ref_samples=8000",
+        ],
+    ),
     "group8-noclip": (
         "group8 and no gradient clipping",
         [*(f"model.{n}.norm=group8" for n in NETS), "train.grad_clip=0"],

@@ -189,3 +189,53 @@ def test_a_finished_stage_1_is_kept_when_only_stage_2_settings_change(tiny_cfg):
     assert incompatible_changes(s1, to_dict(apply_overrides(copy.deepcopy(tiny_cfg), ["model.decoder.norm=group8"])))
     s2 = apply_overrides(copy.deepcopy(tiny_cfg), ["stage=base"])
     assert len(incompatible_changes(to_dict(s2), to_dict(apply_overrides(copy.deepcopy(s2), over)))) == 3
+
+
+def test_up_extra_adds_one_block_per_up_level_and_is_refused_off_a_unet(tiny_cfg):
+    """model.<net>.up_extra=1: ADM's and EDM2's up path (blocks + 1 per level) in both U-Nets."""
+    from unified_latents.nn.layers import ResBlock
+    from unified_latents.nn.mp import MPBlock
+
+    for arch, block in (("unet", ResBlock), ("unet_mp", MPBlock)):
+        cfg = apply_overrides(copy.deepcopy(tiny_cfg), [f"model.decoder.arch={arch}"]).model.decoder
+        counts = []
+        for extra in (0, 1):
+            cfg.up_extra = extra
+            net = build_denoiser(cfg, 2, 3, 3, cond_ch=2)
+            counts.append([sum(isinstance(m, block) for m in level.modules()) for level in net.up])
+        assert counts[1] == [n + 1 for n in counts[0]] == [b + 1 for b in reversed(cfg.blocks)], (arch, counts)
+        x = torch.randn(2, 3, 16, 16)
+        assert net(x, torch.zeros(2), cond=torch.randn(2, 2, 8, 8)).shape == x.shape
+    vit = apply_overrides(copy.deepcopy(tiny_cfg), ["model.prior.arch=vit", "model.prior.up_extra=1"]).model.prior
+    with pytest.raises(ConfigError, match="up_extra applies only to U-Nets"):
+        build_denoiser(vit, 2, 2, 2)
+    with pytest.raises(ConfigError, match="up_extra"):
+        apply_overrides(copy.deepcopy(tiny_cfg), ["model.decoder.up_extra=-1"])
+
+
+def test_mid_zero_init_makes_the_u_vit_middle_the_identity_at_the_start(tiny_cfg):
+    cfg = apply_overrides(copy.deepcopy(tiny_cfg), ["model.base.transformer_blocks=1", "model.base.width=16"])
+    x = torch.randn(2, 32, 4, 4)
+    for zero in (False, True):
+        cfg.model.base.mid_zero_init = zero
+        net = build_denoiser(cfg.model.base, 2, 2, 2)
+        assert net.mid is not None
+        moved = net.mid(x, torch.randn(2, cfg.model.base.emb_dim)).abs().max()
+        assert bool(moved == 0) is zero, (zero, moved)
+    cfg.model.base.transformer_blocks = 0
+    with pytest.raises(ConfigError, match="mid_zero_init applies only to a U-ViT"):
+        build_denoiser(cfg.model.base, 2, 2, 2)
+
+
+def test_rsqrt_learning_rate_is_edm2s_and_needs_its_reference(tiny_cfg):
+    from unified_latents.training import lr_at
+
+    cfg = apply_overrides(copy.deepcopy(tiny_cfg), ["train.lr_decay=rsqrt", "train.lr_ref_samples=32"])
+    t = cfg.train
+    assert lr_at(cfg, t.warmup_samples) == t.lr == lr_at(cfg, 32)  # flat until the reference
+    assert math.isclose(lr_at(cfg, 128), t.lr / 2)  # 4x the reference: half the rate
+    assert math.isclose(lr_at(cfg, 32 * 100), t.lr / 10)
+    with pytest.raises(ConfigError, match="train.lr_ref_samples"):
+        apply_overrides(copy.deepcopy(tiny_cfg), ["train.lr_decay=rsqrt"])
+    with pytest.raises(ConfigError, match="train.lr_decay"):
+        apply_overrides(copy.deepcopy(tiny_cfg), ["train.lr_decay=linear"])

@@ -58,6 +58,8 @@ class NetConfig:
     per_frame: bool = (
         False  # video decoder: a 2-D network on each frame alone, given z0 at its time, the whole z0, the time
     )
+    up_extra: int = 0  # U-Nets: residual blocks added to each up-path level beyond `blocks` (ADM and EDM2 use 1)
+    mid_zero_init: bool = False  # U-ViT: the middle transformer's output projection starts at zero (U-ViT, DiT)
 
 
 @dataclass
@@ -134,7 +136,9 @@ class TrainConfig:
     micro_batch: int = 0  # per-device forward size; 0 = whole per-device batch (no accumulation)
     lr: float = 2e-3
     warmup_samples: int = 6_400
-    lr_decay: str = "cosine"  # "constant" or "cosine" (to lr_final_frac * lr at the end)
+    lr_decay: str = "cosine"  # "constant", "cosine" (to lr_final_frac * lr at the end) or "rsqrt" (EDM2:
+    #                          lr / sqrt(max(samples / lr_ref_samples, 1)))
+    lr_ref_samples: int = 0  # rsqrt only: the samples after which the learning rate decays as 1 / sqrt
     lr_final_frac: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0

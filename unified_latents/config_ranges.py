@@ -11,6 +11,7 @@ from typing import Any
 from .errors import ConfigError
 
 NOISE = ("auto", "host", "device")  # accel.noise
+LR_DECAYS = ("cosine", "constant", "rsqrt")  # train.lr_decay: training/loop.py lr_at
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -66,7 +67,8 @@ _NON_NEGATIVE = (
     "diffusion.controller_rate",
     "diffusion.controller_hold_samples",
     "diffusion.cond_aug",
-    *(f"model.{n}.transformer_blocks" for n in _NETS),
+    "train.lr_ref_samples",
+    *(f"model.{n}.{k}" for n in _NETS for k in ("transformer_blocks", "up_extra")),
 )
 _UNIT = {
     "train.ema_decay": False,
@@ -102,6 +104,10 @@ def check_ranges(cfg: Any) -> Any:
             raise bad(key, "in [0, 1]" if closed else "in [0, 1)")
     if flat["data.workers"] < -1:
         raise bad("data.workers", "-1 (auto), 0 or more")
+    if flat["train.lr_decay"] not in LR_DECAYS:
+        raise bad("train.lr_decay", "one of " + ", ".join(LR_DECAYS))
+    if flat["train.lr_decay"] == "rsqrt" and not flat["train.lr_ref_samples"]:
+        raise bad("train.lr_ref_samples", "greater than 0 with train.lr_decay=rsqrt (where the decay starts)")
     if flat["accel.noise"] not in NOISE:
         raise bad("accel.noise", "one of " + ", ".join(NOISE))
     lengths = flat["train.posthoc_ema"]  # 0.28: training/posthoc_ema.py's MAX_SIGMA_REL

@@ -154,7 +154,7 @@ class MPUNet(nn.Module):
                 self.strides.append((2 if halve_t else 1, 2, 2) if dims == 3 else (2,) * dims)
         self.up = nn.ModuleList()
         for i in reversed(range(len(ch))):
-            c, nb = ch[i], cfg.blocks[i]
+            c, nb = ch[i], cfg.blocks[i] + cfg.up_extra
             cin = ch[min(i + 1, len(ch) - 1)] + c  # the coarser level's output and this level's skip
             blocks = [MPBlock(dims, cin if j == 0 else c, c, e, False, cfg.dropout) for j in range(nb)]
             self.up.append(nn.ModuleList(blocks))

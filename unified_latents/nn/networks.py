@@ -162,9 +162,11 @@ class UNet(_Denoiser):
             if cfg.transformer_blocks
             else None
         )
+        if self.mid is not None and cfg.mid_zero_init:  # the residual middle starts as the identity
+            zero_init(self.mid.proj_out)
         self.up, self.upconv = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(ch))):
-            c, nb = ch[i], cfg.blocks[i]
+            c, nb = ch[i], cfg.blocks[i] + cfg.up_extra
             cin = ch[min(i + 1, len(ch) - 1)]
             self.upconv.append(nn.Identity() if i == len(ch) - 1 else conv_nd(dims, cin, c, 3, padding=1))
             self.up.append(
@@ -298,6 +300,13 @@ def _check(cfg: NetConfig, registry: dict, role: str) -> None:
     if cfg.arch != "vit" and len(cfg.channels) != len(cfg.blocks):
         raise ConfigError(
             f"{role}: channels {cfg.channels} and blocks {cfg.blocks} must have the same length (one entry per level)"
+        )
+    if cfg.up_extra and not cfg.arch.startswith("unet"):
+        raise ConfigError(f"{role}: up_extra applies only to U-Nets (arch unet or unet_mp), not arch={cfg.arch}")
+    if cfg.mid_zero_init and not (cfg.arch == "unet" and cfg.transformer_blocks):
+        raise ConfigError(
+            f"{role}: mid_zero_init applies only to a U-ViT (arch=unet with transformer_blocks > 0), "
+            f"not arch={cfg.arch} with transformer_blocks={cfg.transformer_blocks}"
         )
     if (cfg.arch == "vit" or cfg.transformer_blocks) and cfg.width % cfg.heads:
         raise ConfigError(f"{role}: width {cfg.width} is not divisible by heads {cfg.heads}")

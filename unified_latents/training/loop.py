@@ -54,8 +54,10 @@ def lr_at(cfg, samples: int) -> float:
         return t.lr * (samples + t.batch) / (t.warmup_samples + t.batch)
     if t.lr_decay == "constant":
         return t.lr
+    if t.lr_decay == "rsqrt":  # EDM2's inverse square root: constant until lr_ref_samples, then 1 / sqrt(samples)
+        return t.lr / math.sqrt(max(samples / t.lr_ref_samples, 1.0))
     if t.lr_decay != "cosine":
-        raise ConfigError(f"train.lr_decay must be 'constant' or 'cosine', got {t.lr_decay!r}")
+        raise ConfigError(f"train.lr_decay must be 'constant', 'cosine' or 'rsqrt', got {t.lr_decay!r}")
     frac = (samples - t.warmup_samples) / max(1, t.total_samples - t.warmup_samples)
     lo = t.lr * t.lr_final_frac
     return lo + (t.lr - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
