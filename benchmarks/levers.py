@@ -6,7 +6,7 @@ with a few settings changed, side by side on this machine.
 
 Every variant trains both stages for the preset's budget (or `--samples-per-stage` each, for a
 quicker screen), generates `--samples` class-conditional samples and reconstructs `--recon`
-held-out images, then reports the prior's bits per image, PSNR, rFID and gFID beside the wall
+held-out images, then reports the prior's bits per image, PSNR/SSIM, rFID and gFID beside the wall
 time of the run and the machine's float32 matmul rate (measured before the first variant).
 None of the levers changes the cost of a training step beyond noise, so equal samples are equal
 wall time; the table shows the measured minutes so that this can be checked. Resumable: a
@@ -64,8 +64,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 def _row(name: str, title: str, ev: dict, minutes: float) -> str:
     return (
-        f"| {name} | {title} | {ev['prior_bits_per_image']:.1f} | {ev['psnr']:.2f} | {ev['rfid']:.2f} | "
-        f"{ev['gfid']:.2f} | {ev['kid'] * 1e3:.2f} | {minutes:.1f} |"
+        f"| {name} | {title} | {ev['prior_bits_per_image']:.1f} | {ev['psnr']:.2f} / {ev['ssim']:.3f} | "
+        f"{ev['rfid']:.2f} | {ev['gfid']:.2f} | {ev['kid'] * 1e3:.2f} | {minutes:.1f} |"
     )
 
 
@@ -111,7 +111,7 @@ def main() -> None:
             f"float32 matmul {gflops:.1f} GFLOP/s; gFID/rFID/PSNR counts "
             f"{args.samples or 'default'}/{args.recon or 'default'} (eval.json of each run has them).",
             "",
-            "| variant | change | bits/image (prior) | PSNR (dB) | rFID | gFID | KID x 1e3 | minutes |",
+            "| variant | change | bits/image (prior) | PSNR (dB) / SSIM | rFID | gFID | KID x 1e3 | minutes |",
             "|---|---|---|---|---|---|---|---|",
             *rows,
         ]
