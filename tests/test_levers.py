@@ -129,7 +129,7 @@ def test_patches_to_channels_and_back_is_the_identity(shape, f):
 def test_mp_layers_preserve_unit_magnitude():
     """Unit-variance inputs give unit-variance outputs: each piece, and the whole network once its
     zero-initialised gains are set to 1 (at initialisation its output is exactly zero)."""
-    from unified_latents.nn.mp import MPConv, mp_cat, mp_silu, mp_sum
+    from unified_latents.nn.mp import GAIN_SCALE, MPConv, mp_cat, mp_silu, mp_sum
 
     torch.manual_seed(0)
     a, b = torch.randn(64, 16, 16, 16), torch.randn(64, 48, 16, 16)
@@ -142,8 +142,22 @@ def test_mp_layers_preserve_unit_magnitude():
     assert net(x, lam, cond, labels).abs().max() == 0
     for name, p in net.named_parameters():
         if name.endswith("gain"):
-            p.data.fill_(1.0)
+            p.data.fill_(1.0 / GAIN_SCALE)  # a gain of 1 as used
     assert 0.5 < net(x, lam, cond, labels).std() < 2.0
+
+
+def test_mp_gains_move_at_edm2s_rate_like_the_weights():
+    """The presets' Adam rate (2e-3) moves stored weights by 1% of their size per step (stored at rms 0.2), EDM2's
+    1e-2 on unit weights; the zero-initialised gains must move at the same 1e-2 per step as used, or the output
+    gain needs ~500 steps to reach 1 (what the first measured unet_mp run suffered)."""
+    from unified_latents.nn.mp import GAIN_SCALE
+
+    net, lr = _mp_net(), 2e-3
+    x, lam, cond = torch.randn(4, 1, 16, 16), torch.zeros(4), torch.randn(4, 4, 4, 4)
+    opt = torch.optim.Adam([net.out_gain], lr=lr)
+    (net(x, lam, cond) * torch.randn(4, 1, 16, 16)).sum().backward()
+    opt.step()  # Adam's first step is the learning rate times the gradient's sign
+    assert math.isclose(abs(net.out_gain.item()) * GAIN_SCALE, 1e-2, rel_tol=1e-3)
 
 
 def test_mp_weights_are_forced_to_their_norm_in_training_and_not_in_eval():

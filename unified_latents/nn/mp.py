@@ -32,6 +32,10 @@ CAT_BALANCE = 0.5  # weight of the skip in the decoder path's concatenation
 # relative to their size as EDM2's 1e-2 moves unit-rms weights, while the other networks of the
 # model (the encoder) keep theirs.
 STORE_RMS = 0.2
+# The learned scalar gains (modulation and output, zero at the start) are stored divided by the
+# same factor, so that Adam's steps of about the learning rate move them at EDM2's 1e-2 per step
+# too: stored as they are used, a gain would need ~500 steps at 2e-3 to reach 1.
+GAIN_SCALE = 1 / STORE_RMS
 
 
 def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
@@ -119,7 +123,7 @@ class MPBlock(nn.Module):
         if self.encoder:
             x = normalize(x, dim=1)  # pixel norm
         y = self.conv0(mp_silu(x))
-        c = self.emb(emb, gain=self.emb_gain) + 1  # [N, cout]
+        c = self.emb(emb, gain=self.emb_gain * GAIN_SCALE) + 1  # [N, cout]
         y = mp_silu(y * c.reshape(*c.shape, *([1] * (x.ndim - 2))).to(y.dtype))
         if self.training and self.dropout:
             y = F.dropout(y, p=self.dropout)
@@ -195,4 +199,4 @@ class MPUNet(nn.Module):
             h = mp_cat(h, skip, t=CAT_BALANCE)  # [N, c_coarser + c, *S_level]
             for blk in cast(nn.ModuleList, blocks):
                 h = blk(h, emb)
-        return depth_to_space(self.conv_out(h, gain=self.out_gain), self.patch)  # [N, out_ch, *S]
+        return depth_to_space(self.conv_out(h, gain=self.out_gain * GAIN_SCALE), self.patch)  # [N, out_ch, *S]
