@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "group8": ("8 channels per norm group in every network", [f"model.{n}.norm=group8" for n in NETS]),
     "noclip": ("no gradient clipping (train.grad_clip=0)", ["train.grad_clip=0"]),
     "condaug2": ("decoder conditioning augmentation to lam0 - 2", ["diffusion.cond_aug=2"]),
+    "condaug0": ("no decoder conditioning augmentation (diffusion.cond_aug=0)", ["diffusion.cond_aug=0"]),
     "baseshift": ("base schedule placed by the latents' std (base.shift_auto)", ["base.shift_auto=true"]),
     "baseshift3": ("base schedule shift 3 (base.shift=3)", ["base.shift=3"]),
     "mp": (
