@@ -48,7 +48,6 @@ FIXED = ["diffusion.target_bits=0", "diffusion.loss_factor=17"]  # the controlle
 LAYER_NORM = ["model.encoder.norm=layer", "model.prior.norm=layer", "model.decoder.norm=layer"]
 VARIANTS: dict[str, list[str]] = {
     "ul": [],  # the preset as it is
-    "ul-no-condaug": ["diffusion.cond_aug=0"],  # the preset before 2026-12-07 (the docs' earlier rows)
     "fixed-lf": FIXED,
     "fixed-lf-enc-layer": [*FIXED, "model.encoder.norm=layer"],
     "fixed-lf-layer": [*FIXED, *LAYER_NORM],
