@@ -26,11 +26,28 @@ def make_npz(path: Path, n: int = 64, size: int = 16, seed: int = 0) -> Path:
     return path
 
 
-def run_ul(*args: str, cwd: Path | None = None, env: dict | None = None, module: bool = True, timeout: int = 300):
-    """Run the CLI in a fresh process; returns CompletedProcess (text)."""
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    cmd = [sys.executable, "-m", "unified_latents", *args]
-    return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+def ul_env(**extra: str) -> dict:
+    """The environment of a CLI subprocess: this checkout importable, one thread per process."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+def ul_command(args: list[str] | tuple[str, ...], nproc: int = 0) -> list[str]:
+    """`python -m unified_latents ARGS`, or under torchrun with `nproc` processes on this host."""
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
+    return [sys.executable, *launch, "-m", "unified_latents", *args]
+
+
+def run_ul(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: int = 300,
+    nproc: int = 0,
+):
+    """Run the CLI in a fresh process (under torchrun with `nproc` processes); returns CompletedProcess (text)."""
+    return subprocess.run(
+        ul_command(args, nproc), cwd=cwd, env=ul_env(**(env or {})), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def load_state(path: Path) -> dict:

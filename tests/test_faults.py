@@ -10,35 +10,23 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, make_npz
+from helpers import make_npz, ul_command, ul_env
 
 TIMING_KEYS = ("sec", "seconds", "time", "minutes", "wall", "started", "elapsed")
 SKIP_FILES = (".ul-lock",)
 
 
 def _env(tmp: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "UL_CACHE": str(tmp / "run" / "cache")}
+    return ul_env(UL_CACHE=str(tmp / "run" / "cache"))
 
 
 def _cmd(args: list[str], torchrun: bool = False) -> list[str]:
-    if torchrun:
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "unified_latents",
-            *args,
-        ]
-    return [sys.executable, "-m", "unified_latents", *args]
+    return ul_command(args, nproc=2 if torchrun else 0)
 
 
 def _run(tmp: Path, args: list[str], torchrun: bool = False) -> float:
@@ -167,7 +155,7 @@ def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("fault-inputs")
     data = make_npz(d / "d.npz")
     common = ["--preset", "tiny", "--data", str(data), "--eval-data", str(data), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "UL_CACHE": str(d / "cache")}
+    env = ul_env(UL_CACHE=str(d / "cache"))
     for args in (
         ["train", *common, "--outdir", str(d / "s1")],
         [
@@ -536,3 +524,23 @@ def test_a_folder_fault_anywhere_is_one_error_and_anything_else_keeps_its_traceb
     monkeypatch.setitem(cli.COMMANDS, "info", failing(errno.EIO))
     with pytest.raises(OSError):
         cli.main(["info", "--preset", "tiny"])
+
+
+def test_one_classifier_decides_the_fix_and_the_message():
+    """The fix in a message and the one-line CLI error come from the same classification, so a
+    wrapped error's text (pyarrow, DCP's per-rank errors) is told the same fix as an errno."""
+    import errno
+
+    from unified_latents.files import folder_fault, folder_fault_message, is_folder_fault, write_fix
+
+    cases = [
+        (OSError(errno.ENOSPC, "No space left on device", "/d/x"), "space", "free space"),
+        (RuntimeError("rank 1: [Errno 28] No space left on device"), "space", "free space"),
+        (OSError(errno.EACCES, "Permission denied", "/d/x"), "access", "make the folder writable"),
+        (OSError(errno.EIO, "Input/output error", "/d/x"), None, "fix the cause above"),
+    ]
+    for e, kind, fix in cases:
+        assert folder_fault(e) == kind and write_fix(e).startswith(fix), e
+        assert is_folder_fault(e) == (isinstance(e, OSError) and kind is not None)
+    assert folder_fault_message(cases[0][0]).startswith("could not write /d/x (No space left on device): free space")
+    assert "check its permissions" in folder_fault_message(cases[2][0])

@@ -2,11 +2,10 @@
 sizes, the CUDA choices forced on) without an error, and what its sections measure holds there."""
 
 import json
-import os
 import subprocess
 import sys
 
-from helpers import ROOT
+from helpers import ROOT, ul_env
 
 SECTIONS = [
     "env",
@@ -23,7 +22,7 @@ SECTIONS = [
 
 
 def test_the_dry_run_passes_every_section(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "UL_CACHE": str(tmp_path / "cache")}
+    env = ul_env(UL_CACHE=str(tmp_path / "cache"))
     env.pop("OUT", None)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry", "--out", str(tmp_path / "out")]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

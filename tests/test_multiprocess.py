@@ -1,13 +1,10 @@
 """`ul sample` and `ul eval` split over torchrun processes (gloo on CPU) give what one process gives."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import ROOT, make_npz, run_ul
+from helpers import make_npz, run_ul
 from safetensors.torch import load_file
 from test_stage2 import _stand_in_inception
 
@@ -15,18 +12,7 @@ FAST = ["--preset", "tiny", "--no-progress", "--set", "train.total_samples=16"]
 
 
 def _torchrun(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "unified_latents",
-        *args,
-    ]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return run_ul(*args, nproc=2)
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,13 @@
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 from itertools import pairwise
 
 import pytest
 import torch
-from helpers import ROOT, assert_tree_equal, load_state, make_npz, run_ul
+from helpers import assert_tree_equal, load_state, make_npz, run_ul, ul_command, ul_env
 
 from unified_latents.config import apply_overrides
 from unified_latents.objectives import BaseModel, UnifiedLatents
@@ -161,19 +159,7 @@ ARGS = [
 
 
 def _torchrun(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "unified_latents",
-        "train",
-        *args,
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    r = run_ul("train", *args, nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -281,19 +267,8 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_and_the_rerun_resumes(tmp_pa
         "--outdir",
         str(out),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "unified_latents",
-        "train",
-        *args,
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = ul_command(["train", *args], nproc=2)
+    proc = subprocess.Popen(cmd, env=ul_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not ((out / "stats.jsonl").exists() and _stats(out)):

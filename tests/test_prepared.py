@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import make_npz, run_ul
+from helpers import make_npz, run_ul, ul_env
 from PIL import Image
 
 from unified_latents.config import apply_overrides
@@ -192,8 +192,6 @@ def test_sigterm_to_the_whole_job_with_loader_workers_still_checkpoints(tmp_path
     import sys
     import time
 
-    from helpers import ROOT
-
     src = _folder(tmp_path / "src")
     prep.prepare(_cfg(src, **{"data.pad": 0}).data, str(src), tmp_path / "prep", progress=False)
     out = tmp_path / "run"
@@ -224,7 +222,7 @@ def test_sigterm_to_the_whole_job_with_loader_workers_still_checkpoints(tmp_path
         "--outdir",
         str(out),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = ul_env()
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, ul_env
 
 from unified_latents.errors import UserError
 from unified_latents.runlock import LOCK_NAME, FolderLock
@@ -101,7 +101,7 @@ def test_a_second_ul_train_in_the_same_folder_is_one_error_naming_the_first(tmp_
         "--set",
         "train.total_samples=4096",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = ul_env()
     first = subprocess.Popen(
         [sys.executable, "-m", "unified_latents", *args],
         env=env,

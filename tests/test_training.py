@@ -10,7 +10,7 @@ from helpers import ROOT, assert_tree_equal, load_state, make_npz, run_ul
 
 from unified_latents.config import apply_overrides
 from unified_latents.data import load_images
-from unified_latents.errors import TrainingError
+from unified_latents.errors import ConfigError, TrainingError
 from unified_latents.objectives import UnifiedLatents
 from unified_latents.presets import get_preset
 from unified_latents.training import lr_at, train
@@ -67,24 +67,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     common = [*ARGS, "--data", str(data), "--set", "train.total_samples=32", "--set", "train.log_every=1"]
     r = run_ul("train", *common, "--outdir", str(one))
     assert r.returncode == 0, r.stderr
-    import os
-    import subprocess
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "unified_latents",
-        "train",
-        *common,
-        "--outdir",
-        str(two),
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    r = run_ul("train", *common, "--outdir", str(two), nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_optimisation(one, two)
 
@@ -150,6 +133,14 @@ def test_lr_schedule_counts_samples(tiny_cfg):
     assert lr_at(tiny_cfg, 0) < t.lr
     assert math.isclose(lr_at(tiny_cfg, t.warmup_samples), t.lr)
     assert math.isclose(lr_at(tiny_cfg, t.total_samples), t.lr * t.lr_final_frac)
+
+
+def test_train_range_checks_a_config_built_in_python(tmp_path):
+    cfg, data = _tiny(tmp_path)
+    cfg.train.lr_decay = "linear"  # set on the object, never through a loader or --set
+    with pytest.raises(ConfigError, match="train.lr_decay"):
+        train(cfg, tmp_path / "run", lambda: UnifiedLatents(cfg), data, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

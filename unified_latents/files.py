@@ -22,28 +22,38 @@ SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 ACCESS_ERRNOS = (errno.EACCES, errno.EROFS, errno.EPERM)
 
 
-def write_fix(e: BaseException) -> str:
-    """What to do about a failed write: free space only when space ran out (errno ENOSPC/EDQUOT,
-    or its text inside a wrapped error: pyarrow, DCP's per-rank errors); make the folder writable
-    when it is not; else the cause is not a folder problem."""
+def folder_fault(e: BaseException) -> str | None:
+    """Why a write failed, when the user can fix it: "space" (errno ENOSPC/EDQUOT, or its text
+    inside a wrapped error: pyarrow, DCP's per-rank errors) or "access" (permission, read-only
+    disk); None for any other cause."""
     text = f"{e} {getattr(e, 'strerror', '')}"
     code = getattr(e, "errno", None)
     if code in SPACE_ERRNOS or "No space left" in text or "quota" in text:
-        return "free space"
+        return "space"
     if code in ACCESS_ERRNOS or "Permission denied" in text or "Read-only" in text:
-        return "make the folder writable"
-    return "fix the cause above (if it names no folder problem, please report it as a bug)"
+        return "access"
+    return None
+
+
+WRITE_FIXES = {"space": "free space", "access": "make the folder writable"}
+
+
+def write_fix(e: BaseException) -> str:
+    """What to do about a failed write, for a message that goes on "...: <fix> and rerun"."""
+    return WRITE_FIXES.get(
+        folder_fault(e) or "", "fix the cause above (if it names no folder problem, please report it as a bug)"
+    )
 
 
 def is_folder_fault(e: BaseException) -> bool:
     """A write that failed for want of space or permission (not a bug: the user can fix it)."""
-    return isinstance(e, OSError) and not write_fix(e).startswith("fix the cause")
+    return isinstance(e, OSError) and folder_fault(e) is not None
 
 
 def folder_fault_message(e: OSError) -> str:
     """One line for a write that failed for want of space or permission (is_folder_fault)."""
     what = f" {e.filename}" if getattr(e, "filename", None) else ""
-    if write_fix(e) == "free space":
+    if folder_fault(e) == "space":
         return (
             f"could not write{what} ({e.strerror or e}): free space and rerun the same command (what was "
             "written completely is kept; no unfinished file is left behind)"

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..config import RunConfig, to_dict
+from ..config_ranges import check_ranges
 from ..data import DataOrder
 from ..data.sampler import MicroBatches, micro_batch_loader
 from ..errors import ConfigError, ResumeError, TrainingError
@@ -49,6 +50,7 @@ class TrainResult:
 
 
 def lr_at(cfg, samples: int) -> float:
+    """The learning rate after `samples` training samples (train.lr_decay was range-checked)."""
     t = cfg.train
     if samples < t.warmup_samples:
         return t.lr * (samples + t.batch) / (t.warmup_samples + t.batch)
@@ -56,8 +58,6 @@ def lr_at(cfg, samples: int) -> float:
         return t.lr
     if t.lr_decay == "rsqrt":  # EDM2's inverse square root: constant until lr_ref_samples, then 1 / sqrt(samples)
         return t.lr / math.sqrt(max(samples / t.lr_ref_samples, 1.0))
-    if t.lr_decay != "cosine":
-        raise ConfigError(f"train.lr_decay must be 'constant', 'cosine' or 'rsqrt', got {t.lr_decay!r}")
     frac = (samples - t.warmup_samples) / max(1, t.total_samples - t.warmup_samples)
     lo = t.lr * t.lr_final_frac
     return lo + (t.lr - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
@@ -138,7 +138,7 @@ def train(
     until: int | None = None,
 ) -> TrainResult:
     """Train to cfg.train.total_samples (or stop early, with a checkpoint, at `until` samples)."""
-    t = cfg.train
+    t = check_ranges(cfg).train  # a config built in Python is checked as a loaded one is (lr_at trusts it)
     check_kind(t.log)  # before anything is written
     with job_lock(Path(outdir), "ul train"):  # one run per folder
         run = _setup(cfg, Path(outdir), build_model, data, device or torch.device("cpu"), artifact_kind)
