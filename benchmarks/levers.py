@@ -56,6 +56,21 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "train.lr_ref_samples=8000",
         ],
     ),
+    # The CPU presets have no transformer blocks: these two give the base model a U-ViT middle
+    # (two blocks of width 128 at its lowest level) to measure mid_zero_init against its absence.
+    "uvit": (
+        "base model with a 2-block transformer middle (U-ViT)",
+        ["model.base.transformer_blocks=2", "model.base.width=128", "model.base.heads=4"],
+    ),
+    "uvit-midzero": (
+        "the U-ViT base with its middle's output projection zero-initialised (mid_zero_init)",
+        [
+            "model.base.transformer_blocks=2",
+            "model.base.width=128",
+            "model.base.heads=4",
+            "model.base.mid_zero_init=true",
+        ],
+    ),
     "group8-noclip": (
         "group8 and no gradient clipping",
         [*(f"model.{n}.norm=group8" for n in NETS), "train.grad_clip=0"],

@@ -253,3 +253,35 @@ def test_rsqrt_learning_rate_is_edm2s_and_needs_its_reference(tiny_cfg):
         apply_overrides(copy.deepcopy(tiny_cfg), ["train.lr_decay=rsqrt"])
     with pytest.raises(ConfigError, match="train.lr_decay"):
         apply_overrides(copy.deepcopy(tiny_cfg), ["train.lr_decay=linear"])
+
+
+def _levers_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "levers.py"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("levers_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_lever_variant_is_a_valid_config_of_the_cpu_presets():
+    from unified_latents.presets import get_preset
+
+    variants = _levers_module().VARIANTS
+    for preset in ("fmnist", "rgb32", "video-fmnist"):
+        for _, over in variants.values():
+            apply_overrides(get_preset(preset), over)  # raises on an unknown key or a value out of range
+    # the U-ViT pair differs in mid_zero_init alone, and only it starts the middle at zero
+    (_, plain), (_, zeroed) = variants["uvit"], variants["uvit-midzero"]
+    assert set(zeroed) - set(plain) == {"model.base.mid_zero_init=true"} and set(plain) < set(zeroed)
+    outs = []
+    for over in (plain, zeroed):
+        cfg = apply_overrides(get_preset("fmnist"), over)
+        torch.manual_seed(0)
+        net = build_denoiser(cfg.model.base, 2, cfg.model.latent_channels, cfg.model.latent_channels, num_classes=10)
+        outs.append(float(net.mid.proj_out.weight.detach().abs().sum()))
+    assert outs[0] > 0 and outs[1] == 0
