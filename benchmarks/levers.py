@@ -33,6 +33,7 @@ from unified_latents.files import atomic_write_text  # noqa: E402
 from unified_latents.jobs import run_pipeline  # noqa: E402
 
 NETS = ("encoder", "prior", "decoder", "base")
+UVIT_BASE = ["model.base.transformer_blocks=2", "model.base.width=128", "model.base.heads=4"]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "baseline": ("the preset as it is", []),
     "group8": ("8 channels per norm group in every network", [f"model.{n}.norm=group8" for n in NETS]),
@@ -58,18 +59,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     # The CPU presets have no transformer blocks: these two give the base model a U-ViT middle
     # (two blocks of width 128 at its lowest level) to measure mid_zero_init against its absence.
-    "uvit": (
-        "base model with a 2-block transformer middle (U-ViT)",
-        ["model.base.transformer_blocks=2", "model.base.width=128", "model.base.heads=4"],
-    ),
+    "uvit": ("base model with a 2-block transformer middle (U-ViT)", UVIT_BASE),
     "uvit-midzero": (
         "the U-ViT base with its middle's output projection zero-initialised (mid_zero_init)",
-        [
-            "model.base.transformer_blocks=2",
-            "model.base.width=128",
-            "model.base.heads=4",
-            "model.base.mid_zero_init=true",
-        ],
+        [*UVIT_BASE, "model.base.mid_zero_init=true"],
     ),
     "group8-noclip": (
         "group8 and no gradient clipping",

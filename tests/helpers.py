@@ -50,6 +50,20 @@ def run_ul(
     )
 
 
+def load_script(relpath: str):
+    """A script of this checkout (benchmarks/, scripts/) imported as a module; its folder goes on
+    sys.path first, since the benchmarks import each other."""
+    import importlib.util
+
+    path = ROOT / relpath
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def load_state(path: Path) -> dict:
     """A training state folder (state-<samples>/) as full tensors: model, ema, optim, samples, ..."""
     from unified_latents.training.state import read_state

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import load_script
 
 from unified_latents.config import apply_overrides
 from unified_latents.errors import ConfigError
@@ -255,23 +256,10 @@ def test_rsqrt_learning_rate_is_edm2s_and_needs_its_reference(tiny_cfg):
         apply_overrides(copy.deepcopy(tiny_cfg), ["train.lr_decay=linear"])
 
 
-def _levers_module():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "levers.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("levers_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_every_lever_variant_is_a_valid_config_of_the_cpu_presets():
     from unified_latents.presets import get_preset
 
-    variants = _levers_module().VARIANTS
+    variants = load_script("benchmarks/levers.py").VARIANTS
     for preset in ("fmnist", "rgb32", "video-fmnist"):
         for _, over in variants.values():
             apply_overrides(get_preset(preset), over)  # raises on an unknown key or a value out of range

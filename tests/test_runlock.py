@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, ul_env
+from helpers import ROOT, ul_command, ul_env
 
 from unified_latents.errors import UserError
 from unified_latents.runlock import LOCK_NAME, FolderLock
@@ -103,7 +103,7 @@ def test_a_second_ul_train_in_the_same_folder_is_one_error_naming_the_first(tmp_
     ]
     env = ul_env()
     first = subprocess.Popen(
-        [sys.executable, "-m", "unified_latents", *args],
+        ul_command(args),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

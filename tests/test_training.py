@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, assert_tree_equal, load_state, make_npz, run_ul
+from helpers import assert_tree_equal, load_script, load_state, make_npz, run_ul
 
 from unified_latents.config import apply_overrides
 from unified_latents.data import load_images
@@ -194,13 +194,9 @@ def test_torn_stats_line_is_skipped_with_a_warning(tmp_path, capsys):
 
 
 def test_compare_runs_names_config_changes_and_catches_weight_changes(tmp_path):
-    import importlib.util
-
     from unified_latents.training.checkpoint import save_artifact
 
-    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "scripts" / "compare_runs.py")
-    cmp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cmp)
+    cmp = load_script("scripts/compare_runs.py")
     w = {"net.w": torch.randn(4, 3)}
     for name, cfg, tensors in (
         ("a", {"train": {"lr": 1.0}}, w),
