@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, ul_command, ul_env
+from helpers import ul_command, ul_env
 
 from unified_latents.errors import UserError
 from unified_latents.runlock import LOCK_NAME, FolderLock
@@ -25,7 +25,7 @@ def _holder(folder, wait: bool = True):
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=ul_env(),
     )
     if wait:
         assert p.stdout.readline().strip() == "held"
