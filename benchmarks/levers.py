@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "baseshift5": ("base schedule shift 5 (base.shift=5)", ["base.shift=5"]),
     "upextra": ("one more residual block per decoder up level", ["model.decoder.up_extra=1"]),
+    "upextra0": ("no extra decoder up blocks (model.decoder.up_extra=0)", ["model.decoder.up_extra=0"]),
     "group8-decoder": ("8 channels per norm group in the decoder only", ["model.decoder.norm=group8"]),
     "mp-rsqrt": (
         "magnitude-preserving U-Nets with EDM2's inverse-square-root learning rate from 8k samples",
